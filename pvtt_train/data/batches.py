@@ -1,0 +1,47 @@
+"""Batches of synthetic examples as torch tensors, with a resumable data position.
+
+Training draws seeds from ``[0, HELDOUT_SEED_BASE)``; evaluation uses seeds from
+``HELDOUT_SEED_BASE`` on, so held-out clips are never seen in training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..conditioning import aligned_paste
+from .synthetic import SyntheticConfig, SyntheticVideoGenerator
+
+HELDOUT_SEED_BASE = 10_000_000
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+
+def make_batch(generator: SyntheticVideoGenerator, seeds) -> dict[str, torch.Tensor]:
+    """Examples for ``seeds`` plus their aligned paste (the conditioning the model sees)."""
+    batch = generator.batch(seeds)
+    batch["paste"] = np.stack([aligned_paste(r, m) for r, m in zip(batch["reference"], batch["mask"])])
+    return to_torch(batch)
+
+
+def heldout_batch(config: SyntheticConfig, count: int, offset: int = 0) -> dict[str, torch.Tensor]:
+    gen = SyntheticVideoGenerator(config)
+    return make_batch(gen, range(HELDOUT_SEED_BASE + offset, HELDOUT_SEED_BASE + offset + count))
+
+
+class TrainingStream:
+    """Endless stream of fresh training batches; ``position`` is the next example index."""
+
+    def __init__(self, config: SyntheticConfig, batch_size: int, seed: int = 0, position: int = 0):
+        self.generator = SyntheticVideoGenerator(config)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.position = position
+
+    def next(self) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.position])
+        seeds = rng.integers(0, HELDOUT_SEED_BASE, size=self.batch_size)
+        self.position += self.batch_size
+        return make_batch(self.generator, seeds)

@@ -1,0 +1,226 @@
+"""Procedural product-template-transfer examples.
+
+Every example is a *template clip* (a textured background with product A moving along a
+pan / zoom / rotation / camera-shake trajectory), the per-frame *mask* of A, a *reference
+image* of a different product B, and the *ground truth*: the same clip with B following A's
+motion. Everything is rendered analytically with supersampling, so the generator is exact,
+deterministic for a seed, and cheap enough to run inside the training loop (no dataset on disk).
+
+Arrays are float32 in [0, 1]; clips are [F, H, W, 3], masks [F, H, W], the reference [H, W, 3].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SHAPES = ("square", "circle", "diamond", "rounded", "ellipse")
+PATTERNS = ("stripes", "checker", "dots")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and motion ranges of the generated clips (all lengths in pixels of the output)."""
+
+    frames: int = 9
+    height: int = 16
+    width: int = 16
+    supersample: int = 4
+    product_size: tuple[float, float] = (5.0, 7.5)  # side of the product's bounding square
+    max_zoom: float = 0.25  # relative size change over the clip
+    max_rotation_deg: float = 12.0  # total in-plane rotation over the clip
+    shake_px: float = 0.35  # std of the per-frame camera jitter
+    light_gain: tuple[float, float] = (0.8, 1.2)  # per-frame global light, random walk inside
+    texture_std: float = 0.03
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Product:
+    shape: str
+    pattern: str
+    colors: tuple[tuple[float, float, float], tuple[float, float, float]]
+    pattern_angle: float
+    pattern_period: float  # in product units (the product spans [-1, 1])
+    aspect: float  # ellipse / rounded-rectangle aspect (width / height)
+
+
+@dataclass
+class Example:
+    template: np.ndarray  # [F, H, W, 3]
+    mask: np.ndarray  # [F, H, W] in {0, 1}
+    reference: np.ndarray  # [H, W, 3]
+    target: np.ndarray  # [F, H, W, 3]
+    seed: int
+
+
+def _random_color(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.05, 0.95, size=3)
+
+
+def _random_product(rng: np.random.Generator, shape: str | None = None) -> Product:
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    c1 = _random_color(rng)
+    # Keep the two pattern colours apart so the pattern is visible at tiny sizes.
+    c2 = _random_color(rng)
+    while np.abs(c1 - c2).sum() < 0.6:
+        c2 = _random_color(rng)
+    return Product(
+        shape=shape,
+        pattern=PATTERNS[rng.integers(len(PATTERNS))],
+        colors=(tuple(c1.tolist()), tuple(c2.tolist())),
+        pattern_angle=float(rng.choice([0.0, math.pi / 2, math.pi / 4, -math.pi / 4])),
+        pattern_period=float(rng.choice([0.7, 1.0])),
+        aspect=float(rng.uniform(0.75, 1.0)),
+    )
+
+
+def _shape_inside(shape: str, u: np.ndarray, v: np.ndarray, aspect: float) -> np.ndarray:
+    """Boolean coverage of a product shape in its own coordinates (u, v in [-1, 1])."""
+    if shape == "square":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 1)
+    if shape == "circle":
+        return u * u + v * v <= 1
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1.15
+    if shape == "rounded":
+        au, av = np.abs(u) / aspect, np.abs(v)
+        qu, qv = np.maximum(au - 0.6, 0), np.maximum(av - 0.6, 0)
+        return (au <= 1) & (av <= 1) & (qu * qu + qv * qv <= 0.16)
+    if shape == "ellipse":
+        return (u / aspect) ** 2 + v * v <= 1
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _pattern_weight(product: Product, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """0/1 choice between the product's two colours."""
+    ca, sa = math.cos(product.pattern_angle), math.sin(product.pattern_angle)
+    a = (u * ca + v * sa) / product.pattern_period
+    b = (-u * sa + v * ca) / product.pattern_period
+    if product.pattern == "stripes":
+        return (np.floor(a + 10.0) % 2).astype(np.float32)
+    if product.pattern == "checker":
+        return ((np.floor(a + 10.0) + np.floor(b + 10.0)) % 2).astype(np.float32)
+    fa, fb = a - np.floor(a) - 0.5, b - np.floor(b) - 0.5
+    return (fa * fa + fb * fb < 0.09).astype(np.float32)
+
+
+def _render_product(product: Product, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and coverage of a product sampled at product coordinates (u, v)."""
+    cover = _shape_inside(product.shape, u, v, product.aspect).astype(np.float32)
+    w = _pattern_weight(product, u, v)[..., None]
+    rgb = (1 - w) * np.asarray(product.colors[0], np.float32) + w * np.asarray(product.colors[1], np.float32)
+    return rgb, cover
+
+
+def _box_downsample(x: np.ndarray, s: int) -> np.ndarray:
+    """Average s x s blocks over the two axes after the leading one."""
+    f, h, w = x.shape[:3]
+    return x.reshape(f, h // s, s, w // s, s, *x.shape[3:]).mean(axis=(2, 4))
+
+
+class SyntheticVideoGenerator:
+    """Seeded renderer: the same (config, seed) always gives the same example, bit for bit."""
+
+    def __init__(self, config: SyntheticConfig | None = None):
+        self.config = config or SyntheticConfig()
+        c = self.config
+        if c.frames < 2 or c.height < 8 or c.width < 8:
+            raise ValueError(f"clips need at least 2 frames and 8x8 pixels, got {c.frames}x{c.height}x{c.width}")
+
+    def example(self, seed: int) -> Example:
+        c = self.config
+        rng = np.random.default_rng(seed)
+        s = c.supersample
+        H, W, F = c.height * s, c.width * s, c.frames
+        ys, xs = np.meshgrid((np.arange(H) + 0.5) / s, (np.arange(W) + 0.5) / s, indexing="ij")
+
+        # Background: gradient between two colours plus a static texture; the camera shakes.
+        ca, cb = _random_color(rng), _random_color(rng)
+        theta = rng.uniform(0, 2 * math.pi)
+        texture = rng.normal(0, c.texture_std, size=(c.height + 4, c.width + 4, 3)).astype(np.float32)
+        shake = rng.normal(0, c.shake_px, size=(F, 2))
+        shake[0] = 0.0
+
+        # Product trajectory: pan between two points, zoom, rotate.
+        size0 = rng.uniform(*c.product_size)
+        zoom = 1 + rng.uniform(-c.max_zoom, c.max_zoom)
+        size1 = float(np.clip(size0 * zoom, c.product_size[0] * 0.8, c.product_size[1] * 1.1))
+        margin = max(size0, size1) / 2 * 1.2
+        p0 = np.array([rng.uniform(margin, c.width - margin), rng.uniform(margin, c.height - margin)])
+        p1 = np.array([rng.uniform(margin, c.width - margin), rng.uniform(margin, c.height - margin)])
+        rot0 = rng.uniform(-0.2, 0.2)  # near upright, like the reference photo
+        rot1 = rot0 + math.radians(rng.uniform(-c.max_rotation_deg, c.max_rotation_deg))
+
+        product_a = _random_product(rng)
+        product_b = _random_product(rng, shape=product_a.shape)
+        product_b = Product(product_b.shape, product_b.pattern, product_b.colors, product_b.pattern_angle,
+                            product_b.pattern_period, product_a.aspect)
+
+        gain = np.empty(F)
+        g = rng.uniform(0.9, 1.1)
+        for f in range(F):
+            g = float(np.clip(g + rng.normal(0, 0.04), *c.light_gain))
+            gain[f] = g
+
+        template = np.empty((F, H, W, 3), np.float32)
+        target = np.empty((F, H, W, 3), np.float32)
+        cover_all = np.empty((F, H, W), np.float32)
+        for f in range(F):
+            a = f / (F - 1)
+            # World coordinates seen by this frame's (shaken) camera.
+            wx, wy = xs + shake[f, 0], ys + shake[f, 1]
+            d = np.cos(theta) * (wx / c.width - 0.5) + np.sin(theta) * (wy / c.height - 0.5)
+            t = np.clip(d + 0.5, 0, 1)[..., None]
+            bg = (1 - t) * ca + t * cb
+            tx = np.clip(np.floor(wx + 2).astype(int), 0, texture.shape[1] - 1)
+            ty = np.clip(np.floor(wy + 2).astype(int), 0, texture.shape[0] - 1)
+            bg = bg + texture[ty, tx]
+
+            centre = (1 - a) * p0 + a * p1
+            half = ((1 - a) * size0 + a * size1) / 2
+            rot = (1 - a) * rot0 + a * rot1
+            dx, dy = wx - centre[0], wy - centre[1]
+            cr, sr = math.cos(rot), math.sin(rot)
+            u = (cr * dx + sr * dy) / half
+            v = (-sr * dx + cr * dy) / half
+            rgb_a, cover = _render_product(product_a, u, v)
+            rgb_b, _ = _render_product(product_b, u, v)
+            k = cover[..., None]
+            template[f] = np.clip(((1 - k) * bg + k * rgb_a) * gain[f], 0, 1)
+            target[f] = np.clip(((1 - k) * bg + k * rgb_b) * gain[f], 0, 1)
+            cover_all[f] = cover
+
+        template = _box_downsample(template, s)
+        target = _box_downsample(target, s)
+        mask = (_box_downsample(cover_all, s) >= 0.5).astype(np.float32)
+        reference = self._reference(product_b, rng)
+        return Example(template=template, mask=mask, reference=reference, target=target, seed=seed)
+
+    def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
+        """Product B upright and centred on a plain light backdrop, as a product photo would be."""
+        c = self.config
+        s = c.supersample
+        H, W = c.height * s, c.width * s
+        ys, xs = np.meshgrid((np.arange(H) + 0.5) / s, (np.arange(W) + 0.5) / s, indexing="ij")
+        half = 0.4 * min(c.height, c.width)
+        u = (xs - c.width / 2) / half
+        v = (ys - c.height / 2) / half
+        rgb, cover = _render_product(product, u, v)
+        backdrop = np.full(3, rng.uniform(0.85, 1.0), np.float32)
+        img = (1 - cover[..., None]) * backdrop + cover[..., None] * rgb
+        return _box_downsample(img[None], s)[0].astype(np.float32)
+
+    def batch(self, seeds) -> dict[str, np.ndarray]:
+        """Stack examples: template/target [B,F,H,W,3], mask [B,F,H,W], reference [B,H,W,3]."""
+        exs = [self.example(int(sd)) for sd in seeds]
+        return {
+            "template": np.stack([e.template for e in exs]),
+            "mask": np.stack([e.mask for e in exs]),
+            "reference": np.stack([e.reference for e in exs]),
+            "target": np.stack([e.target for e in exs]),
+        }

@@ -1,0 +1,144 @@
+"""Self-describing single-file checkpoints: weights in safetensors, everything else in its metadata.
+
+The header's ``pvtt`` entry is a JSON document with the model config (architecture and backbone),
+the flow schedule, the sampler (kind, steps, timesteps, CFG), the training stage and provenance, so
+a loader never has to ask which kind of model a file holds. Writes are atomic: a crash leaves either
+the old file or the new one, never half of one. Pickle files are refused without being opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .pvtt_model import build_model
+from .schedule import FlowSchedule
+
+FORMAT = "pvtt"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that PVTT cannot use; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    metadata: dict
+    path: Path
+
+    @property
+    def schedule(self) -> FlowSchedule:
+        return FlowSchedule(**self.metadata["schedule"])
+
+    @property
+    def sampler(self) -> dict:
+        return self.metadata["sampler"]
+
+    @property
+    def video(self) -> dict:
+        return self.metadata["video"]
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the finished file into place (fsync'd, same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict) -> Path:
+    """Write ``model``'s weights and ``metadata`` (merged with the model config) atomically."""
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config(), **metadata}
+    for key in ("schedule", "sampler", "video", "stage"):
+        if key not in meta:
+            raise ValueError(f"checkpoint metadata needs {key!r}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    header = {FORMAT: json.dumps(meta, sort_keys=True)}
+    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    return Path(path)
+
+
+def file_sha256(path: str | Path, length: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The PVTT metadata of a checkpoint, validated, without loading any weight."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}. Put .safetensors files in models/pvtt/ "
+                              f"or pass the full path.")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path.name} is a pickle-format file; PVTT loads only .safetensors "
+                              f"(pickles can run code). Convert it with safetensors, then load the result.")
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{path.name}: expected a .safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
+                              f"or corrupt: copy or export it again.") from exc
+    if FORMAT not in header:
+        raise CheckpointError(f"{path.name} has no PVTT metadata, so PVTT cannot tell how to rebuild it. "
+                              f"Use a checkpoint written by pvtt_train (teacher, distill or demo).")
+    try:
+        meta = json.loads(header[FORMAT])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path.name}: its PVTT metadata is not valid JSON ({exc})") from exc
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path.name} was written by a newer PVTT (format {meta['format_version']}); "
+                              f"update PVTT to load it.")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    model = build_model(meta["model"])
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path.name}: weights do not match the architecture in its metadata "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}). The file was edited or "
+            f"written by an incompatible tool; re-export it with pvtt_train.")
+    model.to(device).eval().requires_grad_(False)
+    return LoadedModel(model=model, metadata=meta, path=path)

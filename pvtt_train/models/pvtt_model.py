@@ -1,0 +1,155 @@
+"""PVTT models: a diffusers Wan video transformer plus the conditioning template transfer needs.
+
+Every architecture exposes the same small interface, so samplers, distillation and the ComfyUI
+nodes never branch on the model type:
+
+- ``condition(template, mask, reference)`` turns designer inputs ([B,F,H,W,3] in 0..1, a
+  [B,F,H,W] mask with 1 = the product to replace, a [B,H,W,3] product photo) into a ``Condition``;
+- ``velocity(x_t, sigma, cond, keep_reference)`` predicts the flow velocity in model space;
+- ``encode`` / ``decode`` map clips in 0..1 to model space and back;
+- ``config()`` is the JSON that rebuilds the model from a checkpoint.
+
+``WanConcatPVTT`` is the embedded tiny default: pixel space, conditioning concatenated to the
+noisy input of a ``WanTransformer3DModel``. The production Wan 2.1 VACE model lives in
+``wan_vace.py`` and plugs into the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from diffusers import WanTransformer3DModel
+from torch import nn
+
+from ..conditioning import aligned_paste
+
+#: Channels of the concatenated condition: masked template (3), mask as -1/1 (1), aligned paste (3).
+CONCAT_CONDITION_CHANNELS = 7
+
+
+@dataclass
+class Condition:
+    """Conditioning of one batch, in model space.
+
+    ``background`` is the template in model space and ``region`` the edit mask at model resolution
+    (1 = regenerate); samplers use them to re-inject the background. ``features`` is what the
+    network consumes; ``reference_slice`` marks the channels dropped for the unconditional branch.
+    """
+
+    background: torch.Tensor  # [B, C, F, h, w]
+    region: torch.Tensor  # [B, 1, F, h, w]
+    features: torch.Tensor  # [B, K, F, h, w]
+    reference_slice: slice
+
+    def to(self, device=None, dtype=None) -> "Condition":
+        return replace(self, background=self.background.to(device, dtype), region=self.region.to(device, dtype),
+                       features=self.features.to(device, dtype))
+
+    def repeat(self, n: int) -> "Condition":
+        """The same condition for n samples each (batch order: all samples of item 0 first)."""
+        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
+        return replace(self, background=rep(self.background), region=rep(self.region), features=rep(self.features))
+
+    def select(self, index) -> "Condition":
+        return replace(self, background=self.background[index], region=self.region[index],
+                       features=self.features[index])
+
+
+def video_to_model(video: torch.Tensor) -> torch.Tensor:
+    """[B,F,H,W,3] in 0..1 to pixel model space [B,3,F,H,W] in -1..1."""
+    return video.permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+def model_to_video(x: torch.Tensor) -> torch.Tensor:
+    """Pixel model space [B,3,F,H,W] to [B,F,H,W,3] in 0..1 (clamped)."""
+    return ((x.permute(0, 2, 3, 4, 1) + 1) / 2).clamp(0, 1)
+
+
+class WanConcatPVTT(nn.Module):
+    """Tiny default: pixel-space WanTransformer3DModel with channel-concatenated conditioning."""
+
+    arch = "wan_concat"
+
+    def __init__(self, backbone_config: dict, context_tokens: int = 1):
+        super().__init__()
+        cfg = dict(backbone_config)
+        cfg["in_channels"] = 3 + CONCAT_CONDITION_CHANNELS
+        cfg["out_channels"] = 3
+        self.backbone = WanTransformer3DModel(**cfg)
+        # Stands in for the text prompt: PVTT is conditioned on video, mask and product, not text.
+        self.context = nn.Parameter(torch.zeros(1, context_tokens, self.backbone.config.text_dim))
+        self._backbone_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+        self._context_tokens = context_tokens
+
+    def config(self) -> dict:
+        return {"arch": self.arch, "backbone_config": self._backbone_config, "context_tokens": self._context_tokens}
+
+    @property
+    def latent_channels(self) -> int:
+        return 3
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return video_to_model(video)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return model_to_video(x)
+
+    def condition(self, template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> Condition:
+        paste = torch.from_numpy(np.stack([
+            aligned_paste(r.cpu().numpy(), m.cpu().numpy()) for r, m in zip(reference, mask)
+        ])).to(template)
+        return self.condition_from_paste(template, mask, paste)
+
+    def condition_from_paste(self, template: torch.Tensor, mask: torch.Tensor, paste: torch.Tensor) -> Condition:
+        """Build the condition when the aligned paste is already known (training data path)."""
+        region = mask[:, None].to(template)
+        background = video_to_model(template)
+        pasted = video_to_model(paste) * region  # product in -1..1, 0 outside the mask
+        features = torch.cat([background * (1 - region), region * 2 - 1, pasted], dim=1)
+        return Condition(background=background, region=region, features=features, reference_slice=slice(4, 7))
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
+                 keep_reference: torch.Tensor | bool = True) -> torch.Tensor:
+        features = cond.features
+        if keep_reference is not True:
+            keep = torch.as_tensor(keep_reference, dtype=features.dtype, device=features.device)
+            keep = keep.view(-1, 1, 1, 1, 1) if keep.ndim else keep
+            features = features.clone()
+            features[:, cond.reference_slice] = features[:, cond.reference_slice] * keep
+        sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
+        out = self.backbone(
+            hidden_states=torch.cat([x_t, features], dim=1),
+            timestep=sigma * 1000,
+            encoder_hidden_states=self.context.expand(x_t.shape[0], -1, -1),
+            return_dict=False,
+        )[0]
+        return out
+
+
+TINY_BACKBONE = {
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "text_dim": 32,
+    "freq_dim": 64,
+    "ffn_dim": 256,
+    "num_layers": 4,
+    "rope_max_seq_len": 32,
+}
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a PVTT model from the ``config()`` stored in a checkpoint's metadata."""
+    arch = config.get("arch")
+    if arch == WanConcatPVTT.arch:
+        return WanConcatPVTT(config["backbone_config"], config.get("context_tokens", 1))
+    if arch == "wan_vace":
+        from .wan_vace import WanVACEPVTT
+
+        return WanVACEPVTT.from_config(config)
+    raise ValueError(
+        f"unknown PVTT architecture {arch!r} in checkpoint metadata; this PVTT version knows "
+        f"'wan_concat' and 'wan_vace'. Update PVTT, or re-export the checkpoint with pvtt_train."
+    )

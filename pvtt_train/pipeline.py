@@ -1,0 +1,94 @@
+"""One call from designer inputs to a generated clip: the API the ComfyUI nodes and the CLI share.
+
+Inputs may have any size and length. They are resized to the checkpoint's trained resolution,
+processed in windows of its trained frame count (the last window is aligned to the clip's end),
+and the result is resized back, so the caller composites at full resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .models.checkpoint import LoadedModel
+from .sampling.samplers import sample_from_metadata
+
+
+class InputError(ValueError):
+    """Designer input that cannot be used as given; the message says what to change."""
+
+
+def check_inputs(template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> None:
+    if template.ndim != 4 or template.shape[-1] != 3:
+        raise InputError(f"template video must be an IMAGE batch [frames, height, width, 3], got "
+                         f"{tuple(template.shape)}")
+    if template.shape[0] == 0:
+        raise InputError("template video has 0 frames; load a video with at least one frame")
+    if mask.ndim != 3:
+        raise InputError(f"mask must be a MASK [frames, height, width], got {tuple(mask.shape)}")
+    if mask.shape[0] not in (1, template.shape[0]):
+        raise InputError(f"mask has {mask.shape[0]} frames but the video has {template.shape[0]}; give one "
+                         f"mask per frame, or a single mask to use for every frame")
+    if mask.shape[1:] != template.shape[1:3]:
+        raise InputError(f"mask is {mask.shape[2]}x{mask.shape[1]} but the video is {template.shape[2]}x"
+                         f"{template.shape[1]} (width x height); resize the mask to the video's size")
+    if reference.ndim != 3 or reference.shape[-1] != 3:
+        raise InputError(f"product image must be a single IMAGE [height, width, 3], got {tuple(reference.shape)}")
+    for name, t in (("template video", template), ("mask", mask), ("product image", reference)):
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name} contains NaN or Inf values; check the node that produced it")
+    if float(mask.max()) <= 0.5:
+        raise InputError("mask is empty (no pixel above 0.5), so there is no product region to replace; "
+                         "draw or load a mask where white marks the product")
+
+
+def _resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[F,H,W,C] -> [F,height,width,C]; area filter when shrinking, bilinear when growing."""
+    if video.shape[1:3] == (height, width):
+        return video
+    x = video.permute(0, 3, 1, 2)
+    mode = "area" if height <= video.shape[1] and width <= video.shape[2] else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(x, size=(height, width), mode=mode, **kwargs).permute(0, 2, 3, 1)
+
+
+def frame_windows(frames: int, window: int) -> list[tuple[int, int]]:
+    """[start, end) windows of ``window`` frames covering ``frames``; the last is end-aligned."""
+    if frames <= window:
+        return [(0, frames)]
+    starts = list(range(0, frames - window + 1, window))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return [(s, s + window) for s in starts]
+
+
+@torch.no_grad()
+def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
+             steps: int | None = None, seed: int = 0, preserve_background: bool = True,
+             callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size."""
+    check_inputs(template, mask, reference)
+    if mask.shape[0] == 1 and template.shape[0] > 1:
+        mask = mask.expand(template.shape[0], -1, -1)
+    model = loaded.model
+    device = next(model.parameters()).device
+    h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
+    tmpl = _resize_video(template.float(), h, w)
+    msk = (_resize_video(mask.float()[..., None], h, w)[..., 0] > 0.5).float()
+    ref = _resize_video(reference.float()[None], h, w)[0]
+    total_frames = template.shape[0]
+    windows = frame_windows(total_frames, window)
+    out = torch.zeros(total_frames, h, w, 3)
+    generator = torch.Generator().manual_seed(seed)
+    for wi, (start, end) in enumerate(windows):
+        cond = model.condition(tmpl[None, start:end].to(device), msk[None, start:end].to(device), ref[None].to(device))
+
+        def step_cb(i, n, x0, wi=wi):
+            if callback is not None:
+                callback(wi * n + i, len(windows) * n, x0)
+
+        x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb)
+        out[start:end] = model.decode(x0)[0].cpu()
+    return _resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

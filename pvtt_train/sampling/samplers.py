@@ -1,0 +1,112 @@
+"""Teacher and student samplers, with mask-based background preservation.
+
+- Teacher: diffusers' Euler flow-matching scheduler, N steps, classifier-free guidance in the
+  standard form ``v = v_uncond + cfg * (v_cond - v_uncond)`` (cfg 1 = no guidance, one call/step).
+- Student: the few-step sampler of the DMD anchors: predict x0 at each listed sigma, then re-noise
+  that x0 with fresh noise to the next sigma; the last prediction is the output.
+
+Background preservation: before every model call, the region outside the mask is replaced by
+the template noised to the current sigma, so the model always sees the true background at the
+right noise level. The final prediction is left raw; compositing is a separate pixel-space step.
+
+``callback(i, total, x0_preview)`` is called after every step; raising from it (ComfyUI's Cancel)
+stops sampling at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..models.pvtt_model import Condition
+from ..models.schedule import FlowSchedule
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def reinject_background(x: torch.Tensor, cond: Condition, sigma: float | torch.Tensor,
+                        noise: torch.Tensor) -> torch.Tensor:
+    """Keep x inside the mask; outside it, put the template noised to ``sigma``."""
+    background = FlowSchedule.noise(cond.background, noise, torch.as_tensor(sigma))
+    return cond.region * x + (1 - cond.region) * background
+
+
+def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Condition, cfg: float) -> torch.Tensor:
+    """Velocity with standard-form CFG; one batched call for both branches when cfg != 1."""
+    sig = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+    if cfg == 1.0:
+        return model.velocity(x, sig, cond)
+    both = torch.cat([x, x])
+    cond2 = Condition(
+        background=torch.cat([cond.background] * 2), region=torch.cat([cond.region] * 2),
+        features=torch.cat([cond.features] * 2), reference_slice=cond.reference_slice,
+    )
+    keep = torch.cat([torch.ones(x.shape[0]), torch.zeros(x.shape[0])]).to(x)
+    v_cond, v_uncond = model.velocity(both, torch.cat([sig, sig]), cond2, keep_reference=keep).chunk(2)
+    return v_uncond + cfg * (v_cond - v_uncond)
+
+
+def initial_noise(model, cond: Condition, generator: torch.Generator | None) -> torch.Tensor:
+    shape = cond.background.shape
+    return torch.randn(shape, generator=generator, dtype=cond.background.dtype).to(cond.background.device)
+
+
+@torch.no_grad()
+def sample_teacher(model, cond: Condition, schedule: FlowSchedule, steps: int = 50, cfg: float = 1.0,
+                   generator: torch.Generator | None = None, preserve_background: bool = True,
+                   callback: StepCallback | None = None) -> torch.Tensor:
+    """Euler flow-matching sampling from pure noise; returns x0 in model space."""
+    scheduler = schedule.euler_scheduler()
+    scheduler.set_timesteps(steps, device=cond.background.device)
+    noise = initial_noise(model, cond, generator)
+    x = noise
+    sigmas = scheduler.sigmas
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = float(sigmas[i])
+        if preserve_background:
+            x = reinject_background(x, cond, sigma, noise)
+        v = guided_velocity(model, x, sigma, cond, cfg)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+        if callback is not None:
+            callback(i + 1, steps, schedule.x0_from_velocity(x, v, float(sigmas[i + 1])))
+    return x
+
+
+@torch.no_grad()
+def sample_student(model, cond: Condition, schedule: FlowSchedule, sigmas: list[float],
+                   generator: torch.Generator | None = None, preserve_background: bool = True,
+                   cfg: float = 1.0, callback: StepCallback | None = None) -> torch.Tensor:
+    """Few-step x0-prediction sampling with fresh-noise re-noising between the listed sigmas."""
+    first_noise = initial_noise(model, cond, generator)
+    x, noise = first_noise, first_noise
+    x0 = x
+    for i, sigma in enumerate(sigmas):
+        if preserve_background:
+            x = reinject_background(x, cond, sigma, noise)
+        v = guided_velocity(model, x, sigma, cond, cfg)
+        x0 = schedule.x0_from_velocity(x, v, sigma)
+        if i + 1 < len(sigmas):
+            noise = initial_noise(model, cond, generator)
+            x = FlowSchedule.noise(x0, noise, torch.tensor(sigmas[i + 1]))
+        if callback is not None:
+            callback(i + 1, len(sigmas), x0)
+    return x0
+
+
+def sample_from_metadata(model, cond: Condition, metadata: dict, steps: int | None = None,
+                         generator: torch.Generator | None = None, preserve_background: bool = True,
+                         callback: StepCallback | None = None) -> torch.Tensor:
+    """Sample the way a checkpoint says it should be sampled (teacher Euler+CFG or student list)."""
+    schedule = FlowSchedule(**metadata["schedule"])
+    sampler = metadata["sampler"]
+    if sampler["kind"] == "euler_cfg":
+        return sample_teacher(model, cond, schedule, steps or sampler["steps"], sampler.get("cfg", 1.0),
+                              generator, preserve_background, callback)
+    if sampler["kind"] == "few_step":
+        from ..models.schedule import uniform_timesteps
+
+        timesteps = sampler["timesteps"] if steps in (None, sampler["steps"]) else uniform_timesteps(steps)
+        return sample_student(model, cond, schedule, schedule.student_sigmas(timesteps), generator,
+                              preserve_background, 1.0, callback)
+    raise ValueError(f"unknown sampler kind {sampler['kind']!r} in checkpoint metadata")
