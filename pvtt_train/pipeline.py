@@ -77,18 +77,24 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
     tmpl = _resize_video(template.float(), h, w)
     msk = (_resize_video(mask.float()[..., None], h, w)[..., 0] > 0.5).float()
-    ref = _resize_video(reference.float()[None], h, w)[0]
+    if float(msk.max()) <= 0.5:
+        raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
+                         f"dilate the mask or draw a larger product region")
+    ref = reference.float()  # models fit the photo themselves, keeping its aspect ratio
     total_frames = template.shape[0]
     windows = frame_windows(total_frames, window)
     out = torch.zeros(total_frames, h, w, 3)
     generator = torch.Generator().manual_seed(seed)
     for wi, (start, end) in enumerate(windows):
-        cond = model.condition(tmpl[None, start:end].to(device), msk[None, start:end].to(device), ref[None].to(device))
+        # A clip shorter than the trained window is padded with its last frame, then trimmed.
+        pad = window - (end - start)
+        idx = torch.cat([torch.arange(start, end), torch.full((max(pad, 0),), end - 1)])
+        cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device), ref[None].to(device))
 
         def step_cb(i, n, x0, wi=wi):
             if callback is not None:
                 callback(wi * n + i, len(windows) * n, x0)
 
         x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb)
-        out[start:end] = model.decode(x0)[0].cpu()
+        out[start:end] = model.decode(x0)[0, : end - start].cpu()
     return _resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

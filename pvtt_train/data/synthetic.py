@@ -131,6 +131,21 @@ class SyntheticVideoGenerator:
         c = self.config
         if c.frames < 2 or c.height < 8 or c.width < 8:
             raise ValueError(f"clips need at least 2 frames and 8x8 pixels, got {c.frames}x{c.height}x{c.width}")
+        if c.supersample < 1:
+            raise ValueError(f"supersample must be >= 1, got {c.supersample}")
+        lo, hi = c.product_size
+        if not 0 < lo <= hi:
+            raise ValueError(f"product_size must be (min, max) with 0 < min <= max, got {c.product_size}")
+        # example() lets the product grow to 1.1 * max and keeps a 20 % margin: 2 * 0.6 * 1.1 * max must fit.
+        if 1.32 * hi > min(c.height, c.width):
+            raise ValueError(f"product_size max {hi} does not fit a {c.width}x{c.height} clip; use at most "
+                             f"{min(c.height, c.width) / 1.32:.2f} or a larger clip")
+        if not 0 <= c.max_zoom < 1:
+            raise ValueError(f"max_zoom must be in [0, 1), got {c.max_zoom}")
+        if not 0 < c.light_gain[0] <= c.light_gain[1]:
+            raise ValueError(f"light_gain must be (min, max) with 0 < min <= max, got {c.light_gain}")
+        if c.shake_px < 0 or c.texture_std < 0 or c.max_rotation_deg < 0:
+            raise ValueError("shake_px, texture_std and max_rotation_deg must be >= 0")
 
     def example(self, seed: int) -> Example:
         c = self.config

@@ -75,7 +75,7 @@ def write_atomic(path: Path, write) -> None:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, metadata: dict) -> Path:
     """Write ``model``'s weights and ``metadata`` (merged with the model config) atomically."""
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config(), **metadata}
+    meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config()}
     for key in ("schedule", "sampler", "video", "stage"):
         if key not in meta:
             raise ValueError(f"checkpoint metadata needs {key!r}")
@@ -117,9 +117,14 @@ def read_metadata(path: str | Path) -> dict:
         meta = json.loads(header[FORMAT])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path.name}: its PVTT metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path.name}: its PVTT metadata is not a JSON object")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path.name} was written by a newer PVTT (format {meta['format_version']}); "
                               f"update PVTT to load it.")
+    missing = [k for k in ("model", "schedule", "sampler", "video") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path.name}: its PVTT metadata lacks {missing}; re-export it with pvtt_train.")
     return meta
 
 
@@ -127,14 +132,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     """Rebuild the model a checkpoint describes and load its weights (strictly)."""
     path = Path(path)
     meta = read_metadata(path)
-    model = build_model(meta["model"])
+    try:
+        model = build_model(meta["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: cannot rebuild its model: {exc}") from exc
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path), device=str(device))
     except Exception as exc:
         raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatches raise even with strict=False
+        raise CheckpointError(f"{path.name}: weights do not match the architecture in its metadata ({exc}). "
+                              f"Re-export it with pvtt_train.") from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{path.name}: weights do not match the architecture in its metadata "

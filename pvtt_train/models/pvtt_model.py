@@ -35,7 +35,9 @@ class Condition:
 
     ``background`` is the template in model space and ``region`` the edit mask at model resolution
     (1 = regenerate); samplers use them to re-inject the background. ``features`` is what the
-    network consumes; ``reference_slice`` marks the channels dropped for the unconditional branch.
+    network consumes. ``reference_slice`` marks the part of ``features`` that carries the product:
+    channels for ``wan_concat`` (the aligned paste), the leading reference frame for ``wan_vace``.
+    Only the model that built a Condition interprets it.
     """
 
     background: torch.Tensor  # [B, C, F, h, w]

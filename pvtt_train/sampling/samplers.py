@@ -32,9 +32,13 @@ def reinject_background(x: torch.Tensor, cond: Condition, sigma: float | torch.T
     return cond.region * x + (1 - cond.region) * background
 
 
-def guided_velocity(model, x: torch.Tensor, sigma: float, cond: Condition, cfg: float) -> torch.Tensor:
-    """Velocity with standard-form CFG; one batched call for both branches when cfg != 1."""
-    sig = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
+def guided_velocity(model, x: torch.Tensor, sigma: float | torch.Tensor, cond: Condition,
+                    cfg: float) -> torch.Tensor:
+    """Velocity with standard-form CFG; one batched call for both branches when cfg != 1.
+
+    ``sigma`` is one value for the batch or a [B] tensor (DMD scores each sample at its own sigma).
+    """
+    sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
     if cfg == 1.0:
         return model.velocity(x, sig, cond)
     both = torch.cat([x, x])
@@ -73,25 +77,38 @@ def sample_teacher(model, cond: Condition, schedule: FlowSchedule, steps: int = 
     return x
 
 
+def student_rollout(model, cond: Condition, schedule: FlowSchedule, sigmas: list[float], exit_step: int,
+                    generator: torch.Generator | None = None, preserve_background: bool = True, cfg: float = 1.0,
+                    grad_at_exit: bool = False, callback: StepCallback | None = None) -> torch.Tensor:
+    """The few-step sampler up to ``exit_step``; returns that step's x0.
+
+    Inference runs it to the last step without gradients. Distillation (backward simulation) exits
+    at a random step and keeps the graph of the exit step only, so the student is trained on
+    exactly the inputs it sees at inference.
+    """
+    noise = initial_noise(model, cond, generator)
+    x = noise
+    for i, sigma in enumerate(sigmas[: exit_step + 1]):
+        if preserve_background:
+            x = reinject_background(x, cond, sigma, noise)
+        with torch.set_grad_enabled(grad_at_exit and i == exit_step):
+            v = guided_velocity(model, x, sigma, cond, cfg)
+            x0 = schedule.x0_from_velocity(x, v, sigma)
+        if callback is not None:
+            callback(i + 1, len(sigmas), x0)
+        if i < exit_step:
+            noise = initial_noise(model, cond, generator)
+            x = FlowSchedule.noise(x0, noise, torch.tensor(sigmas[i + 1]))
+    return x0
+
+
 @torch.no_grad()
 def sample_student(model, cond: Condition, schedule: FlowSchedule, sigmas: list[float],
                    generator: torch.Generator | None = None, preserve_background: bool = True,
                    cfg: float = 1.0, callback: StepCallback | None = None) -> torch.Tensor:
     """Few-step x0-prediction sampling with fresh-noise re-noising between the listed sigmas."""
-    first_noise = initial_noise(model, cond, generator)
-    x, noise = first_noise, first_noise
-    x0 = x
-    for i, sigma in enumerate(sigmas):
-        if preserve_background:
-            x = reinject_background(x, cond, sigma, noise)
-        v = guided_velocity(model, x, sigma, cond, cfg)
-        x0 = schedule.x0_from_velocity(x, v, sigma)
-        if i + 1 < len(sigmas):
-            noise = initial_noise(model, cond, generator)
-            x = FlowSchedule.noise(x0, noise, torch.tensor(sigmas[i + 1]))
-        if callback is not None:
-            callback(i + 1, len(sigmas), x0)
-    return x0
+    return student_rollout(model, cond, schedule, sigmas, len(sigmas) - 1, generator, preserve_background, cfg,
+                           callback=callback)
 
 
 def sample_from_metadata(model, cond: Condition, metadata: dict, steps: int | None = None,

@@ -1,0 +1,209 @@
+"""Video and product-photo input, and MP4 output, for designers' files.
+
+Loaders list ComfyUI's input folder plus the pack's ``samples/`` so the example workflow runs out
+of the box. Clips are ComfyUI IMAGE batches [F,H,W,3] in 0..1; the video loader also returns the
+frames' luminance as a MASK, so a black-and-white mask video plugs straight into a MASK input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from . import paths
+from .runtime import check_interrupted, progress_bar
+
+log = logging.getLogger("[PVTT]")
+
+
+def _file_stamp(name: str) -> str:
+    """Cheap change detector for IS_CHANGED: size and mtime of the resolved file."""
+    try:
+        st = paths.resolve_media(name).stat()
+    except FileNotFoundError:
+        return ""
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def _validate_media(name: str, extensions: set[str]) -> bool | str:
+    try:
+        path = paths.resolve_media(name)
+    except FileNotFoundError as exc:
+        return str(exc)
+    if path.suffix.lower() not in extensions:
+        return f"PVTT: {name!r} is not one of the supported file types ({', '.join(sorted(extensions))})"
+    return True
+
+
+class PVTTLoadVideo:
+    DESCRIPTION = ("Loads a video (MP4 or any file OpenCV reads) from ComfyUI's input folder or the pack's samples. "
+                   "Outputs the frames as IMAGE and their brightness as MASK: load the template video for IMAGE, "
+                   "and a black-and-white mask video (white = the product to replace) for MASK.")
+    CATEGORY = "PVTT/video"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "MASK", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "mask", "frame_count", "fps")
+    OUTPUT_TOOLTIPS = (
+        "The loaded frames, [frames, height, width, 3] in 0..1.",
+        "The frames' luminance, [frames, height, width] in 0..1 (white = 1): use with a mask video.",
+        "Number of frames loaded.",
+        "Frame rate of the loaded frames (the file's rate divided by select_every_nth).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video": (paths.media_names(paths.VIDEO_EXTENSIONS), {
+                "tooltip": "A video in ComfyUI's input folder, or a shipped example under samples/."}),
+            "frame_load_cap": ("INT", {
+                "default": 0, "min": 0, "max": 10000, "step": 1,
+                "tooltip": "Load at most this many frames (after skipping and sub-sampling); 0 loads all."}),
+            "skip_first_frames": ("INT", {
+                "default": 0, "min": 0, "max": 100000, "step": 1,
+                "tooltip": "Frames to drop from the start of the video before loading."}),
+            "select_every_nth": ("INT", {
+                "default": 1, "min": 1, "max": 1000, "step": 1,
+                "tooltip": "Keep every n-th frame (1 keeps all): lowers the frame rate and the memory used."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, video):
+        return _validate_media(video, paths.VIDEO_EXTENSIONS)
+
+    @classmethod
+    def IS_CHANGED(cls, video, **_):
+        return _file_stamp(video)
+
+    def load(self, video, frame_load_cap, skip_first_frames, select_every_nth):
+        import torch
+
+        from .video_io import read_video
+
+        path = paths.resolve_media(video)
+        bar = progress_bar(frame_load_cap or 1)
+
+        def on_frame(kept):
+            check_interrupted()
+            if frame_load_cap:
+                bar.update_absolute(kept)
+
+        frames, fps = read_video(path, frame_load_cap, skip_first_frames, select_every_nth, on_frame)
+        image = torch.from_numpy(frames).float().div_(255.0)
+        luminance = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+        log.info("loaded %d frames of %s (%dx%d, %.2f fps)", len(frames), path.name, frames.shape[2],
+                 frames.shape[1], fps)
+        return (image, luminance.clamp_(0, 1), len(frames), fps)
+
+
+class PVTTLoadImage:
+    DESCRIPTION = ("Loads the new product's photo from ComfyUI's input folder or the pack's samples. Best: the "
+                   "product alone on a plain light background, or a cut-out PNG (transparency becomes white).")
+    CATEGORY = "PVTT/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The photo as a one-image batch [1, height, width, 3] in 0..1.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": (paths.media_names(paths.IMAGE_EXTENSIONS), {
+                "tooltip": "A product photo in ComfyUI's input folder, or a shipped example under samples/."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image):
+        return _validate_media(image, paths.IMAGE_EXTENSIONS)
+
+    @classmethod
+    def IS_CHANGED(cls, image):
+        return _file_stamp(image)
+
+    def load(self, image):
+        import torch
+
+        from .video_io import read_image
+
+        pixels = read_image(paths.resolve_media(image))
+        return (torch.from_numpy(pixels).float().div_(255.0)[None],)
+
+
+class PVTTSaveVideo:
+    DESCRIPTION = ("Saves frames as an MP4 in ComfyUI's output folder and shows an animated preview "
+                   "(also saved, as an animated WebP that holds the workflow: drop it on ComfyUI to reload).")
+    CATEGORY = "PVTT/video"
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The frames to save, e.g. the output of PVTT Background Preserve."}),
+                "filename_prefix": ("STRING", {
+                    "default": "PVTT/pvtt",
+                    "tooltip": "File name start, relative to the output folder; a '/' makes a subfolder. "
+                               "A counter is appended so nothing is overwritten."}),
+                "fps": ("FLOAT", {
+                    "default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1,
+                    "tooltip": "Frames per second of the saved video (use the Load Video fps to keep the "
+                               "template's speed)."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, images, filename_prefix, fps, prompt=None, extra_pnginfo=None):
+        from .video_io import write_mp4, write_webp
+
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+            raise ValueError(f"PVTT Save Video needs an IMAGE batch [frames, height, width, 3] with at least one "
+                             f"frame, got {tuple(images.shape)}; connect a video, not a mask.")
+        folder, stem, subfolder = next_output_name(filename_prefix)
+        frames = (images.clamp(0, 1) * 255).round().to("cpu").byte().numpy()
+        write_mp4(folder / f"{stem}.mp4", frames, fps)
+        write_webp(folder / f"{stem}.webp", frames, fps, workflow_exif(prompt, extra_pnginfo))
+        log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
+        return {"ui": {"images": [{"filename": f"{stem}.webp", "subfolder": subfolder, "type": "output"}],
+                       "animated": (True,)}}
+
+
+def next_output_name(filename_prefix: str):
+    """(folder, stem, subfolder) for the next free ``<prefix>_NNNNN`` in the output folder.
+
+    The prefix may name subfolders but never leave the output folder.
+    """
+    root = paths.output_dir().resolve()
+    target = (root / filename_prefix).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise ValueError(f"PVTT: filename_prefix {filename_prefix!r} points outside the output folder {root}; "
+                         f"use a plain name such as 'PVTT/my_clip'.")
+    folder, base = target.parent, target.name
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [p.stem[len(base) + 1:] for p in folder.glob(f"{base}_*.mp4")]
+    counter = max((int(t) for t in taken if t.isdigit()), default=0) + 1
+    subfolder = "" if folder == root else folder.relative_to(root).as_posix()
+    return folder, f"{base}_{counter:05d}", subfolder
+
+
+def workflow_exif(prompt, extra_pnginfo):
+    """EXIF carrying the prompt and workflow, as ComfyUI's own WebP saver writes them.
+
+    Skipped when ComfyUI runs with --disable-metadata or outside ComfyUI.
+    """
+    from PIL import Image
+
+    exif = Image.Exif()
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return exif
+    if args.disable_metadata:
+        return exif
+    if prompt is not None:
+        exif[0x0110] = "prompt:" + json.dumps(prompt)
+    tag = 0x010F
+    for key, value in (extra_pnginfo or {}).items():
+        exif[tag] = f"{key}:{json.dumps(value)}"
+        tag -= 1
+    return exif

@@ -1,0 +1,148 @@
+"""Where PVTT's files live: inside ComfyUI its folders, standalone plain folders beside the repo.
+
+Inside ComfyUI, ``folder_paths`` is already imported, so asking it is free; outside (tests, scripts)
+it does not exist and the pack falls back to ``PVTT_MODELS_DIR`` / ``PVTT_INPUT_DIR`` /
+``PVTT_OUTPUT_DIR``, or ``models/pvtt``, ``input`` and ``output`` in the repo. Media names are
+resolved only to files directly inside the allowed folders, so a crafted widget value cannot
+read arbitrary files (``../../etc/passwd``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FOLDER_KEY = "pvtt"
+MODEL_EXTENSIONS = {".safetensors"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "samples"
+#: Checkpoints that ship with the pack; searched after models/pvtt so the example workflow runs
+#: out of the box, while a user's own file of the same name wins.
+SHIPPED_MODELS_DIR = REPO_ROOT / "models_shipped"
+SAMPLE_PREFIX = "samples/"
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _folder_paths():
+    """ComfyUI's ``folder_paths`` module, or None when running without ComfyUI."""
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def default_models_dir() -> Path:
+    """The folder users are told to put checkpoints in."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.models_dir) / FOLDER_KEY
+    return Path(os.environ.get("PVTT_MODELS_DIR") or REPO_ROOT / "models" / FOLDER_KEY)
+
+
+def register_model_folder() -> None:
+    """Make ``models/pvtt`` (plus the shipped folder) a ComfyUI model folder for .safetensors only.
+
+    An entry already made by ``extra_model_paths.yaml`` keeps its folders; ours are added behind
+    the default one and the extension filter is set (a bare entry would accept every file).
+    """
+    fp = _folder_paths()
+    if fp is None:
+        return
+    default = str(default_models_dir())
+    os.makedirs(default, exist_ok=True)
+    paths, _ = fp.folder_names_and_paths.get(FOLDER_KEY, ([], set()))
+    paths = list(paths)
+    for extra in (default, str(SHIPPED_MODELS_DIR)):
+        if extra not in paths:
+            paths.append(extra)
+    fp.folder_names_and_paths[FOLDER_KEY] = (paths, set(MODEL_EXTENSIONS))
+
+
+def model_dirs() -> list[Path]:
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folder()
+        return [Path(p) for p in fp.get_folder_paths(FOLDER_KEY)]
+    return [default_models_dir(), SHIPPED_MODELS_DIR]
+
+
+def model_names() -> list[str]:
+    """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates)."""
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folder()
+        return fp.get_filename_list(FOLDER_KEY)
+    names = set()
+    for folder in model_dirs():
+        if folder.is_dir():
+            names.update(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return sorted(names)
+
+
+def model_path(name: str) -> Path:
+    """Full path of a checkpoint name from the dropdown; FileNotFoundError says where to put it."""
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folder()
+        found = fp.get_full_path(FOLDER_KEY, name)
+        if found:
+            return Path(found)
+    else:
+        for folder in model_dirs():
+            candidate = _inside(folder, name)
+            if candidate is not None and candidate.is_file():
+                return candidate
+    raise FileNotFoundError(missing_model_message(name))
+
+
+def missing_model_message(name: str | None = None) -> str:
+    what = f"checkpoint {name!r} was not found" if name else "no PVTT checkpoint (.safetensors) was found"
+    return (f"PVTT: {what}. Put PVTT .safetensors files in {default_models_dir()} (searched: "
+            f"{', '.join(str(d) for d in model_dirs())}), then press R in ComfyUI to refresh the list. "
+            f"To make one, run `python -m pvtt_train demo --out out/demo --models-dir \"{default_models_dir()}\"` "
+            f"in the PVTT folder ({REPO_ROOT}); it distils the 4-step student from the shipped teacher.")
+
+
+def input_dir() -> Path:
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_input_directory())
+    return Path(os.environ.get("PVTT_INPUT_DIR") or REPO_ROOT / "input")
+
+
+def output_dir() -> Path:
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_output_directory())
+    return Path(os.environ.get("PVTT_OUTPUT_DIR") or REPO_ROOT / "output")
+
+
+def media_names(extensions: set[str]) -> list[str]:
+    """Files in the input folder, then the pack's samples as ``samples/<name>``, for a dropdown."""
+    def listing(folder: Path) -> list[str]:
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+
+    return listing(input_dir()) + [SAMPLE_PREFIX + n for n in listing(SAMPLES_DIR)]
+
+
+def resolve_media(name: str) -> Path:
+    """Path of a dropdown name; only files directly in the input or samples folder resolve."""
+    folder, leaf = (SAMPLES_DIR, name[len(SAMPLE_PREFIX):]) if name.startswith(SAMPLE_PREFIX) else (input_dir(), name)
+    path = _inside(folder, leaf)
+    if path is None or path.parent != folder.resolve() or not path.is_file():
+        raise FileNotFoundError(
+            f"PVTT: file {name!r} not found. Put your videos and images in ComfyUI's input folder "
+            f"({input_dir()}) and pick them from the list, or pick one of the shipped 'samples/' files.")
+    return path
+
+
+def _inside(folder: Path, name: str) -> Path | None:
+    """``folder/name`` resolved, or None if it would leave ``folder``."""
+    root = folder.resolve()
+    path = (root / name).resolve()
+    return path if path.is_relative_to(root) and path != root else None

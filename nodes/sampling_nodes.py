@@ -1,0 +1,80 @@
+"""PVTT Template Transfer: the template clip re-rendered with the new product.
+
+Sampling follows the checkpoint's metadata (the student's trained timesteps, the teacher's Euler
+steps and CFG); the node reports each step to ComfyUI's progress bar, with a preview of the
+current estimate, and stops at once when the user presses Cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .runtime import check_interrupted, progress_bar
+
+log = logging.getLogger("[PVTT]")
+
+PREVIEW_SIZE = 256
+
+
+class PVTTTemplateTransfer:
+    DESCRIPTION = ("Re-renders the template video with the new product in place of the masked one, following the "
+                   "template's motion, scale and lighting. Inputs of any size and length are resized to the model's "
+                   "resolution and processed in windows of its frame count; the result comes back at input size.")
+    CATEGORY = "PVTT/sampling"
+    FUNCTION = "transfer"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("generated",)
+    OUTPUT_TOOLTIPS = (("The generated clip at the template's size. Pass it through PVTT Background Preserve to keep "
+                        "the template's exact pixels outside the mask."),)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model."}),
+            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
+            "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
+                                         "or a single mask used for every frame; same size as the video."}),
+            "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background "
+                                                   "(the first image is used if a batch is connected)."}),
+            "steps": ("INT", {"default": 0, "min": 0, "max": 200, "step": 1,
+                              "tooltip": "Sampling steps; 0 uses the count the checkpoint was trained for (4 for the "
+                                         "student). Other values work but usually look worse on a distilled model."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Random seed of the starting noise; the same seed and inputs give the same clip."}),
+            "preserve_background": ("BOOLEAN", {"default": True,
+                                                "tooltip": "Keep the model's view of the background tied to the "
+                                                           "template at every step (recommended)."}),
+        }}
+
+    def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background):
+        from ..pvtt_train.pipeline import InputError, transfer
+
+        if product_image.ndim != 4 or product_image.shape[0] == 0:
+            raise InputError(f"product_image must be an IMAGE batch [1, height, width, 3], got "
+                             f"{tuple(product_image.shape)}; connect PVTT Load Image.")
+        if product_image.shape[0] > 1:
+            log.warning("product_image holds %d images; using the first", product_image.shape[0])
+        trained = model.sampler.get("steps")
+        if steps and steps != trained:
+            log.warning("steps=%d differs from the %s steps %s was trained for; expect lower quality "
+                        "(set steps to 0 to use the trained count)", steps, trained, model.path.name)
+        bar = progress_bar(1)
+
+        def on_step(i, total, x0):
+            check_interrupted()
+            bar.update_absolute(i, total, preview(model, x0))
+
+        out = transfer(model, template_video, mask, product_image[0], steps=steps or None,
+                       seed=seed, preserve_background=preserve_background, callback=on_step)
+        return (out,)
+
+
+def preview(model, x0):
+    """Middle frame of the current estimate, upscaled, in the ("JPEG", image, size) form ComfyUI sends."""
+    from PIL import Image
+
+    video = model.model.decode(x0)[0]
+    frame = (video[video.shape[0] // 2].float().cpu().numpy() * 255).round().astype("uint8")
+    image = Image.fromarray(frame)
+    scale = max(1, PREVIEW_SIZE // max(image.size))
+    return ("JPEG", image.resize((image.width * scale, image.height * scale), Image.NEAREST), PREVIEW_SIZE)

@@ -1,0 +1,42 @@
+"""Tiny random-weight PVTT checkpoints for fast tests (seconds on 2 cores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pvtt_train.data.synthetic import SyntheticConfig
+from pvtt_train.models.checkpoint import load_checkpoint, save_checkpoint
+from pvtt_train.models.pvtt_model import WanConcatPVTT
+
+MICRO_BACKBONE = {
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "text_dim": 16,
+    "freq_dim": 16,
+    "ffn_dim": 32,
+    "num_layers": 1,
+    "rope_max_seq_len": 32,
+}
+
+
+def micro_teacher(path: Path, seed: int = 0, steps: int = 3, cfg: float = 1.5) -> Path:
+    """A random micro teacher checkpoint with the metadata `pvtt_train teacher` writes."""
+    torch.manual_seed(seed)
+    model = WanConcatPVTT(MICRO_BACKBONE)
+    data = SyntheticConfig()
+    save_checkpoint(path, model, {
+        "stage": "teacher",
+        "schedule": {"shift": 1.0, "num_train_timesteps": 1000},
+        "sampler": {"kind": "euler_cfg", "steps": steps, "cfg": cfg},
+        "video": {"frames": data.frames, "height": data.height, "width": data.width},
+        "conditioning": {"reference": "aligned_paste", "uncond": "zero_reference"},
+        "provenance": {"trainer": "tests", "data": data.to_dict()},
+    })
+    return path
+
+
+def load_micro_teacher(tmp_path: Path, **kw):
+    return load_checkpoint(micro_teacher(tmp_path / "micro_teacher.safetensors", **kw))

@@ -1,0 +1,151 @@
+"""The pack inside a real ComfyUI, driven through the real frontend as a designer would use it.
+
+Runs only when ``COMFYUI_DIR`` is set: either a git dir of ComfyUI's history (the rig is then built
+or refreshed with comfyrig's ``setup.sh``) or a rig ``setup.sh`` already built (a folder holding
+``ComfyUI/main.py`` and ``venv/``). The comfyrig tools are found at ``COMFYRIG_TOOLS`` (default
+``../shared/tools/comfyrig`` beside the checkout). A fresh server is started on ``COMFYUI_PORT``
+(default 8190) and stopped afterwards; the screenshot and the frontend's API prompt are kept in
+``out/comfyui_real/``.
+
+If ``models_shipped/pvtt_student_4step.safetensors`` is absent, a random-weights checkpoint of the
+same name is written into the rig's ``models/pvtt`` for the run (and removed after it), so the
+graph can be exercised before the trained student ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from _comfy_pack import PACKAGE, ROOT, load_pack
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI git dir or a comfyrig rig "
+                                                         "folder to run the real-ComfyUI test")
+
+TOOLS = Path(os.environ.get("COMFYRIG_TOOLS", ROOT.parent / "shared" / "tools" / "comfyrig"))
+PORT = int(os.environ.get("COMFYUI_PORT", "8190"))
+URL = f"http://127.0.0.1:{PORT}"
+WORKFLOW = ROOT / "workflows" / "pvtt_4step_template_transfer.json"
+STUDENT = "pvtt_student_4step.safetensors"
+ARTIFACTS = ROOT / "out" / "comfyui_real"
+
+
+def get_json(path: str):
+    with urllib.request.urlopen(URL + path, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def rig_dir() -> Path:
+    """The rig folder, building or refreshing it (and linking this pack in) when needed."""
+    given = Path(COMFYUI_DIR)
+    if (given / "ComfyUI" / "main.py").is_file() and (given / "venv" / "bin" / "python").is_file():
+        link = given / "ComfyUI" / "custom_nodes" / ROOT.name
+        if not link.exists():
+            link.symlink_to(ROOT, target_is_directory=True)
+        return given
+    rig = Path(os.environ.get("COMFYRIG", "/tmp/comfyrig"))
+    subprocess.run(["bash", str(TOOLS / "setup.sh"), str(given), str(ROOT)], check=True,
+                   env={**os.environ, "COMFYRIG": str(rig)})
+    return rig
+
+
+def ensure_pack_requirements(rig: Path) -> None:
+    """Install the pack's requirements into the rig's venv, as ComfyUI-Manager does for users."""
+    python = rig / "venv" / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import cv2, diffusers, kornia, safetensors"],
+                      check=False).returncode == 0:
+        return
+    requirements = ROOT / "requirements.txt"
+    assert requirements.is_file(), "the rig venv lacks the pack's dependencies and requirements.txt is missing"
+    constraints = rig / "venv" / "comfyrig-constraints.txt"  # keeps the rig's torch pair
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements), "-c", str(constraints)],
+                   check=True)
+
+
+def write_random_student(path: Path) -> None:
+    """A random-weights checkpoint with the student's name and a 4-step few-step sampler."""
+    import importlib
+
+    import torch
+
+    load_pack()
+    pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
+    checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
+    schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
+    torch.manual_seed(0)
+    checkpoint.save_checkpoint(path, pvtt_model.WanConcatPVTT(pvtt_model.TINY_BACKBONE), {
+        "stage": "student",
+        "schedule": schedule.FlowSchedule().to_dict(),
+        "sampler": {"kind": "few_step", "steps": 4, "timesteps": list(schedule.DEFAULT_STUDENT_TIMESTEPS)},
+        "video": {"frames": 9, "height": 16, "width": 16},
+        "provenance": {"trainer": "tests/test_comfyui_real.py", "weights": "random"},
+    })
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """A fresh ComfyUI with this pack on PORT; yields the rig folder."""
+    rig = rig_dir()
+    ensure_pack_requirements(rig)
+    placeholder = rig / "ComfyUI" / "models" / "pvtt" / STUDENT
+    made_placeholder = not (ROOT / "models_shipped" / STUDENT).is_file()
+    if made_placeholder:
+        write_random_student(placeholder)
+    env = {**os.environ, "COMFYRIG": str(rig), "COMFYRIG_STRICT": "1"}
+    started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(PORT)], env=env, capture_output=True, text=True,
+                             check=False)
+    try:
+        assert started.returncode == 0, f"ComfyUI did not start cleanly:\n{started.stderr[-4000:]}"
+        yield rig
+    finally:
+        subprocess.run(["bash", str(TOOLS / "stop.sh"), str(PORT)], env=env, check=False)
+        if made_placeholder:
+            placeholder.unlink()
+
+
+def test_every_pvtt_node_is_in_object_info(comfy):
+    info = get_json("/object_info")
+    missing = set(load_pack().NODE_CLASS_MAPPINGS) - set(info)
+    assert not missing, f"ComfyUI does not list {missing}"
+    assert STUDENT in info["PVTTLoadModel"]["input"]["required"]["model_name"][0]
+    assert "samples/pvtt_template.mp4" in info["PVTTLoadVideo"]["input"]["required"]["video"][0]
+
+
+def test_workflow_is_offered_as_a_template(comfy):
+    templates = get_json("/api/workflow_templates")
+    assert WORKFLOW.stem in templates.get(ROOT.name, []), templates
+    served = get_json(f"/api/workflow_templates/{ROOT.name}/{WORKFLOW.name}")
+    assert served == json.loads(WORKFLOW.read_text())
+
+
+def test_workflow_runs_in_the_real_frontend(comfy):
+    import cv2
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"{WORKFLOW.stem}.png"
+    result = subprocess.run(
+        ["node", str(TOOLS / "run_ui_workflow.mjs"), str(WORKFLOW), str(shot), "--url", URL, "--timeout", "300",
+         "--save-api", str(ARTIFACTS / f"{WORKFLOW.stem}.api.json")],
+        capture_output=True, text=True, env={**os.environ, "COMFYRIG_NODE_DIR": str(comfy / "node")}, check=False)
+    report = result.stdout + result.stderr
+    (ARTIFACTS / f"{WORKFLOW.stem}.log").write_text(report)
+    assert result.returncode == 0, report
+    assert "MISSING" not in report, report
+    preview = re.search(r"output node \d+ images: output/(\S+\.webp)", report)
+    assert preview, report
+    video = comfy / "ComfyUI" / "output" / Path(preview.group(1)).with_suffix(".mp4")
+    assert video.is_file(), f"no MP4 next to the preview: {video}"
+    capture = cv2.VideoCapture(str(video))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 9, f"{video.name} has {frames} frames, the template has 9"
+    shutil.copy(video, ARTIFACTS / video.name)

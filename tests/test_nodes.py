@@ -1,0 +1,338 @@
+"""The PVTT nodes without ComfyUI: schemas, and every node executed the way ComfyUI would call it.
+
+The model is a random-weights tiny WanConcatPVTT with a 2-step sampler: fast, and enough to check
+shapes, ranges, determinism, progress, Cancel and background preservation (none of which depend
+on trained weights).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _comfy_pack import PACKAGE, ROOT, load_pack
+from PIL import Image
+
+pack = load_pack()
+nodes = pack.NODE_CLASS_MAPPINGS
+paths = importlib.import_module(f"{PACKAGE}.nodes.paths")
+sampling_nodes = importlib.import_module(f"{PACKAGE}.nodes.sampling_nodes")
+model_nodes = importlib.import_module(f"{PACKAGE}.nodes.model_nodes")
+pipeline = importlib.import_module(f"{PACKAGE}.pvtt_train.pipeline")
+checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
+pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
+schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
+
+CATEGORIES = {"PVTT/loaders", "PVTT/sampling", "PVTT/masking", "PVTT/video"}
+TINY_NAME = "tiny_2step.safetensors"
+TEMPLATE, MASK, PRODUCT = "samples/pvtt_template.mp4", "samples/pvtt_mask.mp4", "samples/pvtt_product.png"
+
+
+def run(node_id: str, **inputs):
+    """Execute a node as ComfyUI does: a fresh instance, its FUNCTION called with keyword inputs."""
+    cls = nodes[node_id]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A models folder holding one random-weights tiny checkpoint with a 2-step few-step sampler."""
+    folder = tmp_path_factory.mktemp("models_pvtt")
+    torch.manual_seed(0)
+    model = pvtt_model.WanConcatPVTT(pvtt_model.TINY_BACKBONE)
+    checkpoint.save_checkpoint(folder / TINY_NAME, model, {
+        "stage": "student",
+        "schedule": schedule.FlowSchedule().to_dict(),
+        "sampler": {"kind": "few_step", "steps": 2, "timesteps": [1000, 500]},
+        "video": {"frames": 9, "height": 16, "width": 16},
+        "conditioning": {"reference": "aligned_paste", "uncond": "zero_reference"},
+        "provenance": {"trainer": "tests/test_nodes.py", "weights": "random"},
+    })
+    return folder
+
+
+@pytest.fixture
+def folders(monkeypatch, tmp_path, models_dir):
+    """Standalone folders: the tiny model, an empty input folder and a fresh output folder."""
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("PVTT_INPUT_DIR", str(tmp_path / "input"))
+    monkeypatch.setenv("PVTT_OUTPUT_DIR", str(tmp_path / "output"))
+    monkeypatch.setattr(paths, "SHIPPED_MODELS_DIR", tmp_path / "no_shipped_models")
+    (tmp_path / "input").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def model(folders):
+    return run("PVTTLoadModel", model_name=TINY_NAME)[0]
+
+
+@pytest.fixture
+def sample_inputs(folders):
+    template = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[0]
+    mask = run("PVTTLoadVideo", video=MASK, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[1]
+    product = run("PVTTLoadImage", image=PRODUCT)[0]
+    return template, mask, product
+
+
+def transfer(model, inputs, **overrides):
+    template, mask, product = inputs
+    kwargs = {"model": model, "template_video": template, "mask": mask, "product_image": product, "steps": 0,
+              "seed": 0, "preserve_background": True}
+    return run("PVTTTemplateTransfer", **{**kwargs, **overrides})[0]
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+def test_node_ids_are_prefixed_and_have_display_names():
+    assert set(nodes) == {"PVTTLoadModel", "PVTTLoadVideo", "PVTTLoadImage", "PVTTSaveVideo",
+                          "PVTTTemplateTransfer", "PVTTBackgroundPreserve"}
+    assert all(pack.NODE_DISPLAY_NAME_MAPPINGS[n].startswith("PVTT ") for n in nodes)
+    assert pack.WEB_DIRECTORY == "./web"
+
+
+@pytest.mark.parametrize("node_id", sorted(nodes))
+def test_node_has_category_description_and_output_tooltips(node_id):
+    cls = nodes[node_id]
+    assert cls.CATEGORY in CATEGORIES
+    assert len(cls.DESCRIPTION) > 40
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES)
+    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+
+
+@pytest.mark.parametrize("node_id", sorted(nodes))
+def test_every_input_has_a_tooltip(node_id, folders):
+    schema = nodes[node_id].INPUT_TYPES()
+    for section in ("required", "optional"):
+        for name, spec in schema.get(section, {}).items():
+            assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_importing_the_pack_loads_neither_torch_nor_pvtt_train():
+    code = ("import sys; sys.path.insert(0, 'tests'); from _comfy_pack import load_pack; load_pack(); "
+            "heavy = [m for m in ('torch', 'cv2', 'diffusers', 'pvtt_pack.pvtt_train') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# --- PVTT Load Model ---------------------------------------------------------------------------
+
+def test_load_model_lists_checkpoints_in_the_models_folder(folders):
+    assert nodes["PVTTLoadModel"].INPUT_TYPES()["required"]["model_name"][0] == [TINY_NAME]
+
+
+def test_load_model_rebuilds_the_model_from_metadata(model):
+    assert model.sampler == {"kind": "few_step", "steps": 2, "timesteps": [1000, 500]}
+    assert model.video == {"frames": 9, "height": 16, "width": 16}
+
+
+def test_load_model_reuses_the_loaded_model_until_the_file_changes(folders, models_dir):
+    first = run("PVTTLoadModel", model_name=TINY_NAME)[0]
+    assert run("PVTTLoadModel", model_name=TINY_NAME)[0] is first
+    path = models_dir / TINY_NAME
+    stat = path.stat()
+    try:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert run("PVTTLoadModel", model_name=TINY_NAME)[0] is not first
+    finally:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_load_model_with_an_empty_folder_says_where_to_put_files(folders, monkeypatch):
+    empty = folders / "empty_models"
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(empty))
+    message = nodes["PVTTLoadModel"].VALIDATE_INPUTS("pvtt_student_4step.safetensors")
+    assert str(empty) in message and "python -m pvtt_train demo" in message
+    with pytest.raises(FileNotFoundError, match="python -m pvtt_train demo"):
+        run("PVTTLoadModel", model_name="pvtt_student_4step.safetensors")
+
+
+def test_load_model_refuses_a_file_without_pvtt_metadata(folders, models_dir, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(tmp_path))
+    save_file({"w": torch.zeros(1)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="no PVTT metadata"):
+        run("PVTTLoadModel", model_name="foreign.safetensors")
+
+
+# --- PVTT Load Video / Load Image --------------------------------------------------------------
+
+def test_load_video_lists_input_files_and_shipped_samples(folders):
+    (folders / "input" / "clip.mp4").write_bytes(b"")
+    (folders / "input" / "notes.txt").write_bytes(b"")
+    names = nodes["PVTTLoadVideo"].INPUT_TYPES()["required"]["video"][0]
+    assert names[0] == "clip.mp4" and TEMPLATE in names and MASK in names and "notes.txt" not in names
+
+
+def test_load_video_returns_frames_mask_count_and_fps(folders):
+    frames, mask, count, fps = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0,
+                                   select_every_nth=1)
+    assert frames.shape == (9, 128, 128, 3) and frames.dtype == torch.float32
+    assert mask.shape == (9, 128, 128) and count == 9 and fps == pytest.approx(8.0)
+    assert 0 <= float(frames.min()) and float(frames.max()) <= 1
+
+
+def test_load_video_of_a_mask_gives_a_binary_mask(sample_inputs):
+    mask = sample_inputs[1]
+    assert ((mask < 0.1) | (mask > 0.9)).float().mean() > 0.99
+    assert 0.02 < float((mask > 0.5).float().mean()) < 0.5
+
+
+def test_load_video_skips_caps_and_subsamples_frames(folders):
+    full = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[0]
+    frames, _, count, fps = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=3, skip_first_frames=1,
+                                select_every_nth=2)
+    assert count == 3 and fps == pytest.approx(4.0)
+    assert torch.equal(frames, full[[1, 3, 5]])
+
+
+def test_load_video_skipping_every_frame_raises_a_clear_error(folders):
+    with pytest.raises(ValueError, match="Lower skip_first_frames"):
+        run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=50, select_every_nth=1)
+
+
+@pytest.mark.parametrize("name", ["../README.md", "samples/../pvtt_train/__init__.py", "/etc/passwd",
+                                  "samples/make_samples.py/..", "missing.mp4"])
+def test_load_video_resolves_only_files_in_input_or_samples(folders, name):
+    assert isinstance(nodes["PVTTLoadVideo"].VALIDATE_INPUTS(name), str)
+    with pytest.raises(FileNotFoundError, match="input folder"):
+        run("PVTTLoadVideo", video=name, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)
+
+
+def test_load_image_returns_a_one_image_batch(sample_inputs):
+    product = sample_inputs[2]
+    assert product.shape == (1, 128, 128, 3) and float(product.max()) <= 1
+
+
+def test_load_image_flattens_transparency_onto_white(folders):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[2:6, 2:6] = (255, 0, 0, 255)
+    Image.fromarray(rgba).save(folders / "input" / "cutout.png")
+    image = run("PVTTLoadImage", image="cutout.png")[0][0]
+    assert image[0, 0].tolist() == [1.0, 1.0, 1.0] and image[3, 3].tolist() == [1.0, 0.0, 0.0]
+
+
+# --- PVTT Save Video ---------------------------------------------------------------------------
+
+def test_save_video_round_trips_through_load_video(folders, sample_inputs, monkeypatch):
+    template = sample_inputs[0]
+    result = run("PVTTSaveVideo", images=template, filename_prefix="PVTT/roundtrip", fps=8.0)
+    assert result["ui"]["animated"] == (True,)
+    (item,) = result["ui"]["images"]
+    assert item == {"filename": "roundtrip_00001.webp", "subfolder": "PVTT", "type": "output"}
+    saved = folders / "output" / "PVTT"
+    assert Image.open(saved / item["filename"]).n_frames == 9
+    monkeypatch.setenv("PVTT_INPUT_DIR", str(saved))
+    frames, _, count, fps = run("PVTTLoadVideo", video="roundtrip_00001.mp4", frame_load_cap=0,
+                                skip_first_frames=0, select_every_nth=1)
+    assert count == 9 and fps == pytest.approx(8.0)
+    assert float((frames - template).abs().mean()) < 0.03
+
+
+def test_save_video_numbers_files_instead_of_overwriting(folders, sample_inputs):
+    for _ in range(2):
+        run("PVTTSaveVideo", images=sample_inputs[0][:2], filename_prefix="clip", fps=8.0)
+    assert sorted(p.name for p in (folders / "output").glob("clip_*.mp4")) == ["clip_00001.mp4", "clip_00002.mp4"]
+
+
+def test_save_video_refuses_a_prefix_outside_the_output_folder(folders, sample_inputs):
+    with pytest.raises(ValueError, match="outside the output folder"):
+        run("PVTTSaveVideo", images=sample_inputs[0], filename_prefix="../escape", fps=8.0)
+
+
+# --- PVTT Template Transfer --------------------------------------------------------------------
+
+def test_template_transfer_returns_a_clip_at_the_template_size(model, sample_inputs):
+    out = transfer(model, sample_inputs)
+    assert out.shape == sample_inputs[0].shape and out.dtype == torch.float32
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+
+
+def test_template_transfer_is_deterministic_for_a_seed(model, sample_inputs):
+    assert torch.equal(transfer(model, sample_inputs, seed=7), transfer(model, sample_inputs, seed=7))
+    assert not torch.equal(transfer(model, sample_inputs, seed=7), transfer(model, sample_inputs, seed=8))
+
+
+def test_template_transfer_reports_every_step_with_a_preview(model, sample_inputs, monkeypatch):
+    calls = []
+
+    class Bar:
+        def update_absolute(self, value, total=None, preview=None):
+            calls.append((value, total, preview[0], preview[1].size))
+
+    monkeypatch.setattr(sampling_nodes, "progress_bar", lambda total: Bar())
+    transfer(model, sample_inputs)
+    assert [(v, t) for v, t, _, _ in calls] == [(1, 2), (2, 2)]
+    assert all(kind == "JPEG" and size == (256, 256) for _, _, kind, size in calls)
+
+
+def test_template_transfer_stops_when_cancelled(model, sample_inputs, monkeypatch):
+    class Interrupted(Exception):
+        pass
+
+    def cancel():
+        raise Interrupted
+
+    monkeypatch.setattr(sampling_nodes, "check_interrupted", cancel)
+    with pytest.raises(Interrupted):
+        transfer(model, sample_inputs)
+
+
+def test_template_transfer_warns_when_steps_differ_from_training(model, sample_inputs, caplog):
+    with caplog.at_level(logging.WARNING, logger="[PVTT]"):
+        transfer(model, sample_inputs, steps=3)
+    assert "steps=3 differs from the 2 steps" in caplog.text
+
+
+def test_template_transfer_rejects_a_mask_of_another_length(model, sample_inputs):
+    template, mask, product = sample_inputs
+    with pytest.raises(pipeline.InputError, match="mask has 4 frames but the video has 9"):
+        transfer(model, (template, mask[:4], product))
+
+
+def test_template_transfer_rejects_an_empty_mask(model, sample_inputs):
+    template, mask, product = sample_inputs
+    with pytest.raises(pipeline.InputError, match="mask is empty"):
+        transfer(model, (template, torch.zeros_like(mask), product))
+
+
+def test_template_transfer_rejects_a_mask_where_a_product_image_belongs(model, sample_inputs):
+    template, mask, _ = sample_inputs
+    with pytest.raises(pipeline.InputError, match="product_image must be an IMAGE"):
+        transfer(model, (template, mask, mask[0]))
+
+
+# --- PVTT Background Preserve ------------------------------------------------------------------
+
+def test_background_preserve_keeps_the_template_outside_the_dilated_mask(model, sample_inputs):
+    template, mask, _ = sample_inputs
+    generated = transfer(model, sample_inputs)
+    video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
+                      dilate_px=2, feather_px=2.0)
+    reach = 2 + 2 * 2 + 1  # dilation, then the blur kernel's radius (2 * feather), plus rounding
+    near = torch.nn.functional.max_pool2d(mask[:, None], 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
+    assert torch.equal(video[~near], template[~near])
+    assert torch.equal(soft[mask > 0.5], torch.ones_like(soft[mask > 0.5]))
+    assert torch.allclose(video[mask > 0.5], generated[mask > 0.5])
+
+
+def test_background_preserve_accepts_a_single_mask_for_all_frames(model, sample_inputs):
+    template, mask, _ = sample_inputs
+    video, soft = run("PVTTBackgroundPreserve", generated=template.flip(-1), template_video=template,
+                      mask=mask[:1], dilate_px=1, feather_px=1.0)
+    assert video.shape == template.shape and soft.shape == mask.shape
+
+
+def test_background_preserve_rejects_a_template_of_another_size(sample_inputs):
+    template, mask, _ = sample_inputs
+    with pytest.raises(pipeline.InputError, match="differ in shape"):
+        run("PVTTBackgroundPreserve", generated=template[:, :64], template_video=template, mask=mask,
+            dilate_px=2, feather_px=2.0)

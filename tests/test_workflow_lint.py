@@ -1,0 +1,133 @@
+"""Every shipped workflow still matches the node schemas, so it loads and queues without errors.
+
+The frontend stores widget values by position and links by slot index: renaming a node, adding a
+widget in the middle or retyping an output silently breaks saved graphs ("Some Nodes Are
+Missing", "Value not in list", red links). These checks catch that before a designer does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _comfy_pack import ROOT, load_pack
+
+NODES = load_pack().NODE_CLASS_MAPPINGS
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
+#: Checkpoints the workflows may name although no models folder exists in CI (the lead ships them).
+SHIPPED_MODELS = {"pvtt_student_4step.safetensors", "pvtt_teacher.safetensors"}
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def input_specs(node_type: str) -> dict[str, tuple]:
+    schema = NODES[node_type].INPUT_TYPES()
+    return {**schema.get("required", {}), **schema.get("optional", {})}
+
+
+def is_widget(spec: tuple) -> bool:
+    return isinstance(spec[0], list) or (spec[0] in WIDGET_TYPES and not spec[1].get("forceInput"))
+
+
+def socket_type(spec: tuple) -> str:
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def pvtt_nodes(workflow: dict) -> list[dict]:
+    return [n for n in workflow["nodes"] if n["type"] not in FRONTEND_ONLY]
+
+
+def test_there_is_a_workflow():
+    assert WORKFLOWS, "workflows/ holds no .json file"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_ui_format_version_0_4(path):
+    workflow = load(path)
+    assert workflow["version"] == 0.4 and isinstance(workflow["links"], list)
+    assert workflow["last_node_id"] >= max(n["id"] for n in workflow["nodes"])
+    assert workflow["last_link_id"] >= max((link[0] for link in workflow["links"]), default=0)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_node_type_is_registered(path):
+    unknown = {n["type"] for n in load(path)["nodes"]} - set(NODES) - FRONTEND_ONLY
+    assert not unknown, f"{path.name} uses node types this pack does not register: {unknown}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_node_inputs_match_the_schema(path):
+    for node in pvtt_nodes(load(path)):
+        specs = input_specs(node["type"])
+        for slot in node["inputs"]:
+            assert slot["name"] in specs, f"node {node['id']} has an input {slot['name']!r} the schema lacks"
+            assert slot["type"] == socket_type(specs[slot["name"]]), f"node {node['id']} input {slot['name']}"
+        sockets = [name for name, spec in specs.items() if not is_widget(spec)]
+        linked = {s["name"] for s in node["inputs"] if s.get("link") is not None}
+        required = NODES[node["type"]].INPUT_TYPES()["required"]
+        assert {s for s in sockets if s in required} <= linked, f"node {node['id']} has unconnected inputs"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_node_outputs_match_the_schema(path):
+    for node in pvtt_nodes(load(path)):
+        assert [o["type"] for o in node["outputs"]] == list(NODES[node["type"]].RETURN_TYPES)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_widget_values_are_valid(path):
+    for node in pvtt_nodes(load(path)):
+        values = list(node["widgets_values"])
+        for name, spec in input_specs(node["type"]).items():
+            if not is_widget(spec):
+                continue
+            assert values, f"node {node['id']} ({node['type']}) lacks a value for {name}"
+            value = values.pop(0)
+            where = f"node {node['id']} ({node['type']}).{name} = {value!r}"
+            if isinstance(spec[0], list):
+                allowed = set(spec[0]) | (SHIPPED_MODELS if name == "model_name" else set())
+                assert value in allowed, f"{where} is not in the dropdown"
+            elif spec[0] == "BOOLEAN":
+                assert isinstance(value, bool), where
+            elif spec[0] == "STRING":
+                assert isinstance(value, str), where
+            else:
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert spec[0] == "FLOAT" or float(value).is_integer(), where
+                assert spec[1].get("min", value) <= value <= spec[1].get("max", value), f"{where} out of range"
+                if spec[1].get("control_after_generate"):
+                    assert values and values.pop(0) in SEED_CONTROLS, f"{where} lacks its control_after_generate"
+        assert not values, f"node {node['id']} ({node['type']}) has extra widget values {values}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_links_connect_existing_slots_of_matching_type(path):
+    workflow = load(path)
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, link_type in workflow["links"]:
+        assert src in by_id and dst in by_id, f"link {link_id} refers to a missing node"
+        output, target = by_id[src]["outputs"][src_slot], by_id[dst]["inputs"][dst_slot]
+        assert output["type"] == target["type"] == link_type, f"link {link_id}: {output['type']} -> {target['type']}"
+        assert link_id in output["links"] and target["link"] == link_id, f"link {link_id} is not mirrored in its nodes"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_slot_link_is_listed(path):
+    workflow = load(path)
+    listed = {link[0] for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        used = {s["link"] for s in node.get("inputs", []) if s.get("link") is not None}
+        used |= {i for s in node.get("outputs", []) for i in s.get("links") or []}
+        assert used <= listed, f"node {node['id']} refers to links {used - listed} that do not exist"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_explains_itself_in_a_note(path):
+    notes = [n for n in load(path)["nodes"] if n["type"] in FRONTEND_ONLY]
+    assert notes and all(len(n["widgets_values"][0]) > 100 for n in notes)
