@@ -37,7 +37,7 @@ class PVTTBackgroundPreserve:
         }}
 
     def composite(self, generated, template_video, mask, dilate_px, feather_px):
-        from ..pvtt_train.pipeline import InputError
+        from ..pvtt_train.errors import InputError
         from ..pvtt_train.sampling.composite import composite, soft_mask
 
         if generated.shape != template_video.shape:

@@ -18,15 +18,16 @@ _CACHE_SIZE = 2
 
 
 def load_model_cached(path: Path):
-    """``pvtt_train.models.checkpoint.load_checkpoint`` behind a small (path, mtime) cache."""
-    from ..pvtt_train.models.checkpoint import load_checkpoint
+    """``pvtt_train.models.loading.load_model`` (PVTT file or diffusers Wan-VACE folder) behind a
+    small (path, mtime) cache."""
+    from ..pvtt_train.models.loading import load_model
 
     device = torch_device()
     key = (str(path.resolve()), path.stat().st_mtime, str(device))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    loaded = load_checkpoint(path, device=device)
+    loaded = load_model(path, device=device)
     _CACHE[key] = loaded
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -47,7 +47,8 @@ class PVTTTemplateTransfer:
         }}
 
     def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background):
-        from ..pvtt_train.pipeline import InputError, transfer
+        from ..pvtt_train.errors import InputError
+        from ..pvtt_train.pipeline import transfer
 
         if product_image.ndim != 4 or product_image.shape[0] == 0:
             raise InputError(f"product_image must be an IMAGE batch [1, height, width, 3], got "

@@ -70,6 +70,21 @@ def cmd_evaluate(args) -> None:
     print(format_table(report))
 
 
+def cmd_teacher_eval(args) -> None:
+    from .distill.trainer import _data_config
+    from .eval.teacher_bar import teacher_bar
+    from .models.checkpoint import load_checkpoint
+
+    _threads(args)
+    teacher = load_checkpoint(args.teacher)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = teacher_bar(teacher, _data_config(teacher), cfgs=tuple(args.cfg), count=args.clips,
+                          strip_path=out / "teacher_strip.png")
+    (out / "teacher_bar.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -111,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="train the tiny flow-matching teacher")
     p.add_argument("--out", default=str(SHIPPED_TEACHER))
     p.add_argument("--minutes", type=float, default=29.0)
-    p.add_argument("--max-steps", type=int, default=3800)
+    p.add_argument("--max-steps", type=int, default=4600)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mask-weight", type=float, default=4.0)
@@ -120,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")
+    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="CFG weights to try")
+    p.set_defaults(func=cmd_teacher_eval)
 
     p = sub.add_parser("distill", help="DMD-distil a few-step student from a teacher")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))

@@ -1,7 +1,7 @@
 """Turn a designer's inputs (template clip, product mask, product photo) into model conditioning.
 
 The product photo is *aligned* before the model sees it: the product is cut from its backdrop
-and fitted into the mask's bounding box in every frame ("aligned paste"). A tiny model learns
+and placed on the mask in every frame, matching the mask's centroid and area ("aligned paste"). A tiny model learns
 local copying quickly but not a non-local transfer from a centred photo to a moving box
 (see the project's teacher recipe), so the alignment is done here, deterministically, and the
 model only has to re-light, re-shape and blend the product into the scene.
@@ -17,46 +17,47 @@ import numpy as np
 BACKDROP_TOLERANCE = 0.08
 
 
-def product_box(reference: np.ndarray, tolerance: float = BACKDROP_TOLERANCE) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1; exclusive end) of the product in a photo on a plain backdrop.
-
-    The backdrop colour is the median of the border pixels; any pixel further than ``tolerance``
-    from it in some channel belongs to the product. A photo with no such pixel is used whole.
-    """
+def product_alpha(reference: np.ndarray, tolerance: float = BACKDROP_TOLERANCE) -> np.ndarray:
+    """0/1 matte of the product in a photo on a plain backdrop (backdrop = median border colour)."""
     if reference.ndim != 3 or reference.shape[2] != 3:
         raise ValueError(f"reference must be [H, W, 3], got shape {tuple(reference.shape)}")
     border = np.concatenate([reference[0], reference[-1], reference[:, 0], reference[:, -1]])
     backdrop = np.median(border, axis=0)
-    fg = (np.abs(reference - backdrop) > tolerance).any(axis=2)
-    if not fg.any():
-        return 0, 0, reference.shape[1], reference.shape[0]
-    ys, xs = np.nonzero(fg)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    alpha = (np.abs(reference - backdrop) > tolerance).any(axis=2)
+    return (alpha if alpha.any() else np.ones_like(alpha)).astype(np.float32)
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Bounding box of one frame's mask (exclusive end), or None when the frame is empty."""
-    ys, xs = np.nonzero(mask > 0.5)
-    if len(xs) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+def aligned_paste(reference: np.ndarray, mask: np.ndarray, supersample: int = 4) -> np.ndarray:
+    """The product cut from ``reference`` and placed on each frame's mask; zero outside the mask.
 
-
-def aligned_paste(reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The product cut from ``reference`` and resized into each frame's mask box, zero elsewhere."""
+    Placement matches the mask's centroid and area (sub-pixel accurate, unlike a bounding box of
+    whole pixels). The product is warped premultiplied by its matte at ``supersample`` times the
+    resolution and box-filtered down, so no backdrop colour bleeds into the product's rim. Mask
+    pixels the warped product does not reach get the product's mean colour.
+    """
     if mask.ndim != 3:
         raise ValueError(f"mask must be [F, H, W], got shape {tuple(mask.shape)}")
-    x0, y0, x1, y1 = product_box(reference)
-    crop = np.ascontiguousarray(reference[y0:y1, x0:x1].astype(np.float32))
+    alpha = product_alpha(reference)
+    ys, xs = np.nonzero(alpha)
+    ref_area, ref_cx, ref_cy = alpha.sum(), xs.mean() + 0.5, ys.mean() + 0.5
+    premultiplied = np.concatenate([reference.astype(np.float32) * alpha[..., None], alpha[..., None]], axis=2)
+    mean_colour = premultiplied[..., :3].sum((0, 1)) / ref_area
     frames, height, width = mask.shape
+    ss = supersample
     paste = np.zeros((frames, height, width, 3), np.float32)
     for f in range(frames):
-        box = mask_box(mask[f])
-        if box is None:
+        inside = mask[f] > 0.5
+        if not inside.any():
             continue
-        bx0, by0, bx1, by1 = box
-        bw, bh = bx1 - bx0, by1 - by0
-        interp = cv2.INTER_AREA if bw < crop.shape[1] else cv2.INTER_LINEAR
-        fitted = cv2.resize(crop, (bw, bh), interpolation=interp)
-        paste[f, by0:by1, bx0:bx1] = fitted.reshape(bh, bw, 3)
-    return paste * (mask[..., None] > 0.5)
+        my, mx = np.nonzero(inside)
+        scale = ss * np.sqrt(inside.sum() / ref_area)
+        # Continuous coordinates (pixel i spans [i, i+1)); warpAffine samples pixel centres.
+        tx = ss * (mx.mean() + 0.5) - scale * ref_cx + 0.5 * scale - 0.5
+        ty = ss * (my.mean() + 0.5) - scale * ref_cy + 0.5 * scale - 0.5
+        warp = np.array([[scale, 0, tx], [0, scale, ty]], np.float32)
+        big = cv2.warpAffine(premultiplied, warp, (width * ss, height * ss), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT)
+        small = big.reshape(height, ss, width, ss, 4).mean(axis=(1, 3))
+        cover = small[..., 3:]
+        paste[f] = np.where(cover > 0.05, small[..., :3] / np.maximum(cover, 1e-6), mean_colour)
+    return np.clip(paste, 0, 1) * (mask[..., None] > 0.5)

@@ -12,12 +12,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .sampling.samplers import sample_from_metadata
-
-
-class InputError(ValueError):
-    """Designer input that cannot be used as given; the message says what to change."""
 
 
 def check_inputs(template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> None:

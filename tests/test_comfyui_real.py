@@ -118,6 +118,12 @@ def test_every_pvtt_node_is_in_object_info(comfy):
     assert "samples/pvtt_template.mp4" in info["PVTTLoadVideo"]["input"]["required"]["video"][0]
 
 
+def test_node_help_pages_are_served(comfy):
+    for node_id in load_pack().NODE_CLASS_MAPPINGS:
+        with urllib.request.urlopen(f"{URL}/extensions/{ROOT.name}/docs/{node_id}.md", timeout=30) as response:
+            assert response.read().decode().startswith("# PVTT "), node_id
+
+
 def test_workflow_is_offered_as_a_template(comfy):
     templates = get_json("/api/workflow_templates")
     assert WORKFLOW.stem in templates.get(ROOT.name, []), templates

@@ -115,6 +115,12 @@ def test_every_input_has_a_tooltip(node_id, folders):
             assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
+@pytest.mark.parametrize("node_id", sorted(nodes))
+def test_node_has_a_help_page(node_id):
+    page = ROOT / "web" / "docs" / f"{node_id}.md"
+    assert page.read_text().startswith(f"# {pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]}\n")
+
+
 def test_importing_the_pack_loads_neither_torch_nor_pvtt_train():
     code = ("import sys; sys.path.insert(0, 'tests'); from _comfy_pack import load_pack; load_pack(); "
             "heavy = [m for m in ('torch', 'cv2', 'diffusers', 'pvtt_pack.pvtt_train') if m in sys.modules]; "

@@ -176,11 +176,11 @@ class SyntheticVideoGenerator:
         product_b = Product(product_b.shape, product_b.pattern, product_b.colors, product_b.pattern_angle,
                             product_b.pattern_period, product_a.aspect)
 
-        gain = np.empty(F)
-        g = rng.uniform(0.9, 1.1)
-        for f in range(F):
-            g = float(np.clip(g + rng.normal(0, 0.04), *c.light_gain))
-            gain[f] = g
+        # The scene light drifts over the clip; the product photo matches the first frame's light,
+        # so the new product's brightness in every frame follows from the template's background.
+        gain = np.ones(F)
+        for f in range(1, F):
+            gain[f] = float(np.clip(gain[f - 1] + rng.normal(0, 0.04), *c.light_gain))
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)

@@ -19,16 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import CheckpointError
 from .pvtt_model import build_model
 from .schedule import FlowSchedule
 
 FORMAT = "pvtt"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that PVTT cannot use; the message says why and what to do."""
 
 
 @dataclass

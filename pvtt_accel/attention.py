@@ -1,0 +1,98 @@
+"""Attention backend selection for PVTT's diffusers transformers.
+
+Backends go through diffusers' attention dispatcher (``ModelMixin.set_attention_backend``):
+
+- ``sdpa``: PyTorch scaled-dot-product attention, which picks its own kernel; the default on CPU;
+- ``sdpa_flash``: PyTorch SDPA restricted to its FlashAttention-2 kernel (CUDA only);
+- ``flash``: the flash-attn package (FA2); ``flash3``: FlashAttention 3 (Hopper, flash-attn 3);
+- ``sage``: SageAttention (CUDA only);
+- ``math``: PyTorch's reference math attention (slow; used for parity checks);
+- ``auto``: the fastest one that can run here.
+
+A backend that cannot run here (no CUDA, package missing) falls back to ``sdpa`` with a warning
+that says what to install; ``strict=True`` raises instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("PVTT")
+
+#: PVTT backend name -> diffusers AttentionBackendName value.
+DIFFUSERS_NAMES = {
+    "sdpa": "native",
+    "sdpa_flash": "_native_flash",
+    "math": "_native_math",
+    "flash": "flash",
+    "flash3": "_flash_3",
+    "sage": "sage",
+}
+#: Preference order of ``auto`` on CUDA.
+AUTO_ORDER_CUDA = ("flash3", "flash", "sdpa_flash", "sdpa")
+INSTALL_HINTS = {
+    "flash": "pip install flash-attn --no-build-isolation (needs CUDA and nvcc; see requirements-gpu.txt)",
+    "flash3": "build FlashAttention 3 from the flash-attn repository's hopper/ folder (H100/H200 only)",
+    "sage": "pip install sageattention (CUDA only)",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested attention backend cannot run on this machine; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    requested: str
+    used: str
+    reason: str
+
+
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def why_unavailable(name: str, device: torch.device) -> str | None:
+    """None if ``name`` can run on ``device``, else the reason it cannot."""
+    if name not in DIFFUSERS_NAMES:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of auto, {', '.join(DIFFUSERS_NAMES)}")
+    if name in ("sdpa", "math"):
+        return None
+    if device.type != "cuda":
+        return f"{name} needs a CUDA GPU, and the model is on {device.type}"
+    if name in ("flash", "flash3") and not _module_available("flash_attn" if name == "flash" else "flash_attn_interface"):
+        return f"{name} needs the flash-attn package: {INSTALL_HINTS[name]}"
+    if name == "flash3" and torch.cuda.get_device_capability(device)[0] < 9:
+        return "FlashAttention 3 needs a Hopper (sm90) or newer GPU"
+    if name == "sage" and not _module_available("sageattention"):
+        return f"sage needs the sageattention package: {INSTALL_HINTS['sage']}"
+    return None
+
+
+def choose_backend(requested: str, device: torch.device, strict: bool = False) -> BackendChoice:
+    """Resolve ``requested`` (or ``auto``) to a backend that runs on ``device``."""
+    device = torch.device(device)
+    if requested == "auto":
+        candidates = AUTO_ORDER_CUDA if device.type == "cuda" else ("sdpa",)
+        for name in candidates:
+            if why_unavailable(name, device) is None:
+                return BackendChoice("auto", name, f"fastest available on {device.type}")
+    reason = why_unavailable(requested, device)
+    if reason is None:
+        return BackendChoice(requested, requested, "as requested")
+    if strict:
+        raise BackendUnavailable(reason)
+    logger.warning("[PVTT] attention backend %s unavailable (%s); falling back to sdpa", requested, reason)
+    return BackendChoice(requested, "sdpa", f"fallback: {reason}")
+
+
+def apply_attention_backend(transformer, requested: str = "auto", strict: bool = False) -> BackendChoice:
+    """Set the attention backend of a diffusers transformer; returns what was chosen and why."""
+    device = next(transformer.parameters()).device
+    choice = choose_backend(requested, device, strict)
+    transformer.set_attention_backend(DIFFUSERS_NAMES[choice.used])
+    return choice
