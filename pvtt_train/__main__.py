@@ -72,11 +72,17 @@ def cmd_evaluate(args) -> None:
 
 def cmd_teacher_eval(args) -> None:
     from .distill.trainer import _data_config
-    from .eval.teacher_bar import teacher_bar
-    from .models.checkpoint import load_checkpoint
+    from .eval.teacher_bar import calibrate_cfg, teacher_bar
+    from .models.checkpoint import load_checkpoint, save_checkpoint
 
     _threads(args)
     teacher = load_checkpoint(args.teacher)
+    if args.calibrate_cfg:
+        cfg = calibrate_cfg(teacher, _data_config(teacher), tuple(c for c in args.cfg if c > 1))
+        save_checkpoint(teacher.path, teacher.model, {**teacher.metadata,
+                                                      "sampler": {**teacher.sampler, "cfg": cfg}})
+        teacher = load_checkpoint(args.teacher)
+        print(f"teacher sampler CFG set to {cfg:g} (best product PSNR on calibration clips)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = teacher_bar(teacher, _data_config(teacher), cfgs=tuple(args.cfg), count=args.clips,
@@ -92,14 +98,15 @@ def cmd_demo(args) -> None:
     report = run_demo(Path(args.out), Path(args.models_dir), Path(args.teacher), _stage_from_args(args),
                       clips=args.clips)
     ok = report["speedup"] >= 10 and report["quality_retention"]["min"] >= 0.9
-    print("PASS" if ok else "BELOW TARGET", f"(speedup >= 10 and quality_retention.min >= 0.9)")
+    print("PASS" if ok else "BELOW TARGET", "(speedup >= 10 and quality_retention.min >= 0.9)")
 
 
 def _add_stage_args(p: argparse.ArgumentParser, generator_steps: int, minutes: float) -> None:
     g = p.add_argument_group("distillation stage")
     g.add_argument("--generator-steps", type=int, default=generator_steps, help="student (generator) updates")
     g.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget; 0 = none")
-    g.add_argument("--teacher-cfg", type=float, default=1.5, help="teacher CFG, standard form (1 = off)")
+    g.add_argument("--teacher-cfg", type=float, default=None,
+                   help="teacher CFG for the real score, standard form (1 = off); default: the teacher's own")
     g.add_argument("--lr-student", type=float, default=2e-5)
     g.add_argument("--lr-critic", type=float, default=1e-4)
     g.add_argument("--critic-ratio", type=int, default=5, help="critic updates per student update")
@@ -140,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--out", required=True)
     p.add_argument("--clips", type=int, default=16)
-    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.5, 2.0], help="CFG weights to try")
+    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="CFG weights to try")
+    p.add_argument("--calibrate-cfg", action="store_true",
+                   help="write the best guided weight (> 1) on calibration clips into the checkpoint's sampler")
     p.set_defaults(func=cmd_teacher_eval)
 
     p = sub.add_parser("distill", help="DMD-distil a few-step student from a teacher")
@@ -148,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_MODELS_DIR / "pvtt_student_4step.safetensors"))
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    _add_stage_args(p, generator_steps=200, minutes=0.0)
+    _add_stage_args(p, generator_steps=150, minutes=0.0)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")
@@ -164,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the student goes; point at ComfyUI/models/pvtt to use it there")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--clips", type=int, default=16)
-    _add_stage_args(p, generator_steps=200, minutes=0.0)
+    _add_stage_args(p, generator_steps=150, minutes=0.0)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..data.batches import TrainingStream
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel, file_sha256, save_checkpoint
-from ..models.schedule import DEFAULT_STUDENT_TIMESTEPS, FlowSchedule
+from ..models.schedule import DEFAULT_STUDENT_TIMESTEPS
 from ..sampling.samplers import student_rollout
 from .dmd import background_loss, critic_loss, dmd_loss
 
@@ -40,12 +40,12 @@ class DistillationAborted(RuntimeError):
 class StageConfig:
     name: str = "student_4step"
     timesteps: tuple[int, ...] = DEFAULT_STUDENT_TIMESTEPS
-    teacher_cfg: float = 1.5  # standard form
+    teacher_cfg: float | None = None  # standard form; None = the teacher checkpoint's own CFG
     lr_student: float = 2e-5
     lr_critic: float = 1e-4
     critic_betas: tuple[float, float] = (0.0, 0.999)
     critic_ratio: int = 5
-    generator_steps: int = 200
+    generator_steps: int = 150
     minutes: float = 0.0  # 0 = no time limit
     weight_dmd: float = 1.0
     weight_background: float = 1.0
@@ -101,6 +101,7 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
     critic = copy.deepcopy(real).train().requires_grad_(True)
     schedule = teacher.schedule
     sigmas = schedule.student_sigmas(stage.timesteps)
+    teacher_cfg = stage.teacher_cfg if stage.teacher_cfg is not None else teacher.sampler.get("cfg", 1.0)
     opt_g = torch.optim.AdamW(student.parameters(), lr=stage.lr_student, weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -122,7 +123,7 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
             x0 = student_rollout(student, cond, schedule, sigmas, exit_step, gen, grad_at_exit=generator_turn)
 
             if generator_turn:
-                out_dmd = dmd_loss(x0, cond, real, critic, schedule, stage.teacher_cfg, gen, stage.norm_floor)
+                out_dmd = dmd_loss(x0, cond, real, critic, schedule, teacher_cfg, gen, stage.norm_floor)
                 loss_bg = background_loss(x0, cond)
                 loss = stage.weight_dmd * out_dmd.loss + stage.weight_background * loss_bg
                 if torch.isfinite(loss):
@@ -164,7 +165,7 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
     bar.close()
     if ema is not None:
         ema.copy_to(student.parameters())
-    stats = {"generator_steps": g_steps, "iterations": iteration, "skipped_steps": skipped,
+    stats = {"teacher_cfg": teacher_cfg, "generator_steps": g_steps, "iterations": iteration, "skipped_steps": skipped,
              "train_seconds": round(time.monotonic() - start, 1)}
     save_checkpoint(out, student.eval(), student_metadata(teacher, cfg, stats))
     return out

@@ -24,9 +24,13 @@ def with_cfg(teacher: LoadedModel, cfg: float) -> LoadedModel:
     return dataclasses.replace(teacher, metadata=meta)
 
 
+#: Held-out clips used to choose the CFG weight; disjoint from the ones evaluation reports on.
+CALIBRATION_OFFSET = 5000
+
+
 def teacher_bar(teacher: LoadedModel, data: SyntheticConfig, cfgs=(1.0, 1.5, 2.0), count: int = 16,
-                seed: int = 0, strip_path=None) -> dict:
-    batch = heldout_batch(data, count)
+                seed: int = 0, strip_path=None, offset: int = 0) -> dict:
+    batch = heldout_batch(data, count, offset)
     results = {}
     for cfg in cfgs:
         g = generate(with_cfg(teacher, cfg), batch, seed)
@@ -41,3 +45,12 @@ def teacher_bar(teacher: LoadedModel, data: SyntheticConfig, cfgs=(1.0, 1.5, 2.0
     paste_only = torch.where(batch["mask"][..., None] > 0.5, batch["paste"], batch["template"])
     results["baseline_paste_composite"] = {"product_psnr": product_psnr(paste_only, batch["target"], batch["mask"])}
     return results
+
+
+def calibrate_cfg(teacher: LoadedModel, data: SyntheticConfig, cfgs=(1.25, 1.5, 2.0), count: int = 16) -> float:
+    """The guided CFG weight (> 1) with the best product PSNR on calibration clips, which are
+    disjoint from the evaluation clips so the reported numbers are not tuned on."""
+    if any(c <= 1 for c in cfgs):
+        raise ValueError(f"calibrate among guided weights (> 1), got {cfgs}")
+    results = teacher_bar(teacher, data, cfgs, count, offset=CALIBRATION_OFFSET)
+    return max(cfgs, key=lambda c: results[f"cfg_{c:g}"]["product_psnr"])
