@@ -14,8 +14,8 @@ from pvtt_train.models.checkpoint import (CheckpointError, load_checkpoint, read
 from pvtt_train.models.pvtt_model import Condition, WanConcatPVTT
 from pvtt_train.models.schedule import FlowSchedule
 
-TINY = {"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 16, "text_dim": 16,
-        "freq_dim": 16, "ffn_dim": 32, "num_layers": 1, "rope_max_seq_len": 32}
+from _tiny import MICRO_BACKBONE as TINY
+
 META = {
     "stage": "test",
     "schedule": {"shift": 3.0, "num_train_timesteps": 1000},

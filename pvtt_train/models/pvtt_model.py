@@ -50,13 +50,9 @@ class Condition:
                        features=self.features.to(device, dtype))
 
     def repeat(self, n: int) -> "Condition":
-        """The same condition for n samples each (batch order: all samples of item 0 first)."""
-        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
-        return replace(self, background=rep(self.background), region=rep(self.region), features=rep(self.features))
-
-    def select(self, index) -> "Condition":
-        return replace(self, background=self.background[index], region=self.region[index],
-                       features=self.features[index])
+        """The batch tiled n times (order: the whole batch, then again), to match ``torch.cat([x] * n)``."""
+        tile = lambda t: torch.cat([t] * n)  # noqa: E731
+        return replace(self, background=tile(self.background), region=tile(self.region), features=tile(self.features))
 
 
 def video_to_model(video: torch.Tensor) -> torch.Tensor:
@@ -87,10 +83,6 @@ class WanConcatPVTT(nn.Module):
 
     def config(self) -> dict:
         return {"arch": self.arch, "backbone_config": self._backbone_config, "context_tokens": self._context_tokens}
-
-    @property
-    def latent_channels(self) -> int:
-        return 3
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         return video_to_model(video)

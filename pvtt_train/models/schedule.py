@@ -27,10 +27,6 @@ class FlowSchedule:
         """Apply the schedule's shift to a uniform sigma in [0, 1]."""
         return self.shift * s / (1 + (self.shift - 1) * s)
 
-    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The transformer's timestep input for a sigma."""
-        return sigma * self.num_train_timesteps
-
     @staticmethod
     def noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = _bcast(sigma, x0)

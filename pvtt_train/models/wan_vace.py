@@ -129,10 +129,6 @@ class WanVACEPVTT(nn.Module):
         return {"arch": self.arch, "transformer": plain_config(self.transformer), "vae": plain_config(self.vae),
                 "context_tokens": self.context.shape[1]}
 
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.z_dim
-
     def check_clip(self, frames: int, height: int, width: int) -> None:
         """Raise a clear error for a clip shape the VAE or the transformer patches cannot take."""
         check_clip_shape(self.transformer, self.vae, frames, height, width)
@@ -186,7 +182,7 @@ class WanVACEPVTT(nn.Module):
         control = features if with_reference else features[:, :, reference.stop:]
         hidden = x
         if with_reference:
-            hidden = torch.cat([self._reference_slot(features[:, :self.latent_channels, reference], sigma).to(x), x], 2)
+            hidden = torch.cat([self._reference_slot(features[:, :self.vae.config.z_dim, reference], sigma).to(x), x], 2)
         dtype = self.transformer.dtype
         out = self.transformer(
             hidden_states=hidden.to(dtype),

@@ -41,13 +41,9 @@ def guided_velocity(model, x: torch.Tensor, sigma: float | torch.Tensor, cond: C
     sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
     if cfg == 1.0:
         return model.velocity(x, sig, cond)
-    both = torch.cat([x, x])
-    cond2 = Condition(
-        background=torch.cat([cond.background] * 2), region=torch.cat([cond.region] * 2),
-        features=torch.cat([cond.features] * 2), reference_slice=cond.reference_slice,
-    )
     keep = torch.cat([torch.ones(x.shape[0]), torch.zeros(x.shape[0])]).to(x)
-    v_cond, v_uncond = model.velocity(both, torch.cat([sig, sig]), cond2, keep_reference=keep).chunk(2)
+    v_cond, v_uncond = model.velocity(torch.cat([x, x]), torch.cat([sig, sig]), cond.repeat(2),
+                                      keep_reference=keep).chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)
 
 
