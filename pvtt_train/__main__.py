@@ -51,7 +51,9 @@ def cmd_distill(args) -> None:
     _threads(args)
     teacher = load_checkpoint(args.teacher)
     cfg = DistillConfig(batch_size=args.batch_size, seed=args.seed, stage=_stage_from_args(args))
-    out = distill(teacher, cfg, Path(args.out))
+    out = Path(args.out)
+    state_dir = Path(args.state_dir) if args.state_dir else Path("runs") / out.stem / "state"
+    distill(teacher, cfg, out, state_dir=state_dir, resume=args.resume)
     print(f"student written to {out}")
 
 
@@ -157,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_MODELS_DIR / "pvtt_student_4step.safetensors"))
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-dir", default=None,
+                   help="where resumable training states go (default runs/<student name>/state); keep it out "
+                        "of models/pvtt so ComfyUI does not list them")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the newest state in --state-dir")
     _add_stage_args(p, generator_steps=150, minutes=0.0)
     p.set_defaults(func=cmd_distill)
 

@@ -45,7 +45,7 @@ def run_demo(out: Path, models_dir: Path, teacher_path: Path = SHIPPED_TEACHER, 
     print(f"[2/4] distilling {teacher.path.name} into a {len(cfg.stage.timesteps)}-step student "
           f"({cfg.stage.generator_steps} generator steps, critic ratio {cfg.stage.critic_ratio})")
     student_path = distill(teacher, cfg, models_dir / STUDENT_FILE, log_path=out / "distill.log.jsonl",
-                           progress=progress)
+                           progress=progress, state_dir=out / "state")
     teacher_copy = models_dir / teacher.path.name
     if teacher_copy.resolve() != teacher.path.resolve():
         shutil.copyfile(teacher.path, teacher_copy)

@@ -137,3 +137,67 @@ def test_distill_aborts_after_repeated_nonfinite_losses(tmp_path, teacher):
     with pytest.raises(DistillationAborted, match="NaN/Inf 2 times in a row"):
         distill(teacher, cfg, tmp_path / "s.safetensors", progress=False)
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def _weights(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, teacher, monkeypatch):
+    cfg = DistillConfig(batch_size=1, save_every=2, stage=StageConfig(generator_steps=4, critic_ratio=2))
+    straight = tmp_path / "straight.safetensors"
+    distill(teacher, cfg, straight, progress=False, state_dir=tmp_path / "s1")
+
+    import pvtt_train.distill.trainer as trainer
+
+    real_save = trainer.save_state
+
+    def save_then_crash(folder, step, state, keep):
+        real_save(folder, step, state, keep)
+        raise KeyboardInterrupt("killed right after the step-2 state")
+
+    monkeypatch.setattr(trainer, "save_state", save_then_crash)
+    resumed = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, cfg, resumed, progress=False, state_dir=tmp_path / "s2")
+    assert not resumed.exists()
+    monkeypatch.setattr(trainer, "save_state", real_save)
+    distill(teacher, cfg, resumed, progress=False, state_dir=tmp_path / "s2", resume=True)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metadata(resumed)["provenance"]["generator_steps"] == 4
+    assert [p.name for p in sorted((tmp_path / "s2").iterdir())] == ["state-00000002.safetensors",
+                                                                     "state-00000004.safetensors"]
+
+
+def test_resume_refuses_a_state_from_another_configuration(tmp_path, teacher):
+    cfg = DistillConfig(batch_size=1, save_every=1, stage=StageConfig(generator_steps=1, critic_ratio=1))
+    distill(teacher, cfg, tmp_path / "a.safetensors", progress=False, state_dir=tmp_path / "s")
+    other = DistillConfig(batch_size=2, save_every=1, stage=StageConfig(generator_steps=2, critic_ratio=1))
+    with pytest.raises(DistillationAborted, match="another configuration"):
+        distill(teacher, other, tmp_path / "b.safetensors", progress=False, state_dir=tmp_path / "s", resume=True)
+
+
+def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
+    from pvtt_train.distill.state import load_state
+    from pvtt_train.errors import CheckpointError
+
+    bad = tmp_path / "state-00000001.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="delete it to resume from the one before"):
+        load_state(bad)
+
+
+def test_state_round_trips_nested_optimizer_state(tmp_path):
+    from pvtt_train.distill.state import load_state, save_state
+
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([p], lr=1e-3, betas=(0.0, 0.999))
+    p.grad = torch.ones(3)
+    opt.step()
+    save_state(tmp_path, 7, {"opt": opt.state_dict(), "n": 3, "none": None})
+    back = load_state(tmp_path / "state-00000007.safetensors")
+    assert back["n"] == 3 and back["none"] is None
+    assert back["opt"]["param_groups"][0]["betas"] == (0.0, 0.999)
+    assert torch.equal(back["opt"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

@@ -30,6 +30,7 @@ from ..models.checkpoint import LoadedModel, file_sha256, save_checkpoint
 from ..models.schedule import DEFAULT_STUDENT_TIMESTEPS
 from ..sampling.samplers import student_rollout
 from .dmd import background_loss, critic_loss, dmd_loss
+from .state import load_state, save_state, state_files
 
 
 class DistillationAborted(RuntimeError):
@@ -60,6 +61,8 @@ class DistillConfig:
     ema_decay: float = 0.99
     max_nonfinite: int = 20
     log_every: int = 5
+    save_every: int = 25  # generator steps between resumable training states
+    keep_states: int = 2
     stage: StageConfig = field(default_factory=StageConfig)
 
 
@@ -91,8 +94,13 @@ def student_metadata(teacher: LoadedModel, cfg: DistillConfig, stats: dict) -> d
 
 
 def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path | None = None,
-            progress: bool = True, init_student: torch.nn.Module | None = None) -> Path:
-    """Distil ``teacher`` into a few-step student written to ``out``; returns ``out``."""
+            progress: bool = True, init_student: torch.nn.Module | None = None,
+            state_dir: Path | None = None, resume: bool = False) -> Path:
+    """Distil ``teacher`` into a few-step student written to ``out``; returns ``out``.
+
+    With ``state_dir``, the full training state is saved every ``cfg.save_every`` generator steps;
+    ``resume`` continues from the newest one exactly (same weights as an uninterrupted run).
+    """
     stage = cfg.stage
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -109,12 +117,40 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
 
     log_path = log_path or out.with_suffix(".log.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    g_steps, iteration, nonfinite_run, skipped, elapsed_before = 0, 0, 0, 0, 0.0
+    saved = state_files(state_dir) if (resume and state_dir is not None) else []
+    if saved:
+        state = load_state(saved[-1])
+        if json.dumps(state["config"], sort_keys=True) != json.dumps(asdict(cfg), sort_keys=True):
+            raise DistillationAborted(f"{saved[-1]} was written with another configuration; resume with the same "
+                                      f"options, or start a fresh run in another --state-dir.")
+        student.load_state_dict(state["student"])
+        critic.load_state_dict(state["critic"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_c.load_state_dict(state["opt_c"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        stream.position = state["stream_position"]
+        g_steps, iteration, skipped, elapsed_before = (state["g_steps"], state["iteration"], state["skipped"],
+                                                       state["seconds"])
+    start = time.monotonic() - elapsed_before
     deadline = start + stage.minutes * 60 if stage.minutes else float("inf")
-    g_steps, iteration, nonfinite_run, skipped = 0, 0, 0, 0
     last: dict = {}
-    bar = tqdm(total=stage.generator_steps, desc=f"distill {stage.name}", disable=not progress, unit="G-step")
-    with open(log_path, "w") as log:
+
+    def save_state_now():
+        save_state(state_dir, g_steps, {
+            "config": asdict(cfg), "student": student.state_dict(), "critic": critic.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "stream_position": stream.position, "g_steps": g_steps,
+            "iteration": iteration, "skipped": skipped, "seconds": time.monotonic() - start,
+        }, keep=cfg.keep_states)
+
+    bar = tqdm(total=stage.generator_steps, initial=g_steps, desc=f"distill {stage.name}", disable=not progress,
+               unit="G-step")
+    with open(log_path, "a" if saved else "w") as log:
         while g_steps < stage.generator_steps and time.monotonic() < deadline:
             batch = stream.next()
             cond = student.condition(batch["template"], batch["mask"], batch["reference"])
@@ -162,6 +198,8 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
                 log.flush()
                 bar.set_postfix(dmd=f"{last['loss_dmd']:.4f}", bg=f"{last['loss_background']:.4f}",
                                 critic=f"{loss_c.item():.4f}")
+            if state_dir is not None and generator_turn and g_steps % cfg.save_every == 0:
+                save_state_now()
     bar.close()
     if ema is not None:
         ema.copy_to(student.parameters())
