@@ -50,7 +50,8 @@ def cmd_distill(args) -> None:
 
     _threads(args)
     teacher = load_checkpoint(args.teacher)
-    cfg = DistillConfig(batch_size=args.batch_size, seed=args.seed, stage=_stage_from_args(args))
+    cfg = DistillConfig(batch_size=args.batch_size, seed=args.seed, save_every=args.save_every,
+                        stage=_stage_from_args(args))
     out = Path(args.out)
     state_dir = Path(args.state_dir) if args.state_dir else Path("runs") / out.stem / "state"
     distill(teacher, cfg, out, state_dir=state_dir, resume=args.resume)
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where resumable training states go (default runs/<student name>/state); keep it out "
                         "of models/pvtt so ComfyUI does not list them")
     p.add_argument("--resume", action="store_true", help="continue exactly from the newest state in --state-dir")
+    p.add_argument("--save-every", type=int, default=25, help="generator steps between training states")
     _add_stage_args(p, generator_steps=150, minutes=0.0)
     p.set_defaults(func=cmd_distill)
 

@@ -63,6 +63,9 @@ def save_state(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
     path = Path(folder) / f"state-{step:08d}.safetensors"
+    if path.parent.is_dir():  # temp files of a write that a kill interrupted
+        for stale in path.parent.glob(".state-*.tmp"):
+            stale.unlink()
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"pvtt_state": json.dumps(skeleton)}))
     for old in state_files(Path(folder))[:-keep]:
         old.unlink()
