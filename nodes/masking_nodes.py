@@ -38,7 +38,7 @@ class PVTTBackgroundPreserve:
 
     def composite(self, generated, template_video, mask, dilate_px, feather_px):
         from ..pvtt_train.errors import InputError
-        from ..pvtt_train.sampling.composite import composite, soft_mask
+        from ..pvtt_train.sampling.composite import blend, soft_mask
 
         if generated.shape != template_video.shape:
             raise InputError(f"generated clip {tuple(generated.shape)} and template video {tuple(template_video.shape)} "
@@ -47,6 +47,6 @@ class PVTTBackgroundPreserve:
             raise InputError(f"mask {tuple(mask.shape)} does not fit the video {tuple(generated.shape)}: it needs one "
                              f"frame per video frame (or a single frame) at the video's height and width.")
         mask = (mask > 0.5).to(generated)  # the product region, as Template Transfer reads it
-        video = composite(generated, template_video.to(generated), mask, dilate_px, feather_px)
         soft = soft_mask(mask, dilate_px, feather_px).expand(generated.shape[0], -1, -1)
+        video = blend(generated, template_video.to(generated), soft)
         return (video.clamp(0, 1), soft.contiguous())

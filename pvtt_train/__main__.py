@@ -59,13 +59,13 @@ def cmd_distill(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .distill.trainer import _data_config
+    from .data.batches import training_data_config
     from .eval.evaluate import evaluate, format_table, save_grid
     from .models.checkpoint import load_checkpoint
 
     _threads(args)
     teacher, student = load_checkpoint(args.teacher), load_checkpoint(args.student)
-    report, outputs, batch = evaluate(teacher, student, _data_config(teacher), count=args.clips)
+    report, outputs, batch = evaluate(teacher, student, training_data_config(teacher), count=args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -74,21 +74,21 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_teacher_eval(args) -> None:
-    from .distill.trainer import _data_config
+    from .data.batches import training_data_config
     from .eval.teacher_bar import calibrate_cfg, teacher_bar
     from .models.checkpoint import load_checkpoint, save_checkpoint
 
     _threads(args)
     teacher = load_checkpoint(args.teacher)
     if args.calibrate_cfg:
-        cfg = calibrate_cfg(teacher, _data_config(teacher), tuple(c for c in args.cfg if c > 1))
+        cfg = calibrate_cfg(teacher, training_data_config(teacher), tuple(c for c in args.cfg if c > 1))
         save_checkpoint(teacher.path, teacher.model, {**teacher.metadata,
                                                       "sampler": {**teacher.sampler, "cfg": cfg}})
         teacher = load_checkpoint(args.teacher)
         print(f"teacher sampler CFG set to {cfg:g} (best product PSNR on calibration clips)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = teacher_bar(teacher, _data_config(teacher), cfgs=tuple(args.cfg), count=args.clips,
+    results = teacher_bar(teacher, training_data_config(teacher), cfgs=tuple(args.cfg), count=args.clips,
                           strip_path=out / "teacher_strip.png")
     (out / "teacher_bar.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

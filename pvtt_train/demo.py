@@ -13,9 +13,9 @@ import shutil
 import time
 from pathlib import Path
 
+from .data.batches import HELDOUT_SEED_BASE, training_data_config
 from .data.export import export_examples
-from .data.batches import HELDOUT_SEED_BASE
-from .distill.trainer import DistillConfig, StageConfig, _data_config, distill
+from .distill.trainer import DistillConfig, StageConfig, distill
 from .eval.evaluate import evaluate, format_table, save_grid
 from .models.checkpoint import LoadedModel, load_checkpoint
 from .paths import SHIPPED_TEACHER
@@ -36,7 +36,7 @@ def run_demo(out: Path, models_dir: Path, teacher_path: Path = SHIPPED_TEACHER, 
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_checkpoint(teacher_path)
-    data = _data_config(teacher)
+    data = training_data_config(teacher)
 
     print(f"[1/4] exporting {export_count} held-out examples to {out / 'data'}")
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))

@@ -7,9 +7,8 @@ or refreshed with comfyrig's ``setup.sh``) or a rig ``setup.sh`` already built (
 (default 8190) and stopped afterwards; the screenshot and the frontend's API prompt are kept in
 ``out/comfyui_real/``.
 
-If ``models_shipped/pvtt_student_4step.safetensors`` is absent, a random-weights checkpoint of the
-same name is written into the rig's ``models/pvtt`` for the run (and removed after it), so the
-graph can be exercised before the trained student ships.
+The workflow loads the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the
+pack registers as a second ``pvtt`` model folder.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _comfy_pack import PACKAGE, ROOT, load_pack
+from _comfy_pack import ROOT, load_pack
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI git dir or a comfyrig rig "
@@ -69,35 +68,12 @@ def ensure_pack_requirements(rig: Path) -> None:
                    check=True)
 
 
-def write_random_student(path: Path) -> None:
-    """A random-weights checkpoint with the student's name and a 4-step few-step sampler."""
-    import importlib
-
-    import torch
-
-    load_pack()
-    pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
-    checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
-    schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
-    torch.manual_seed(0)
-    checkpoint.save_checkpoint(path, pvtt_model.WanConcatPVTT(pvtt_model.TINY_BACKBONE), {
-        "stage": "student",
-        "schedule": schedule.FlowSchedule().to_dict(),
-        "sampler": {"kind": "few_step", "steps": 4, "timesteps": list(schedule.DEFAULT_STUDENT_TIMESTEPS)},
-        "video": {"frames": 9, "height": 16, "width": 16},
-        "provenance": {"trainer": "tests/test_comfyui_real.py", "weights": "random"},
-    })
-
-
 @pytest.fixture(scope="module")
 def comfy():
     """A fresh ComfyUI with this pack on PORT; yields the rig folder."""
     rig = rig_dir()
     ensure_pack_requirements(rig)
-    placeholder = rig / "ComfyUI" / "models" / "pvtt" / STUDENT
-    made_placeholder = not (ROOT / "models_shipped" / STUDENT).is_file()
-    if made_placeholder:
-        write_random_student(placeholder)
+    assert (ROOT / "models_shipped" / STUDENT).is_file(), "the shipped student is missing from models_shipped/"
     env = {**os.environ, "COMFYRIG": str(rig), "COMFYRIG_STRICT": "1"}
     started = subprocess.run(["bash", str(TOOLS / "start.sh"), str(PORT)], env=env, capture_output=True, text=True,
                              check=False)
@@ -106,8 +82,6 @@ def comfy():
         yield rig
     finally:
         subprocess.run(["bash", str(TOOLS / "stop.sh"), str(PORT)], env=env, check=False)
-        if made_placeholder:
-            placeholder.unlink()
 
 
 def test_every_pvtt_node_is_in_object_info(comfy):

@@ -10,9 +10,20 @@ import numpy as np
 import torch
 
 from ..conditioning import aligned_paste
+from ..errors import CheckpointError
+from ..models.checkpoint import LoadedModel
 from .synthetic import SyntheticConfig, SyntheticVideoGenerator
 
 HELDOUT_SEED_BASE = 10_000_000
+
+
+def training_data_config(loaded: LoadedModel) -> SyntheticConfig:
+    """The synthetic data a checkpoint was trained on, from its provenance (for distillation and evaluation)."""
+    data = loaded.metadata.get("provenance", {}).get("data")
+    if not data:
+        raise CheckpointError(f"{loaded.path.name} does not record the synthetic data it was trained on "
+                              f"(provenance.data); use a teacher written by `pvtt_train teacher`.")
+    return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -24,8 +24,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..data.batches import TrainingStream
-from ..data.synthetic import SyntheticConfig
+from ..data.batches import TrainingStream, training_data_config
 from ..models.checkpoint import LoadedModel, file_sha256, save_checkpoint
 from ..models.schedule import DEFAULT_STUDENT_TIMESTEPS
 from ..sampling.samplers import student_rollout
@@ -64,14 +63,6 @@ class DistillConfig:
     save_every: int = 25  # generator steps between resumable training states
     keep_states: int = 2
     stage: StageConfig = field(default_factory=StageConfig)
-
-
-def _data_config(teacher: LoadedModel) -> SyntheticConfig:
-    data = teacher.metadata.get("provenance", {}).get("data")
-    if not data:
-        raise DistillationAborted(f"{teacher.path.name} does not record the synthetic data it was trained on "
-                                  f"(provenance.data); distil from a teacher written by `pvtt_train teacher`.")
-    return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def student_metadata(teacher: LoadedModel, cfg: DistillConfig, stats: dict) -> dict:
@@ -113,7 +104,7 @@ def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path 
     opt_g = torch.optim.AdamW(student.parameters(), lr=stage.lr_student, weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    stream = TrainingStream(_data_config(teacher), cfg.batch_size, seed=cfg.seed + 1)
+    stream = TrainingStream(training_data_config(teacher), cfg.batch_size, seed=cfg.seed + 1)
 
     log_path = log_path or out.with_suffix(".log.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)

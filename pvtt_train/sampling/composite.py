@@ -27,8 +27,13 @@ def soft_mask(mask: torch.Tensor, dilate_px: int = 1, feather_px: float = 1.0) -
     return m.reshape(shape).clamp(0, 1)
 
 
+def blend(generated: torch.Tensor, template: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Clips [..., F, H, W, 3]: generated where alpha [..., F, H, W] is 1, template where it is 0."""
+    alpha = alpha[..., None]
+    return alpha * generated + (1 - alpha) * template
+
+
 def composite(generated: torch.Tensor, template: torch.Tensor, mask: torch.Tensor,
               dilate_px: int = 1, feather_px: float = 1.0) -> torch.Tensor:
     """Blend clips [..., F, H, W, 3]: generated inside the soft mask, template outside."""
-    alpha = soft_mask(mask, dilate_px, feather_px)[..., None]
-    return alpha * generated + (1 - alpha) * template
+    return blend(generated, template, soft_mask(mask, dilate_px, feather_px))
