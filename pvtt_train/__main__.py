@@ -1,4 +1,4 @@
-"""``python -m pvtt_train <command>``: data, teacher, distill, evaluate, demo."""
+"""``python -m pvtt_train <command>``: data, teacher, distill, evaluate, demo, and the encoders and LoRA tools."""
 
 from __future__ import annotations
 
@@ -36,26 +36,67 @@ def cmd_teacher(args) -> None:
     print(f"teacher written to {out}")
 
 
-def _stage_from_args(args):
-    from .distill.trainer import StageConfig
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
-    return StageConfig(generator_steps=args.generator_steps, minutes=args.minutes, teacher_cfg=args.teacher_cfg,
-                       lr_student=args.lr_student, lr_critic=args.lr_critic, critic_ratio=args.critic_ratio,
-                       weight_background=args.weight_background)
+
+def _weights(items: list[str]) -> dict[str, tuple[float, int]]:
+    """``--weight temporal=0.2:10`` -> {"temporal": (0.2, 10)}."""
+    from .distill.config import DEFAULT_WEIGHTS, LOSSES
+
+    out = dict(DEFAULT_WEIGHTS)
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in LOSSES or not value:
+            raise SystemExit(f"--weight {item!r}: write NAME=WEIGHT[:WARMUP] with NAME one of {', '.join(LOSSES)}")
+        weight, _, warmup = value.partition(":")
+        out[name] = (float(weight), int(warmup) if warmup else DEFAULT_WEIGHTS[name][1])
+    return out
+
+
+def _progressive_from_args(args):
+    from dataclasses import replace
+
+    from .distill.config import PATHS, RunConfig, build_stages
+
+    path = args.path if args.path in PATHS else _int_list(args.path)
+    budgets = _int_list(args.generator_steps)
+    overrides = {"critic_ratio": args.critic_ratio, "lr_critic": args.lr_critic, "teacher_cfg": args.teacher_cfg,
+                 "critic_init": args.critic_init, "minutes": args.minutes, "shift": args.shift,
+                 "weights": _weights(args.weight)}
+    stages = build_stages(path, budgets if len(budgets) > 1 else budgets[0], lr_scale=args.lr_scale,
+                          adversarial=args.adversarial, perceptual=args.perceptual, **overrides)
+    if args.lr_student is not None:
+        stages = [replace(s, lr_student=args.lr_student) for s in stages]
+    run = RunConfig(batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed,
+                    grad_clip=args.grad_clip, ema_decay=args.ema_decay, save_every=args.save_every,
+                    keep_states=args.keep_states, mixed_precision=args.mixed_precision,
+                    gradient_checkpointing=args.gradient_checkpointing, real_score=args.real_score,
+                    regression_pool=args.regression_pool, eval_clips=args.eval_clips,
+                    identity_encoder=args.identity_encoder, video_encoder=args.video_encoder, force=args.force)
+    return stages, run
 
 
 def cmd_distill(args) -> None:
-    from .distill.trainer import DistillConfig, distill
+    from .data.batches import training_data_config
+    from .distill.progressive import make_accelerator, run_progressive
+    from .distill.report import side_by_side, write_report
     from .models.checkpoint import load_checkpoint
 
     _threads(args)
-    teacher = load_checkpoint(args.teacher)
-    cfg = DistillConfig(batch_size=args.batch_size, seed=args.seed, save_every=args.save_every,
-                        stage=_stage_from_args(args))
-    out = Path(args.out)
-    state_dir = Path(args.state_dir) if args.state_dir else Path("runs") / out.stem / "state"
-    distill(teacher, cfg, out, state_dir=state_dir, resume=args.resume)
-    print(f"student written to {out}")
+    stages, run = _progressive_from_args(args)
+    run_dir = Path(args.run_dir)
+    acc = make_accelerator(run, run_dir)
+    result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,
+                             accelerator=acc)
+    if acc.is_main_process:
+        for s in result["stages"]:
+            print(f"{s['name']}: {s['export']}")
+        if args.report_clips:
+            teacher = load_checkpoint(Path(args.teacher))
+            report, _, _ = side_by_side(teacher, result, training_data_config(teacher), args.report_clips)
+            write_report(report, run_dir)
+            print((run_dir / "report.md").read_text())
 
 
 def cmd_evaluate(args) -> None:
@@ -98,22 +139,59 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     _threads(args)
-    report = run_demo(Path(args.out), Path(args.models_dir), Path(args.teacher), _stage_from_args(args),
-                      clips=args.clips)
-    ok = report["speedup"] >= 10 and report["quality_retention"]["min"] >= 0.9
-    print("PASS" if ok else "BELOW TARGET", "(speedup >= 10 and quality_retention.min >= 0.9)")
+    stages, run = _progressive_from_args(args)
+    report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), clips=args.clips,
+                      resume=args.resume)
+    final = report["stages"][-1]
+    ok = all(s["gate"]["passed"] for s in report["stages"]) and final["quality_retention"]["min"] >= 0.9
+    print("PASS" if ok else "BELOW TARGET", "(every gate passed and the last student's quality_retention.min "
+                                            ">= 0.9)")
 
 
-def _add_stage_args(p: argparse.ArgumentParser, generator_steps: int, minutes: float) -> None:
-    g = p.add_argument_group("distillation stage")
-    g.add_argument("--generator-steps", type=int, default=generator_steps, help="student (generator) updates")
-    g.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget; 0 = none")
+def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> None:
+    g = p.add_argument_group("stages")
+    g.add_argument("--path", default="default",
+                   help="'default' (50->16->8->4), 'gentle' (50->25->12->6->4) or step counts, e.g. 8,4")
+    g.add_argument("--generator-steps", default=generator_steps,
+                   help="student updates per stage: one number, or one per stage (e.g. 100,100,150)")
+    g.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget per stage; 0 = none")
+    g.add_argument("--lr-scale", type=float, default=0.4,
+                   help="multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last)")
+    g.add_argument("--lr-student", type=float, default=None, help="one student learning rate for every stage")
+    g.add_argument("--lr-critic", type=float, default=1e-4)
+    g.add_argument("--critic-ratio", type=int, default=5, help="critic optimizer steps per student optimizer step")
+    g.add_argument("--critic-init", choices=("teacher", "keep"), default="teacher",
+                   help="each stage's critic: a fresh copy of the teacher, or the previous stage's critic")
+    g.add_argument("--shift", type=float, default=None, help="student schedule shift; default: the teacher's")
     g.add_argument("--teacher-cfg", type=float, default=None,
                    help="teacher CFG for the real score, standard form (1 = off); default: the teacher's own")
-    g.add_argument("--lr-student", type=float, default=2e-5)
-    g.add_argument("--lr-critic", type=float, default=1e-4)
-    g.add_argument("--critic-ratio", type=int, default=5, help="critic updates per student update")
-    g.add_argument("--weight-background", type=float, default=1.0, help="background-preservation loss weight")
+    g.add_argument("--real-score", choices=("teacher", "previous"), default="teacher",
+                   help="score each stage against the teacher, or against the previous stage's student")
+    g = p.add_argument_group("losses")
+    g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]",
+                   help="loss weight and warm-up (generator steps), e.g. temporal=0.2:10; repeatable")
+    g.add_argument("--adversarial", action="store_true", help="add the GAN loss to the last stage")
+    g.add_argument("--perceptual", action="store_true",
+                   help="add the perceptual loss to the last stage (LPIPS if its weights are on disk)")
+    g.add_argument("--regression-pool", type=int, default=64, help="clips with cached teacher ODE trajectories")
+    g.add_argument("--identity-encoder", default=None,
+                   help="identity encoder: the shipped one, or a .safetensors file / local CLIP or DINOv2 folder")
+    g = p.add_argument_group("gates")
+    g.add_argument("--eval-clips", type=int, default=64, help="held-out clips each gate scores")
+    g.add_argument("--video-encoder", default=None,
+                   help="encoder of the Fréchet distance: the shipped one, or an I3D .safetensors file")
+    g.add_argument("--force", action="store_true", help="continue past a failed gate")
+    g = p.add_argument_group("mechanics and scale-out (works under `accelerate launch`)")
+    g.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
+    g.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--ema-decay", type=float, default=0.99)
+    g.add_argument("--save-every", type=int, default=25, help="student steps between training states")
+    g.add_argument("--keep-states", type=int, default=2, help="training states kept per stage")
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,17 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the best guided weight (> 1) on calibration clips into the checkpoint's sampler")
     p.set_defaults(func=cmd_teacher_eval)
 
-    p = sub.add_parser("distill", help="DMD-distil a few-step student from a teacher")
+    p = sub.add_parser("distill", help="progressive, gated DMD distillation (50 -> 16 -> 8 -> 4 by default)")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--out", default=str(DEFAULT_MODELS_DIR / "pvtt_student_4step.safetensors"))
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--state-dir", default=None,
-                   help="where resumable training states go (default runs/<student name>/state); keep it out "
-                        "of models/pvtt so ComfyUI does not list them")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the newest state in --state-dir")
-    p.add_argument("--save-every", type=int, default=25, help="generator steps between training states")
-    _add_stage_args(p, generator_steps=150, minutes=0.0)
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR),
+                   help="where each stage's student goes (point at ComfyUI/models/pvtt)")
+    p.add_argument("--run-dir", default="runs/distill",
+                   help="resumable run folder: training states, caches, logs, strips, report")
+    p.add_argument("--report-clips", type=int, default=16,
+                   help="held-out clips for the final side-by-side report; 0 = skip it")
+    _add_progressive_args(p, generator_steps="100,100,150")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")
@@ -175,14 +251,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=16)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="end to end: data, shipped teacher, distil, evaluate, export")
+    p = sub.add_parser("demo", help="end to end: data, shipped teacher, progressive distillation, report, export")
     p.add_argument("--out", required=True)
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR),
-                   help="where the student goes; point at ComfyUI/models/pvtt to use it there")
+                   help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--clips", type=int, default=16)
-    _add_stage_args(p, generator_steps=150, minutes=0.0)
+    _add_progressive_args(p, generator_steps="100,100,150")
     p.set_defaults(func=cmd_demo)
+
+    from .eval.frechet_cli import register as register_frechet
+    from .identity.cli import register as register_identity
+    from .models.lora_cli import register as register_lora
+
+    register_identity(sub)
+    register_frechet(sub)
+    register_lora(sub)
     return parser
 
 

@@ -40,3 +40,14 @@ def micro_teacher(path: Path, seed: int = 0, steps: int = 3, cfg: float = 1.5) -
 
 def load_micro_teacher(tmp_path: Path, **kw):
     return load_checkpoint(micro_teacher(tmp_path / "micro_teacher.safetensors", **kw))
+
+
+def micro_encoders(folder: Path) -> tuple[Path, Path]:
+    """Randomly initialised identity and video encoders (the gates' and losses' frozen nets) for fast tests."""
+    from pvtt_train.eval.video_encoder import VideoEncoder, save_video_encoder
+    from pvtt_train.identity.encoder import IdentityEncoder, save_identity_encoder
+
+    torch.manual_seed(0)
+    identity = save_identity_encoder(folder / "identity.safetensors", IdentityEncoder(width=8, dim=16), {})
+    video = save_video_encoder(folder / "video.safetensors", VideoEncoder(dim=8, channels=(8, 8, 8, 8)), {})
+    return identity, video

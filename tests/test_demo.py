@@ -1,4 +1,4 @@
-"""The demo pipeline end to end on a reduced budget, with the shipped teacher."""
+"""The demo end to end on a reduced budget, with the shipped teacher and encoders."""
 
 import json
 
@@ -10,28 +10,35 @@ from pvtt_train.paths import SHIPPED_TEACHER
 
 pytestmark = pytest.mark.skipif(not SHIPPED_TEACHER.exists(), reason=f"shipped teacher missing: {SHIPPED_TEACHER}")
 
+METRICS = {"product_psnr", "product_ssim", "background_psnr_raw", "background_psnr_composited", "warp_error"}
 
-def test_demo_writes_report_grid_data_and_student(tmp_path, capsys):
+
+def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys):
     out, models = tmp_path / "demo", tmp_path / "models" / "pvtt"
-    main(["demo", "--out", str(out), "--models-dir", str(models), "--clips", "2",
-          "--generator-steps", "2", "--critic-ratio", "2"])
+    main(["demo", "--out", str(out), "--models-dir", str(models), "--clips", "2", "--generator-steps", "1",
+          "--critic-ratio", "1", "--eval-clips", "4", "--regression-pool", "4", "--force"])
     report = json.loads((out / "report.json").read_text())
-    for side in ("teacher", "student", "teacher_4step_undistilled"):
-        assert set(report[side]) == {"product_psnr", "product_ssim", "background_psnr_raw",
-                                     "background_psnr_composited", "warp_error"}
+    assert [s["steps"] for s in report["stages"]] == [16, 8, 4]
+    for side in ("teacher", "student", "teacher_undistilled"):
+        assert set(report[side]) == METRICS
         assert 5 < report[side]["product_psnr"] < 100
-    retention = report["quality_retention"]
-    assert retention["min"] == min(v for k, v in retention.items() if k != "min")
-    assert retention["product_psnr"] == pytest.approx(
-        report["student"]["product_psnr"] / report["teacher"]["product_psnr"])
-    assert retention["warp_error"] == pytest.approx(report["teacher"]["warp_error"] / report["student"]["warp_error"])
-    # 100 model calls (50 steps x CFG) against 4: even with overheads the student must be far faster.
-    assert report["model_calls_per_clip"] == {"teacher": 100, "student": 4, "teacher_4step_undistilled": 4}
-    assert report["speedup"] > 5
-    assert (out / "grid.png").stat().st_size > 1000
+    calls = report["model_calls_per_clip"]
+    assert calls["teacher"] == 100 and calls["student"] == 4 and calls["student_16step"] == 16
+    for stage in report["stages"]:
+        assert set(stage["metrics"]) == METRICS
+        assert stage["speedup"] == pytest.approx(report["seconds"]["teacher"] / stage["seconds"])
+        assert stage["gate"]["checks"] and stage["gate_scores"]["frechet_distance"] >= 0
+        retention = stage["quality_retention"]
+        assert retention["min"] == min(v for k, v in retention.items() if k != "min")
+        assert read_metadata(models / f"pvtt_student_{stage['steps']}step.safetensors")["sampler"]["steps"] == \
+            stage["steps"]
+    # 100 model calls (50 steps x CFG) against 4: even with overheads the 4-step student is far faster.
+    assert report["stages"][-1]["speedup"] > 5
+    assert report["stages"][-1]["speedup"] > 2 * report["stages"][0]["speedup"]  # 4 calls against 16
+    for name in ("grid.png", "quality_speed.png", "run/student_8step_strip.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert "| student_4step | 4 |" in (out / "report.md").read_text()
     assert len(list((out / "data").glob("*/example.json"))) == 4
-    student = models / "pvtt_student_4step.safetensors"
-    assert read_metadata(student)["sampler"]["steps"] == 4
     assert (models / SHIPPED_TEACHER.name).exists()
     printed = capsys.readouterr().out
     assert "quality_retention.min" in printed and "speedup" in printed

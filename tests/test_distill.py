@@ -1,19 +1,19 @@
-"""DMD losses, backward-simulation rollout and the distillation loop on a micro model."""
-
-import json
+"""DMD losses, backward-simulation rollout and training-state files on a micro model."""
 
 import pytest
 import torch
+from _tiny import load_micro_teacher
 
 from pvtt_train.data.batches import heldout_batch
 from pvtt_train.data.synthetic import SyntheticConfig
-from pvtt_train.distill.dmd import background_loss, cfg_from_dmd2_form, critic_loss, dmd_loss
-from pvtt_train.distill.trainer import DistillationAborted, DistillConfig, StageConfig, distill
-from pvtt_train.models.checkpoint import load_checkpoint, read_metadata
+from pvtt_train.distill.dmd import (
+    background_loss,
+    cfg_from_dmd2_form,
+    critic_loss,
+    dmd_loss,
+)
 from pvtt_train.models.schedule import FlowSchedule
 from pvtt_train.sampling.samplers import student_rollout
-
-from _tiny import load_micro_teacher
 
 
 @pytest.fixture()
@@ -109,74 +109,6 @@ def test_rollout_keeps_the_graph_of_the_exit_step_only(teacher, cond):
     no_grad = student_rollout(model, cond, FlowSchedule(), sigmas, 2, torch.Generator().manual_seed(0))
     assert not no_grad.requires_grad
     assert torch.equal(x0.detach(), no_grad)
-
-
-def test_distill_writes_a_self_describing_student(tmp_path, teacher):
-    out = tmp_path / "student.safetensors"
-    cfg = DistillConfig(batch_size=2, log_every=1, stage=StageConfig(generator_steps=2, critic_ratio=2))
-    distill(teacher, cfg, out, progress=False)
-    meta = read_metadata(out)
-    assert meta["sampler"] == {"kind": "few_step", "steps": 4, "timesteps": [1000, 750, 500, 250]}
-    assert meta["stage"] == "student_4step"
-    assert meta["provenance"]["generator_steps"] == 2
-    assert meta["provenance"]["iterations"] == 4  # critic_ratio 2: two critic-only iterations
-    assert len(meta["provenance"]["teacher_sha256"]) == 16
-    student = load_checkpoint(out)
-    changed = any(not torch.equal(a, b) for a, b in zip(student.model.state_dict().values(),
-                                                         teacher.model.state_dict().values()))
-    assert changed
-    rows = [json.loads(line) for line in (tmp_path / "student.log.jsonl").read_text().splitlines()]
-    assert [r["g_step"] for r in rows] == [1, 2]
-    assert all(r["loss_dmd"] >= 0 and r["loss_critic"] > 0 for r in rows)
-
-
-def test_distill_aborts_after_repeated_nonfinite_losses(tmp_path, teacher):
-    for p in teacher.model.parameters():
-        p.data.fill_(float("nan"))
-    cfg = DistillConfig(batch_size=1, max_nonfinite=2, stage=StageConfig(generator_steps=5, critic_ratio=1))
-    with pytest.raises(DistillationAborted, match="NaN/Inf 2 times in a row"):
-        distill(teacher, cfg, tmp_path / "s.safetensors", progress=False)
-    assert not (tmp_path / "s.safetensors").exists()
-
-
-def _weights(path):
-    return load_checkpoint(path).model.state_dict()
-
-
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, teacher, monkeypatch):
-    cfg = DistillConfig(batch_size=1, save_every=2, stage=StageConfig(generator_steps=4, critic_ratio=2))
-    straight = tmp_path / "straight.safetensors"
-    distill(teacher, cfg, straight, progress=False, state_dir=tmp_path / "s1")
-
-    import pvtt_train.distill.trainer as trainer
-
-    real_save = trainer.save_state
-
-    def save_then_crash(folder, step, state, keep):
-        real_save(folder, step, state, keep)
-        raise KeyboardInterrupt("killed right after the step-2 state")
-
-    monkeypatch.setattr(trainer, "save_state", save_then_crash)
-    resumed = tmp_path / "resumed.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        distill(teacher, cfg, resumed, progress=False, state_dir=tmp_path / "s2")
-    assert not resumed.exists()
-    monkeypatch.setattr(trainer, "save_state", real_save)
-    distill(teacher, cfg, resumed, progress=False, state_dir=tmp_path / "s2", resume=True)
-
-    a, b = _weights(straight), _weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_metadata(resumed)["provenance"]["generator_steps"] == 4
-    assert [p.name for p in sorted((tmp_path / "s2").iterdir())] == ["state-00000002.safetensors",
-                                                                     "state-00000004.safetensors"]
-
-
-def test_resume_refuses_a_state_from_another_configuration(tmp_path, teacher):
-    cfg = DistillConfig(batch_size=1, save_every=1, stage=StageConfig(generator_steps=1, critic_ratio=1))
-    distill(teacher, cfg, tmp_path / "a.safetensors", progress=False, state_dir=tmp_path / "s")
-    other = DistillConfig(batch_size=2, save_every=1, stage=StageConfig(generator_steps=2, critic_ratio=1))
-    with pytest.raises(DistillationAborted, match="another configuration"):
-        distill(teacher, other, tmp_path / "b.safetensors", progress=False, state_dir=tmp_path / "s", resume=True)
 
 
 def test_a_corrupt_state_file_is_a_clear_error(tmp_path):

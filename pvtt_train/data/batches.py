@@ -33,8 +33,16 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 def make_batch(generator: SyntheticVideoGenerator, seeds) -> dict[str, torch.Tensor]:
     """Examples for ``seeds`` plus their aligned paste (the conditioning the model sees)."""
     batch = generator.batch(seeds)
+    batch["seed"] = np.asarray(list(seeds), dtype=np.int64)
     batch["paste"] = np.stack([aligned_paste(r, m) for r, m in zip(batch["reference"], batch["mask"])])
     return to_torch(batch)
+
+
+def condition_batch(model, batch: dict[str, torch.Tensor]):
+    """The model's Condition for a batch, reusing its precomputed aligned paste when the model can."""
+    if hasattr(model, "condition_from_paste") and "paste" in batch:
+        return model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
+    return model.condition(batch["template"], batch["mask"], batch["reference"])
 
 
 def heldout_batch(config: SyntheticConfig, count: int, offset: int = 0) -> dict[str, torch.Tensor]:

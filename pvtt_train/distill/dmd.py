@@ -36,6 +36,8 @@ class DMDOutput:
     grad_norm: float
     nonfinite_samples: int
     sigma_mean: float
+    real_x0: tuple[float, float]  # mean, std of the teacher's x0 prediction (the saturation signal)
+    fake_x0: tuple[float, float]  # mean, std of the critic's
 
 
 def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,13 @@ def dmd_loss(x0_student: torch.Tensor, cond: Condition, teacher, critic, schedul
         target = (x0.double() - grad).to(x0_student.dtype)
     loss = 0.5 * torch.nn.functional.mse_loss(x0_student, target)
     return DMDOutput(loss=loss, grad_norm=float(grad.float().norm() / max(1, b)),
-                     nonfinite_samples=int((~finite).sum()), sigma_mean=float(sigma.mean()))
+                     nonfinite_samples=int((~finite).sum()), sigma_mean=float(sigma.mean()),
+                     real_x0=_stats(x0_real), fake_x0=_stats(x0_fake))
+
+
+def _stats(x: torch.Tensor) -> tuple[float, float]:
+    finite = x[torch.isfinite(x)]
+    return (float(finite.mean()), float(finite.std())) if finite.numel() > 1 else (float("nan"), float("nan"))
 
 
 def critic_loss(critic, x0_student: torch.Tensor, cond: Condition, schedule: FlowSchedule,

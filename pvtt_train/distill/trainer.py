@@ -1,200 +1,344 @@
-"""DMD distillation of a few-step PVTT student from a teacher checkpoint.
+"""One DMD2 distillation stage, single-process or under ``accelerate launch`` (DDP).
 
-One ``StageConfig`` describes one distillation stage (its timestep list, learning rates, critic
-ratio, loss weights and budget); the progressive 50 -> 16 -> 8 -> 4 path is a list of stages
-whose students initialise each other. Per iteration the critic takes one flow-matching step on a
-fresh, detached student sample; every ``critic_ratio``-th iteration the student first takes a
-DMD + background step (TTUR, as in DMD2), so each student update follows ``critic_ratio - 1``
-critic-only iterations. The student is trained by backward simulation: the
-inference sampler runs to a random exit step and only that step keeps its graph.
+Per optimizer step of the critic (an *iteration*) the student is rolled out by backward
+simulation: the inference sampler runs to an exit step drawn from a generator shared by all
+ranks, and only that step keeps its graph. Every ``critic_ratio``-th iteration the student first
+takes a step on its stage's losses (TTUR, DMD2); the critic then takes its flow-matching step on
+the detached sample (plus the discriminator loss when the adversarial loss is on). With gradient
+accumulation each optimizer step, of student and critic alike, sums ``grad_accumulation``
+micro-batches, so the critic ratio counts optimizer steps, not micro-batches.
 
-Non-finite losses skip the update and are counted; ``max_nonfinite`` in a row aborts the run.
-The exported file holds the student's EMA weights and metadata that rebuild its sampler.
+A non-finite loss on any rank skips that optimizer step on every rank and is counted;
+``max_nonfinite`` skipped student steps in a row abort the run. The full training state
+(student, critic, discriminator, optimizers, EMA, every rank's RNG, data position and counters)
+is saved atomically every ``save_every`` student steps and restored exactly by ``resume``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..data.batches import TrainingStream, training_data_config
-from ..models.checkpoint import LoadedModel, file_sha256, save_checkpoint
-from ..models.schedule import DEFAULT_STUDENT_TIMESTEPS
+from ..data.batches import TrainingStream, condition_batch
+from ..data.synthetic import SyntheticConfig
+from ..models.checkpoint import LoadedModel
+from ..models.schedule import FlowSchedule
 from ..sampling.samplers import student_rollout
+from .config import RunConfig, StageConfig
 from .dmd import background_loss, critic_loss, dmd_loss
+from .regression import TrajectoryCache, regression_loss
 from .state import load_state, save_state, state_files
+from .temporal import FlowCache, temporal_loss
 
 
 class DistillationAborted(RuntimeError):
     """Raised when training cannot go on (e.g. the loss stays non-finite); says why."""
 
 
-@dataclass
-class StageConfig:
-    name: str = "student_4step"
-    timesteps: tuple[int, ...] = DEFAULT_STUDENT_TIMESTEPS
-    teacher_cfg: float | None = None  # standard form; None = the teacher checkpoint's own CFG
-    lr_student: float = 2e-5
-    lr_critic: float = 1e-4
-    critic_betas: tuple[float, float] = (0.0, 0.999)
-    critic_ratio: int = 5
-    generator_steps: int = 150
-    minutes: float = 0.0  # 0 = no time limit
-    weight_dmd: float = 1.0
-    weight_background: float = 1.0
-    norm_floor: float = 1e-3
+class Routed:
+    """A model whose ``velocity`` calls go through its (possibly DDP-wrapped) ``forward``.
 
-
-@dataclass
-class DistillConfig:
-    batch_size: int = 4
-    seed: int = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    max_nonfinite: int = 20
-    log_every: int = 5
-    save_every: int = 25  # generator steps between resumable training states
-    keep_states: int = 2
-    stage: StageConfig = field(default_factory=StageConfig)
-
-
-def student_metadata(teacher: LoadedModel, cfg: DistillConfig, stats: dict) -> dict:
-    stage = cfg.stage
-    return {
-        "stage": stage.name,
-        "schedule": teacher.metadata["schedule"],
-        "sampler": {"kind": "few_step", "steps": len(stage.timesteps), "timesteps": list(stage.timesteps)},
-        "video": teacher.metadata["video"],
-        "conditioning": teacher.metadata.get("conditioning", {}),
-        "provenance": {
-            "trainer": "pvtt_train distill (DMD2)",
-            "teacher": teacher.path.name,
-            "teacher_sha256": file_sha256(teacher.path),
-            "data": teacher.metadata.get("provenance", {}).get("data"),
-            "config": asdict(cfg),
-            **stats,
-        },
-    }
-
-
-def distill(teacher: LoadedModel, cfg: DistillConfig, out: Path, log_path: Path | None = None,
-            progress: bool = True, init_student: torch.nn.Module | None = None,
-            state_dir: Path | None = None, resume: bool = False) -> Path:
-    """Distil ``teacher`` into a few-step student written to ``out``; returns ``out``.
-
-    With ``state_dir``, the full training state is saved every ``cfg.save_every`` generator steps;
-    ``resume`` continues from the newest one exactly (same weights as an uninterrupted run).
+    Distributed wrappers synchronise gradients only for calls through ``forward``; everything
+    else (``condition``, ``decode``, ``config``) is read from the inner module.
     """
-    stage = cfg.stage
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    real = teacher.model.eval().requires_grad_(False)
-    student = copy.deepcopy(init_student if init_student is not None else real).train().requires_grad_(True)
-    critic = copy.deepcopy(real).train().requires_grad_(True)
-    schedule = teacher.schedule
-    sigmas = schedule.student_sigmas(stage.timesteps)
-    teacher_cfg = stage.teacher_cfg if stage.teacher_cfg is not None else teacher.sampler.get("cfg", 1.0)
+
+    def __init__(self, wrapped, inner):
+        self.wrapped, self.inner = wrapped, inner
+
+    def velocity(self, x_t, sigma, cond, keep_reference=True):
+        return self.wrapped(x_t, sigma, cond, keep_reference)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@dataclass
+class StageInputs:
+    """What a stage gets from the run: models to start from and the frozen helpers of its losses."""
+
+    teacher: LoadedModel
+    real: torch.nn.Module  # the real score: the teacher, or the previous stage's student
+    real_cfg: float
+    student_init: torch.nn.Module
+    critic_init: torch.nn.Module
+    data: SyntheticConfig
+    trajectories: TrajectoryCache | None = None
+    identity: torch.nn.Module | None = None
+    perceptual: torch.nn.Module | None = None
+
+
+@dataclass
+class StageResult:
+    student: torch.nn.Module  # EMA weights
+    critic: torch.nn.Module
+    stats: dict
+
+
+def student_schedule(teacher_schedule: FlowSchedule, stage: StageConfig) -> FlowSchedule:
+    shift = stage.shift if stage.shift is not None else teacher_schedule.shift
+    return FlowSchedule(shift=shift, num_train_timesteps=teacher_schedule.num_train_timesteps)
+
+
+def _all_ranks(acc, flag: bool) -> bool:
+    """True only if ``flag`` holds on every rank (so all ranks skip or step together)."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.reduce(torch.tensor([0.0 if flag else 1.0], device=acc.device), "sum").item() == 0)
+
+
+def _gathered_rng(acc, gen: torch.Generator) -> torch.Tensor:
+    """Every rank's (torch, noise-generator) RNG state as rows of one uint8 tensor (collective)."""
+    local = torch.cat([torch.get_rng_state(), gen.get_state()])[None]
+    if acc.num_processes == 1:
+        return local
+    return acc.gather(local.to(acc.device)).cpu()
+
+
+def _set_rng(row: torch.Tensor, gen: torch.Generator) -> None:
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(row[:n].clone())
+    gen.set_state(row[n:].clone())
+
+
+def _rank_spread(acc, model: torch.nn.Module) -> float:
+    """Largest difference between ranks of per-tensor weight checksums (0 in a healthy DDP run)."""
+    if acc.num_processes == 1:
+        return 0.0
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])[None].to(acc.device)
+    rows = acc.gather(sums)
+    return float((rows - rows[:1]).abs().max() / rows.abs().max().clamp_min(1e-12))
+
+
+def _make_discriminator(critic, stage: StageConfig):
+    if "adversarial" not in stage.losses:
+        return None, None
+    from .adversarial import DiscriminatorHead
+
+    head = DiscriminatorHead.for_critic(critic)
+    return head, torch.optim.AdamW(head.parameters(), lr=stage.lr_discriminator, betas=stage.critic_betas)
+
+
+def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, state_dir: Path | None,
+                resume: bool, log_path: Path, progress: bool = True) -> StageResult:
+    """Train one stage; returns the EMA student, the critic and the stage's statistics."""
+    rank, world = acc.process_index, acc.num_processes
+    torch.manual_seed(run.seed * 1009 + rank)
+    gen = torch.Generator().manual_seed(run.seed * 1009 + 17 + rank)
+    sync_gen = torch.Generator().manual_seed(run.seed + 7)  # identical on every rank: exit steps
+    schedule = inputs.teacher.schedule
+    s_schedule = student_schedule(schedule, stage)
+    sigmas = s_schedule.student_sigmas(stage.timesteps)
+
+    student = copy.deepcopy(inputs.student_init).to(acc.device).train().requires_grad_(True)
+    critic = copy.deepcopy(inputs.critic_init).to(acc.device).train().requires_grad_(True)
+    if run.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+        critic.enable_gradient_checkpointing()
+    head, opt_d = _make_discriminator(critic, stage)
     opt_g = torch.optim.AdamW(student.parameters(), lr=stage.lr_student, weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic.parameters(), lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
-    ema = EMAModel(student.parameters(), decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    stream = TrainingStream(training_data_config(teacher), cfg.batch_size, seed=cfg.seed + 1)
+    ema = EMAModel(student.parameters(), decay=run.ema_decay) if run.ema_decay > 0 else None
+    # The discriminator head is small and used through the critic's hooked features, so it is not
+    # DDP-wrapped; its gradients are averaged across ranks by hand before each step.
+    student_w, critic_w, opt_g, opt_c = acc.prepare(student, critic, opt_g, opt_c)
+    if head is not None:
+        head.to(acc.device)
+    routed_student, routed_critic = Routed(student_w, student), Routed(critic_w, critic)
+    real = inputs.real.to(acc.device).eval().requires_grad_(False)
+    stream = TrainingStream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
+    flows = FlowCache()
+    config_json = json.dumps({"stage": asdict(stage), "run": asdict(run), "world": world}, sort_keys=True)
 
-    log_path = log_path or out.with_suffix(".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    g_steps, iteration, nonfinite_run, skipped, elapsed_before = 0, 0, 0, 0, 0.0
+    g_steps, iteration, nonfinite_run, skipped, skipped_critic, elapsed_before = 0, 0, 0, 0, 0, 0.0
     saved = state_files(state_dir) if (resume and state_dir is not None) else []
     if saved:
         state = load_state(saved[-1])
-        if json.dumps(state["config"], sort_keys=True) != json.dumps(asdict(cfg), sort_keys=True):
-            raise DistillationAborted(f"{saved[-1]} was written with another configuration; resume with the same "
-                                      f"options, or start a fresh run in another --state-dir.")
+        if state["config"] != config_json:
+            raise DistillationAborted(f"{saved[-1]} was written with another configuration or number of "
+                                      f"processes; resume with the same options, or start a fresh run in "
+                                      f"another --run-dir.")
         student.load_state_dict(state["student"])
         critic.load_state_dict(state["critic"])
         opt_g.load_state_dict(state["opt_g"])
         opt_c.load_state_dict(state["opt_c"])
+        if head is not None:
+            head.load_state_dict(state["head"])
+            opt_d.load_state_dict(state["opt_d"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        gen.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng(state["rng"][rank], gen)
+        sync_gen.set_state(state["sync_rng"])
         stream.position = state["stream_position"]
-        g_steps, iteration, skipped, elapsed_before = (state["g_steps"], state["iteration"], state["skipped"],
-                                                       state["seconds"])
+        g_steps, iteration, skipped, skipped_critic, elapsed_before = (
+            state["g_steps"], state["iteration"], state["skipped"], state["skipped_critic"], state["seconds"])
     start = time.monotonic() - elapsed_before
     deadline = start + stage.minutes * 60 if stage.minutes else float("inf")
-    last: dict = {}
 
     def save_state_now():
-        save_state(state_dir, g_steps, {
-            "config": asdict(cfg), "student": student.state_dict(), "critic": critic.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "rng": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "stream_position": stream.position, "g_steps": g_steps,
-            "iteration": iteration, "skipped": skipped, "seconds": time.monotonic() - start,
-        }, keep=cfg.keep_states)
+        rng = _gathered_rng(acc, gen)
+        if acc.is_main_process:
+            save_state(state_dir, g_steps, {
+                "config": config_json, "student": student.state_dict(), "critic": critic.state_dict(),
+                "head": head.state_dict() if head is not None else None,
+                "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(),
+                "opt_d": opt_d.state_dict() if opt_d is not None else None,
+                "ema": ema.state_dict() if ema is not None else None, "rng": rng, "sync_rng": sync_gen.get_state(),
+                "stream_position": stream.position, "g_steps": g_steps, "iteration": iteration,
+                "skipped": skipped, "skipped_critic": skipped_critic, "seconds": time.monotonic() - start,
+            }, keep=run.keep_states)
+        acc.wait_for_everyone()
 
-    bar = tqdm(total=stage.generator_steps, initial=g_steps, desc=f"distill {stage.name}", disable=not progress,
-               unit="G-step")
-    with open(log_path, "a" if saved else "w") as log:
+    def generator_losses(x0, cond, batch, exit_step) -> tuple[dict, dict]:
+        terms, info = {}, {}
+        out = dmd_loss(x0, cond, real, critic, schedule, inputs.real_cfg, gen, stage.norm_floor)
+        terms["dmd"] = out.loss
+        info.update(dmd_grad_norm=out.grad_norm, nonfinite_samples=out.nonfinite_samples, score_sigma=out.sigma_mean,
+                    real_x0_mean=out.real_x0[0], real_x0_std=out.real_x0[1], fake_x0_mean=out.fake_x0[0],
+                    fake_x0_std=out.fake_x0[1])
+        if "temporal" in stage.losses or "identity" in stage.losses:
+            video = student.decode(x0)
+            if "temporal" in stage.losses:
+                sigma = torch.full((x0.shape[0],), sigmas[exit_step])
+                terms["temporal"] = temporal_loss(video, flows.flows(batch), batch["mask"].to(video), sigma)
+            if "identity" in stage.losses:
+                from ..identity.loss import identity_loss
+
+                terms["identity"] = identity_loss(inputs.identity, video, batch["mask"].to(video),
+                                                  batch["reference"].to(video))
+        if "background" in stage.losses:
+            terms["background"] = background_loss(x0, cond)
+        if "regression" in stage.losses or "perceptual" in stage.losses:
+            reg = inputs.trajectories.sample(x0.shape[0], sigmas, gen)
+            reg_cond = condition_batch(student, {k: v.to(acc.device) for k, v in reg.items()})
+            terms["regression"], x0_reg = regression_loss(routed_student, reg, reg_cond, s_schedule)
+            if "perceptual" in stage.losses:
+                # Compared as decoded video in -1..1 ([B,3,F,H,W]): LPIPS needs pixels, and the
+                # latent alternative re-encodes them with the model's own encoder.
+                pixels = [student.decode(x).permute(0, 4, 1, 2, 3) * 2 - 1
+                          for x in (x0_reg, reg["x0_teacher"].to(x0_reg))]
+                terms["perceptual"] = inputs.perceptual(*pixels)
+        if "adversarial" in stage.losses:
+            from .adversarial import generator_adversarial_loss
+
+            terms["adversarial"] = generator_adversarial_loss(head, critic, x0, cond, schedule, gen)
+        return terms, info
+
+    def sync_context(last_micro: bool):
+        if last_micro or world == 1:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for m in (student_w, critic_w):
+            stack.enter_context(acc.no_sync(m))
+        return stack
+
+    bar = tqdm(total=stage.generator_steps, initial=g_steps, desc=f"distill {stage.name}", unit="G-step",
+               disable=not (progress and acc.is_main_process))
+    log = open(log_path, "a" if saved else "w") if acc.is_main_process else None
+    last: dict = {}
+    try:
         while g_steps < stage.generator_steps and time.monotonic() < deadline:
-            batch = stream.next()
-            cond = student.condition(batch["template"], batch["mask"], batch["reference"])
-            exit_step = int(torch.randint(len(sigmas), (1,), generator=gen))
+            step_start = time.monotonic()
             generator_turn = (iteration + 1) % stage.critic_ratio == 0
-            x0 = student_rollout(student, cond, schedule, sigmas, exit_step, gen, grad_at_exit=generator_turn)
+            finite_g = finite_c = True
+            terms: dict = {}
+            for micro in range(run.grad_accumulation):
+                with sync_context(micro == run.grad_accumulation - 1), acc.autocast():
+                    batch = {k: v.to(acc.device) for k, v in stream.next().items()}
+                    cond = condition_batch(student, batch)
+                    exit_step = int(torch.randint(len(sigmas), (1,), generator=sync_gen))
+                    x0 = student_rollout(routed_student, cond, s_schedule, sigmas, exit_step, gen,
+                                         grad_at_exit=generator_turn)
+                    if generator_turn:
+                        terms, info = generator_losses(x0, cond, batch, exit_step)
+                        total = sum(stage.weight(k, g_steps) * v for k, v in terms.items())
+                        finite_g &= bool(torch.isfinite(total))
+                        acc.backward(total / run.grad_accumulation)
+                    loss_c = critic_loss(routed_critic, x0, cond, schedule, gen)
+                    if head is not None:
+                        from .adversarial import discriminator_loss
 
+                        real_x0 = student.encode(batch["target"])
+                        loss_d, d_info = discriminator_loss(head, critic, real_x0, x0.detach(), cond, schedule, gen,
+                                                            stage.r1_weight, stage.r1_sigma)
+                        loss_c = loss_c + loss_d
+                    finite_c &= bool(torch.isfinite(loss_c))
+                    acc.backward(loss_c / run.grad_accumulation)
+            finite_g, finite_c = _all_ranks(acc, finite_g), _all_ranks(acc, finite_c)
             if generator_turn:
-                out_dmd = dmd_loss(x0, cond, real, critic, schedule, teacher_cfg, gen, stage.norm_floor)
-                loss_bg = background_loss(x0, cond)
-                loss = stage.weight_dmd * out_dmd.loss + stage.weight_background * loss_bg
-                if torch.isfinite(loss):
-                    opt_g.zero_grad(set_to_none=True)
-                    loss.backward()
-                    g_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                if finite_g:
+                    g_norm = acc.clip_grad_norm_(student.parameters(), run.grad_clip)
                     opt_g.step()
                     if ema is not None:
                         ema.step(student.parameters())
                     nonfinite_run = 0
                     g_steps += 1
                     bar.update(1)
-                    last = {"g_step": g_steps, "loss_dmd": out_dmd.loss.item(), "loss_background": loss_bg.item(),
-                            "dmd_grad_norm": out_dmd.grad_norm, "student_grad_norm": float(g_norm),
-                            "nonfinite_samples": out_dmd.nonfinite_samples, "score_sigma": out_dmd.sigma_mean,
-                            "exit_step": exit_step, "x0_mean": x0.mean().item(), "x0_std": x0.std().item()}
+                    last = {"g_step": g_steps, **{f"loss_{k}": v.item() for k, v in terms.items()},
+                            **{f"weighted_{k}": stage.weight(k, g_steps - 1) * v.item() for k, v in terms.items()},
+                            **info, "student_grad_norm": float(g_norm), "exit_step": exit_step,
+                            "x0_mean": x0.mean().item(), "x0_std": x0.std().item(),
+                            "lr_student": opt_g.param_groups[0]["lr"], "lr_critic": opt_c.param_groups[0]["lr"]}
                 else:
                     nonfinite_run += 1
                     skipped += 1
-                    if nonfinite_run >= cfg.max_nonfinite:
+                    if nonfinite_run >= run.max_nonfinite:
                         raise DistillationAborted(
-                            f"the student loss was NaN/Inf {nonfinite_run} times in a row (generator step "
-                            f"{g_steps}); lower --lr-student or --teacher-cfg, or check the teacher checkpoint.")
-
-            loss_c = critic_loss(critic, x0, cond, schedule, gen)
+                            f"stage {stage.name}: the student loss was NaN/Inf {nonfinite_run} times in a row "
+                            f"(generator step {g_steps}); lower the student learning rate or the teacher CFG, "
+                            f"or check the teacher checkpoint.")
+                opt_g.zero_grad(set_to_none=True)
+            if head is not None and world > 1:
+                for p in head.parameters():
+                    if p.grad is not None:
+                        p.grad = acc.reduce(p.grad, "mean")
+            if finite_c:
+                c_norm = acc.clip_grad_norm_(critic.parameters(), run.grad_clip)
+                opt_c.step()
+                if opt_d is not None:
+                    opt_d.step()
+            else:
+                skipped_critic += 1
             opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
-            opt_c.step()
+            if opt_d is not None:
+                opt_d.zero_grad(set_to_none=True)
             iteration += 1
-            if generator_turn and last and g_steps % cfg.log_every == 0:
-                last.update(loss_critic=loss_c.item(), seconds=round(time.monotonic() - start, 1),
-                            skipped_steps=skipped)
-                log.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in last.items()})
-                          + "\n")
-                log.flush()
-                bar.set_postfix(dmd=f"{last['loss_dmd']:.4f}", bg=f"{last['loss_background']:.4f}",
-                                critic=f"{loss_c.item():.4f}")
-            if state_dir is not None and generator_turn and g_steps % cfg.save_every == 0:
+            if generator_turn and finite_g and g_steps % run.log_every == 0:
+                last.update(loss_critic=loss_c.item(), critic_grad_norm=float(c_norm) if finite_c else float("nan"),
+                            step_seconds=round(time.monotonic() - step_start, 3),
+                            seconds=round(time.monotonic() - start, 1), skipped_steps=skipped,
+                            skipped_critic_steps=skipped_critic)
+                if head is not None:
+                    last.update(d_info)
+                if log is not None:
+                    log.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in last.items()})
+                              + "\n")
+                    log.flush()
+                acc.log({f"{stage.name}/{k}": v for k, v in last.items() if isinstance(v, (int, float))},
+                        step=g_steps)
+                bar.set_postfix(dmd=f"{last['loss_dmd']:.4f}", critic=f"{last['loss_critic']:.4f}")
+            if state_dir is not None and generator_turn and finite_g and g_steps % run.save_every == 0:
                 save_state_now()
-    bar.close()
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if state_dir is not None and g_steps % run.save_every != 0:
+        save_state_now()  # the stage's end, so a resume never retrains it
     if ema is not None:
         ema.copy_to(student.parameters())
-    stats = {"teacher_cfg": teacher_cfg, "generator_steps": g_steps, "iterations": iteration, "skipped_steps": skipped,
-             "train_seconds": round(time.monotonic() - start, 1)}
-    save_checkpoint(out, student.eval(), student_metadata(teacher, cfg, stats))
-    return out
+    spread = _rank_spread(acc, student)
+    if spread > 1e-5:
+        raise DistillationAborted(f"stage {stage.name}: the student's weights differ across the {world} processes "
+                                  f"(max checksum spread {spread:.3g}); gradients were not synchronised.")
+    stats = {"rank_weight_spread": spread, "generator_steps": g_steps, "iterations": iteration, "skipped_steps": skipped,
+             "skipped_critic_steps": skipped_critic, "train_seconds": round(time.monotonic() - start, 1),
+             "real_cfg": inputs.real_cfg, "processes": world}
+    return StageResult(student=student.eval(), critic=critic, stats=stats)

@@ -7,7 +7,9 @@ nodes never branch on the model type:
   [B,F,H,W] mask with 1 = the product to replace, a [B,H,W,3] product photo) into a ``Condition``;
 - ``velocity(x_t, sigma, cond, keep_reference)`` predicts the flow velocity in model space;
 - ``encode`` / ``decode`` map clips in 0..1 to model space and back;
-- ``config()`` is the JSON that rebuilds the model from a checkpoint.
+- ``config()`` is the JSON that rebuilds the model from a checkpoint;
+- ``forward`` is ``velocity`` (so distributed wrappers see the calls) and
+  ``enable_gradient_checkpointing()`` trades compute for memory in training.
 
 ``WanConcatPVTT`` is the embedded tiny default: pixel space, conditioning concatenated to the
 noisy input of a ``WanTransformer3DModel``. The production Wan 2.1 VACE model lives in
@@ -120,6 +122,14 @@ class WanConcatPVTT(nn.Module):
             return_dict=False,
         )[0]
         return out
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
+                keep_reference: torch.Tensor | bool = True) -> torch.Tensor:
+        """``velocity``; a DDP/FSDP wrapper only synchronises gradients of calls through ``forward``."""
+        return self.velocity(x_t, sigma, cond, keep_reference)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.backbone.enable_gradient_checkpointing()
 
 
 TINY_BACKBONE = {

@@ -176,6 +176,14 @@ class WanVACEPVTT(nn.Module):
                 order.append(idx)
         return torch.cat(outs)[torch.argsort(torch.cat(order))]
 
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
+                keep_reference: torch.Tensor | bool = True) -> torch.Tensor:
+        """``velocity``; a DDP/FSDP wrapper only synchronises gradients of calls through ``forward``."""
+        return self.velocity(x_t, sigma, cond, keep_reference)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor, reference: slice,
              with_reference: bool) -> torch.Tensor:
         """One transformer call, with or without the reference frame in front of the sequence."""

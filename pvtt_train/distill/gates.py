@@ -1,0 +1,128 @@
+"""Stage gates: evaluate a stage's student and decide whether the run may go on.
+
+Each stage is scored on the same held-out clips (``GATE_OFFSET``, disjoint from the report and
+CFG-calibration clips) with the same noise: a Fréchet distance between its composited samples
+and the ground truth in the features of a frozen video encoder (the project's shipped encoder by
+default, or an I3D), plus product and raw background PSNR. The teacher (its own 50-step CFG
+sampler) is scored once per run and cached on disk, keyed by checkpoint hash and clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.batches import heldout_batch
+from ..data.synthetic import SyntheticConfig
+from ..eval.evaluate import generate, warm_up
+from ..eval.frechet import frechet_distance
+from ..eval.metrics import background_psnr, product_psnr, product_ssim
+from ..eval.video_encoder import load_video_encoder
+from ..models.checkpoint import LoadedModel, file_sha256, write_atomic
+from .config import GateConfig
+
+GATE_OFFSET = 20_000
+CHUNK = 16
+
+
+class GateFailed(RuntimeError):
+    """A stage missed its acceptance criteria; ``report`` says which and by how much."""
+
+    def __init__(self, stage: str, gate: dict):
+        self.stage, self.gate = stage, gate
+        failed = [c for c in gate["checks"] if not c["passed"]]
+        lines = [f"  {c['name']}: {c['value']:.4f} (limit {c['limit']:.4f})" for c in failed]
+        super().__init__(f"stage {stage} failed its gate:\n" + "\n".join(lines)
+                         + "\nTrain the stage longer (--generator-steps), lower its student learning rate, or "
+                           "pass --force to continue anyway (the students are still exported).")
+
+
+def sample_metrics(raw: torch.Tensor, composited: torch.Tensor, batch: dict) -> dict:
+    return {"product_psnr": product_psnr(raw, batch["target"], batch["mask"]),
+            "product_ssim": product_ssim(raw, batch["target"], batch["mask"]),
+            "background_psnr_raw": background_psnr(raw, batch["target"], batch["mask"])}
+
+
+class GateEvaluator:
+    """Scores models on the gate clips; encodes the ground truth once."""
+
+    def __init__(self, data: SyntheticConfig, clips: int = 64, encoder: str | None = None,
+                 cache_dir: Path | None = None, seed: int = 0):
+        self.batch = heldout_batch(data, clips, offset=GATE_OFFSET)
+        self.encoder = load_video_encoder(encoder)
+        self.encoder_name = str(encoder) if encoder else "pvtt_video_encoder (shipped)"
+        self.cache_dir, self.seed, self.clips = cache_dir, seed, clips
+        self.truth = self._features(self.batch["target"])
+        self.videos: dict[str, torch.Tensor] = {}  # composited samples by model name, for strips
+
+    @torch.no_grad()
+    def _features(self, videos: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.encoder.features(v) for v in videos.split(32)])
+
+    def _generate(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Samples of every gate clip, ``CHUNK`` clips per call (large batches are slower per clip on
+        CPU); each chunk has its own seed, the same for every model."""
+        warm_up(loaded, self.batch)
+        raw, comp, seconds = [], [], 0.0
+        for i, start in enumerate(range(0, self.clips, CHUNK)):
+            chunk = {k: v[start:start + CHUNK] for k, v in self.batch.items()}
+            out = generate(loaded, chunk, self.seed + i)
+            raw.append(out.raw)
+            comp.append(out.composited)
+            seconds += out.seconds
+        return torch.cat(raw), torch.cat(comp), seconds
+
+    def score(self, loaded: LoadedModel, name: str) -> dict:
+        raw, comp, seconds = self._generate(loaded)
+        self.videos[name] = comp
+        return self._summary(raw, comp, seconds)
+
+    def _summary(self, raw, composited, seconds) -> dict:
+        return {"frechet_distance": frechet_distance(self._features(composited), self.truth),
+                **sample_metrics(raw, composited, self.batch), "seconds_per_clip": seconds / self.clips}
+
+    def score_teacher(self, teacher: LoadedModel) -> dict:
+        """The teacher's scores, from the cache when this teacher was scored on these clips before."""
+        key = json.dumps({"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
+                          "sampler": teacher.sampler, "offset": GATE_OFFSET,
+                          "chunk": CHUNK}, sort_keys=True)
+        path = None
+        if self.cache_dir is not None:
+            path = Path(self.cache_dir) / f"teacher-gate-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
+            if path.exists():
+                cached = load_file(str(path))
+                self.videos["teacher"] = cached["composited"]
+                return self._summary(cached["raw"], cached["composited"], float(cached["seconds"]))
+        raw, comp, seconds = self._generate(teacher)
+        self.videos["teacher"] = comp
+        if path is not None:
+            tensors = {"raw": raw.contiguous(), "composited": comp.contiguous(), "seconds": torch.tensor(seconds)}
+            write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"key": key}))
+        return self._summary(raw, comp, seconds)
+
+
+def as_few_step(base: LoadedModel, model: torch.nn.Module, timesteps, shift: float) -> LoadedModel:
+    """A student still in memory, wrapped with the metadata its sampler needs."""
+    meta = dict(base.metadata)
+    meta["schedule"] = {**meta["schedule"], "shift": shift}
+    meta["sampler"] = {"kind": "few_step", "steps": len(timesteps), "timesteps": list(timesteps)}
+    return dataclasses.replace(base, model=model, metadata=meta)
+
+
+def check_gate(gate: GateConfig, scores: dict, teacher: dict, previous: dict | None) -> dict:
+    """Apply a stage's gate; returns {passed, checks: [{name, value, limit, passed}]}."""
+    reference = teacher if gate.reference == "teacher" or previous is None else previous
+    ref_name = "teacher" if reference is teacher else "previous stage"
+    limit = gate.ratio * reference["frechet_distance"]
+    checks = [{"name": f"frechet_distance <= {gate.ratio:g} x {ref_name}", "value": scores["frechet_distance"],
+               "limit": limit, "passed": scores["frechet_distance"] <= limit}]
+    if gate.min_background_psnr is not None:
+        value = scores["background_psnr_raw"]
+        checks.append({"name": f"background_psnr_raw > {gate.min_background_psnr:g} dB", "value": value,
+                       "limit": gate.min_background_psnr, "passed": value > gate.min_background_psnr})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}

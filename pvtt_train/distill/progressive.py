@@ -1,0 +1,269 @@
+"""The gated progressive path: 50 -> 16 -> 8 -> 4 (or any decreasing list of step counts).
+
+Each stage trains a student initialised from the previous stage's (the first from the teacher),
+is scored by ``GateEvaluator`` and must pass its gate before the next starts; ``force`` goes on
+past a failed gate. The real score stays the original teacher by default
+(``real_score="teacher"``); with ``"previous"`` each stage is scored against the previous stage's
+student, run CFG-free as it is sampled (cheaper, but errors compound from stage to stage).
+
+A run folder holds everything needed to resume: ``progress.json`` (finished stages, their
+exports, scores and gates), ``state/<stage>/`` (rotated training states) and ``cache/`` (teacher
+ODE trajectories and teacher gate samples). Each finished stage exports a self-describing
+student ``pvtt_student_<n>step.safetensors`` into the models folder, where the ComfyUI loader
+lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..data.batches import training_data_config
+from ..errors import CheckpointError
+from ..eval.evaluate import save_grid
+from ..models.checkpoint import (
+    LoadedModel,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
+from .config import RunConfig, StageConfig, check_config
+from .gates import GateEvaluator, GateFailed, as_few_step, check_gate
+from .regression import TrajectoryCache
+from .report import teacher_as_few_step
+from .state import load_state, state_files
+from .trainer import StageInputs, student_schedule, train_stage
+
+
+def make_accelerator(run: RunConfig, run_dir: Path, trackers: bool = True):
+    """An accelerate Accelerator: single process, or DDP under ``accelerate launch``/torchrun.
+
+    TensorBoard logs go to ``run_dir/tensorboard`` when tensorboard is installed. Without CUDA the
+    processes run on CPU with the gloo backend (accelerate only picks it when told ``cpu=True``).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = None
+    if trackers:
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            print("tensorboard is not installed: logging to JSONL only (pip install tensorboard)")
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=run.mixed_precision, log_with=log_with,
+                       project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                           logging_dir=str(run_dir / "tensorboard")))
+
+
+def student_file(stage: StageConfig) -> str:
+    return f"pvtt_student_{stage.steps}step.safetensors"
+
+
+def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: RunConfig, scores: dict,
+                    gate: dict, stats: dict, real_score: str) -> dict:
+    return {
+        "stage": stage.name,
+        "stage_index": index,
+        "schedule": {**teacher.metadata["schedule"], "shift": student_schedule(teacher.schedule, stage).shift},
+        "sampler": {"kind": "few_step", "steps": stage.steps, "timesteps": list(stage.timesteps)},
+        "video": teacher.metadata["video"],
+        "conditioning": teacher.metadata.get("conditioning", {}),
+        "gate": {**gate, "scores": scores},
+        "provenance": {
+            "trainer": "pvtt_train distill (progressive DMD2)",
+            "teacher": teacher.path.name,
+            "teacher_sha256": file_sha256(teacher.path),
+            "real_score": real_score,
+            "data": teacher.metadata.get("provenance", {}).get("data"),
+            "config": {"stage": asdict(stage), "run": asdict(run)},
+            **stats,
+        },
+    }
+
+
+def _run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha: str) -> str:
+    run_dict = {k: v for k, v in asdict(run).items() if k != "force"}
+    return json.dumps({"stages": [asdict(s) for s in stages], "run": run_dict, "teacher": teacher_sha},
+                      sort_keys=True)
+
+
+class ProgressLog:
+    """``progress.json``: finished stages of a run, written atomically after each."""
+
+    def __init__(self, path: Path, signature: str, resume: bool):
+        self.path, self.signature = path, signature
+        self.stages: list[dict] = []
+        if resume and path.exists():
+            saved = json.loads(path.read_text())
+            if saved["signature"] != signature:
+                raise CheckpointError(f"{path} belongs to a run with other options or another teacher; resume "
+                                      f"with the same options, or use a fresh --run-dir.")
+            self.stages = saved["stages"]
+
+    def done(self, name: str) -> dict | None:
+        return next((s for s in self.stages if s["name"] == name), None)
+
+    def record(self, entry: dict) -> None:
+        self.stages = [s for s in self.stages if s["name"] != entry["name"]] + [entry]
+        text = json.dumps({"signature": self.signature, "stages": self.stages}, indent=1)
+        write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _losses_used(stages: list[StageConfig]) -> set[str]:
+    return {loss for s in stages for loss in s.losses}
+
+
+def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path,
+                    models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None) -> dict:
+    """Train, gate and export every stage; returns {teacher: scores, stages: [...]} for the report."""
+    check_config(stages, run)
+    run_dir, models_dir = Path(run_dir), Path(models_dir)
+    acc = accelerator or make_accelerator(run, run_dir)
+    main = acc.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        models_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load_checkpoint(teacher_path)
+    data = training_data_config(teacher)
+    log = ProgressLog(run_dir / "progress.json", _run_signature(stages, run, file_sha256(teacher.path)), resume)
+    acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
+                                              "real_score": run.real_score, "processes": acc.num_processes})
+    used = _losses_used(stages)
+    teacher_cfg = stages[0].teacher_cfg if stages[0].teacher_cfg is not None else teacher.sampler.get("cfg", 1.0)
+
+    trajectories = None
+    if used & {"regression", "perceptual"}:
+        sigmas = sorted({s for st in stages for s in student_schedule(teacher.schedule, st).student_sigmas(
+            st.timesteps)}, reverse=True)
+        trajectories = TrajectoryCache(run_dir / "cache", teacher, data, sigmas, teacher_cfg, run.regression_pool,
+                                       seed=run.seed)
+        _say(main, f"teacher ODE trajectories for the regression loss: {run.regression_pool} clips at "
+                   f"{len(sigmas)} student sigmas ({trajectories.folder})")
+        if main:
+            trajectories.ensure()
+        acc.wait_for_everyone()
+        if not main:
+            trajectories.ensure()  # every chunk is on disk now: this only loads
+    identity = None
+    if "identity" in used:
+        from ..identity.encoder import load_identity_encoder
+
+        identity = load_identity_encoder(run.identity_encoder).to(acc.device)
+    perceptual = None
+    if "perceptual" in used:
+        from .perceptual import PerceptualLoss
+
+        # Pixel-space models compare decoded frames directly; a latent model re-encodes them with
+        # its (differentiable) VAE encoder.
+        perceptual = PerceptualLoss(getattr(teacher.model, "_encode", None))
+        _say(main, f"perceptual loss: {perceptual.kind}")
+
+    evaluator = GateEvaluator(data, run.eval_clips, run.video_encoder, run_dir / "cache", seed=run.seed) \
+        if main else None
+    teacher_scores = evaluator.score_teacher(teacher) if main else None
+    _say(main, f"teacher on {run.eval_clips} gate clips: " + _fmt(teacher_scores or {}))
+    # The baseline distillation has to beat: the teacher itself with the last stage's few-step sampler.
+    undistilled = evaluator.score(teacher_as_few_step(teacher, stages[-1].timesteps), "teacher_undistilled") \
+        if main else None
+    _say(main, f"undistilled teacher at {stages[-1].steps} steps: " + _fmt(undistilled or {}))
+
+    student_init, critic_init = teacher.model, teacher.model
+    real, real_cfg = teacher.model, teacher_cfg
+    previous_scores = None
+    results = []
+    for index, stage in enumerate(stages):
+        stage_state = run_dir / "state" / stage.name
+        out = models_dir / student_file(stage)
+        finished = log.done(stage.name)
+        if finished is not None and finished["gate"]["passed"] is False and not run.force:
+            raise GateFailed(stage.name, finished["gate"])
+        if finished is not None and Path(finished["export"]).exists() \
+                and file_sha256(Path(finished["export"])) == finished["sha256"]:
+            _say(main, f"stage {stage.name}: done in an earlier run ({finished['export']})")
+            student_model = load_checkpoint(Path(finished["export"])).model
+            critic_model = _final_critic(stage_state, teacher.model) if _keeps_critic(stages, index) else None
+            entry = finished
+        else:
+            critic_start = teacher.model if stage.critic_init == "teacher" else critic_init
+            inputs = StageInputs(teacher=teacher, real=real, real_cfg=real_cfg, student_init=student_init,
+                                 critic_init=critic_start, data=data, trajectories=trajectories, identity=identity,
+                                 perceptual=perceptual)
+            _say(main, f"stage {index + 1}/{len(stages)}: {stage.name} ({stage.steps} steps, losses "
+                       f"{'+'.join(stage.losses)}, {stage.generator_steps} generator steps)")
+            started = time.monotonic()
+            result = train_stage(acc, inputs, stage, run, stage_state, resume, run_dir / f"{stage.name}.log.jsonl",
+                                 progress)
+            student_model, critic_model = result.student, result.critic
+            entry = {"name": stage.name, "steps": stage.steps, "timesteps": list(stage.timesteps),
+                     "stats": result.stats, "wall_minutes": round((time.monotonic() - started) / 60, 2)}
+            if main:
+                loaded = as_few_step(teacher, student_model, stage.timesteps,
+                                     student_schedule(teacher.schedule, stage).shift)
+                scores = evaluator.score(loaded, stage.name)
+                save_grid(run_dir / f"{stage.name}_strip.png", evaluator.batch, evaluator.videos["teacher"],
+                          evaluator.videos[stage.name])
+                gate = check_gate(stage.gate, scores, teacher_scores, previous_scores)
+                gate["forced"] = bool(not gate["passed"] and run.force)
+                target = out if gate["passed"] or run.force else run_dir / "failed" / out.name
+                save_checkpoint(target, student_model, export_metadata(teacher, stage, index, run, scores, gate,
+                                                                       result.stats, run.real_score))
+                entry.update(scores=scores, gate=gate, export=str(target), sha256=file_sha256(target),
+                             train_minutes=round(result.stats["train_seconds"] / 60, 2))
+                log.record(entry)
+                _say(main, f"stage {stage.name}: " + _fmt(scores) + f" -> gate {'PASS' if gate['passed'] else 'FAIL'}")
+            passed = _broadcast_flag(acc, entry.get("gate", {}).get("passed", False) or run.force)
+            if not passed:
+                raise GateFailed(stage.name, entry["gate"] if main else {"checks": []})
+        results.append(entry)
+        previous_scores = entry.get("scores")
+        student_init = student_model
+        if critic_model is not None:
+            critic_init = critic_model
+        if run.real_score == "previous":
+            real, real_cfg = student_model, 1.0
+    acc.end_training()
+    return {"teacher": teacher_scores, "undistilled": undistilled, "stages": results, "gate_clips": run.eval_clips,
+            "distance_encoder": evaluator.encoder_name if evaluator else None}
+
+
+def _keeps_critic(stages: list[StageConfig], index: int) -> bool:
+    return index + 1 < len(stages) and stages[index + 1].critic_init == "keep"
+
+
+def _final_critic(stage_state: Path, like: torch.nn.Module) -> torch.nn.Module:
+    """The critic of a finished stage, from its last training state."""
+    import copy
+
+    saved = state_files(stage_state)
+    if not saved:
+        raise CheckpointError(f"no training state in {stage_state} to take the critic from (critic_init 'keep'); "
+                              f"rerun that stage or use critic_init 'teacher'.")
+    critic = copy.deepcopy(like)
+    critic.load_state_dict(load_state(saved[-1])["critic"])
+    return critic
+
+
+def _broadcast_flag(acc, flag: bool) -> bool:
+    """The main process's decision, on every rank."""
+    if acc.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([1.0 if flag else 0.0], device=acc.device)).item())
+
+
+def _fmt(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+
+
+def _say(main: bool, text: str) -> None:
+    if main:
+        print(text, flush=True)
+

@@ -1,0 +1,129 @@
+"""The per-stage report of a progressive run: JSON, markdown and a quality-speed plot.
+
+Latency and quality come from one side-by-side evaluation (``eval.evaluate``): the teacher, every
+stage's student and the undistilled teacher sampled at the last stage's steps, on the same
+held-out clips, batch and seed, in one process. Gate results and training time come from the
+run's ``progress.json`` entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..data.synthetic import SyntheticConfig
+from ..eval.evaluate import evaluate, quality_retention
+from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
+
+PLOT_METRICS = ("product_psnr", "product_ssim", "background_psnr_raw", "warp_error")
+
+
+def teacher_as_few_step(teacher: LoadedModel, timesteps) -> LoadedModel:
+    """The undistilled teacher sampled with the student's few-step sampler: the baseline DMD must beat."""
+    meta = dict(teacher.metadata)
+    meta["sampler"] = {"kind": "few_step", "steps": len(timesteps), "timesteps": list(timesteps)}
+    return dataclasses.replace(teacher, metadata=meta)
+
+
+def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig, clips: int = 16):
+    """Evaluate teacher and all stages together; returns (report, outputs, batch) of ``evaluate``
+    with a ``stages`` list (metrics, latency, speedup, retention, gate, training minutes)."""
+    stages = progressive["stages"]
+    loaded = {s["name"]: load_checkpoint(Path(s["export"])) for s in stages}
+    final = stages[-1]["name"]
+    extra = {name: m for name, m in loaded.items() if name != final}
+    extra["teacher_undistilled"] = teacher_as_few_step(teacher, stages[-1]["timesteps"])
+    report, outputs, batch = evaluate(teacher, loaded[final], data, count=clips, extra=extra)
+    rows = []
+    for s in stages:
+        key = "student" if s["name"] == final else s["name"]
+        metrics = report[key]
+        rows.append({
+            "name": s["name"], "steps": s["steps"], "timesteps": s["timesteps"],
+            "metrics": metrics, "seconds": report["seconds"][key],
+            "speedup": report["seconds"]["teacher"] / report["seconds"][key],
+            "model_calls_per_clip": report["model_calls_per_clip"][key],
+            "quality_retention": quality_retention(report["teacher"], metrics),
+            "gate": s.get("gate"), "gate_scores": s.get("scores"),
+            "generator_steps": s["stats"]["generator_steps"], "train_minutes": s.get("train_minutes"),
+            "export": s["export"],
+        })
+    report["stages"] = rows
+    report["gate_teacher_scores"] = progressive.get("teacher")
+    report["gate_undistilled_scores"] = progressive.get("undistilled")
+    report["distance_encoder"] = progressive.get("distance_encoder")
+    return report, outputs, batch
+
+
+def markdown(report: dict) -> str:
+    head = ("| model | steps | model calls | product PSNR | SSIM | bg PSNR raw | warp err | Fréchet (gate) | "
+            "s / batch | speedup | retention min | gate | train min |")
+    lines = [head, "|" + "---|" * 13]
+    t, tg = report["teacher"], report.get("gate_teacher_scores") or {}
+    lines.append(f"| teacher (50-step, CFG) | 50 | {report['model_calls_per_clip']['teacher']} | "
+                 f"{t['product_psnr']:.2f} | {t['product_ssim']:.3f} | {t['background_psnr_raw']:.2f} | "
+                 f"{t['warp_error']:.4f} | {tg.get('frechet_distance', float('nan')):.3f} | "
+                 f"{report['seconds']['teacher']:.2f} | 1.0x | 1.000 | - | - |")
+    for s in report["stages"]:
+        m, g = s["metrics"], s["gate"] or {}
+        fd = (s["gate_scores"] or {}).get("frechet_distance", float("nan"))
+        verdict = "pass" if g.get("passed") else ("forced" if g.get("forced") else "FAIL")
+        lines.append(f"| {s['name']} | {s['steps']} | {s['model_calls_per_clip']} | {m['product_psnr']:.2f} | "
+                     f"{m['product_ssim']:.3f} | {m['background_psnr_raw']:.2f} | {m['warp_error']:.4f} | {fd:.3f} | "
+                     f"{s['seconds']:.2f} | {s['speedup']:.1f}x | {s['quality_retention']['min']:.3f} | {verdict} | "
+                     f"{s['train_minutes']} |")
+    u = report.get("teacher_undistilled")
+    if u:
+        lines.append(f"| teacher undistilled | {report['stages'][-1]['steps']} | "
+                     f"{report['model_calls_per_clip']['teacher_undistilled']} | {u['product_psnr']:.2f} | "
+                     f"{u['product_ssim']:.3f} | {u['background_psnr_raw']:.2f} | {u['warp_error']:.4f} | "
+                 f"{(report.get('gate_undistilled_scores') or {}).get('frechet_distance', float('nan')):.3f} | "
+                     f"{report['seconds']['teacher_undistilled']:.2f} | - | - | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Steps against each quality metric, the gate distance and latency: the students as a line,
+    the 50-step teacher as a star, the undistilled teacher at the last stage's steps as a cross."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = report["stages"]
+    steps = [s["steps"] for s in stages]
+    panels = [(key, [s["metrics"][key] for s in stages], report["teacher"][key],
+               (report.get("teacher_undistilled") or {}).get(key)) for key in PLOT_METRICS]
+    gate = report.get("gate_teacher_scores") or {}
+    panels.append(("frechet_distance (gate clips)", [(s["gate_scores"] or {}).get("frechet_distance") for s in stages],
+                   gate.get("frechet_distance"), (report.get("gate_undistilled_scores") or {}).get("frechet_distance")))
+    panels.append(("seconds per batch", [s["seconds"] for s in stages], report["seconds"]["teacher"],
+                   report["seconds"].get("teacher_undistilled")))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    for ax, (title, values, teacher, undistilled) in zip(axes, panels):
+        ax.plot(steps, values, "o-", label="DMD students")
+        if teacher is not None:
+            ax.plot([50], [teacher], "*", markersize=12, color="black", label="teacher, 50 steps + CFG")
+        if undistilled is not None:
+            ax.plot([steps[-1]], [undistilled], "x", markersize=9, color="red", label="teacher, undistilled")
+        ax.set_title(title, fontsize=10)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(steps + [50])
+        ax.set_xticklabels([str(s) for s in steps + [50]])
+        ax.set_xlabel("sampling steps")
+    axes[-1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, folder: Path) -> None:
+    folder = Path(folder)
+    text = json.dumps(report, indent=2)
+    write_atomic(folder / "report.json", lambda tmp: Path(tmp).write_text(text))
+    md = markdown(report)
+    write_atomic(folder / "report.md", lambda tmp: Path(tmp).write_text(md))
+    plot(report, folder / "quality_speed.png")
