@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resumable run folder: training states, caches, logs, strips, report")
     p.add_argument("--report-clips", type=int, default=16,
                    help="held-out clips for the final side-by-side report; 0 = skip it")
-    _add_progressive_args(p, generator_steps="100,100,150")
+    _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--clips", type=int, default=16)
-    _add_progressive_args(p, generator_steps="100,100,150")
+    _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_demo)
 
     from .eval.frechet_cli import register as register_frechet
