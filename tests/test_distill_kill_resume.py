@@ -66,8 +66,11 @@ def test_sigkill_in_the_second_stage_then_resume_matches_an_uninterrupted_run(tm
 
 
 def test_two_processes_keep_identical_weights_and_export_loadable_students(tmp_path):
+    """DDP on gloo with every optional path on: GAN head, perceptual loss, bf16 autocast, gradient
+    checkpointing and accumulation."""
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m")
     out = subprocess.run(_cli(tmp_path, tmp_path / "run", tmp_path / "models", "--adversarial", "--perceptual",
+                              "--mixed-precision", "bf16", "--gradient-checkpointing", "--grad-accumulation", "2",
                               launcher=launcher), env=_env(),
                          cwd=ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]

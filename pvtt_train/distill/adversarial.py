@@ -14,8 +14,6 @@ input perturbation (APT / Self-Forcing), which needs no double backward.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -112,28 +110,19 @@ def discriminator_loss(head: DiscriminatorHead, critic: nn.Module, x0_real: torc
     return loss_gan + r1_weight * r1, logs
 
 
-@contextmanager
-def _frozen(*modules: nn.Module):
-    """Parameters stop requiring grad inside (so no graph leads to them), and get their flags back after."""
-    params = [p for m in modules for p in m.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-
-
 def generator_adversarial_loss(head: DiscriminatorHead, critic: nn.Module, x0_fake: torch.Tensor, cond: Condition,
                                schedule: FlowSchedule, generator: torch.Generator) -> torch.Tensor:
     """Non-saturating generator loss ``softplus(-D(fake))``; its gradient reaches ``x0_fake`` only.
 
-    The critic and head are frozen while the graph is built, so a later ``backward`` (alone or
-    summed with the DMD loss) leaves their ``.grad`` untouched.
+    The gradient with respect to ``x0_fake`` is taken at once with ``torch.autograd.grad`` (which
+    never touches parameter ``.grad``) and returned as a surrogate whose value is the loss and
+    whose gradient is that one: critic and head stay out of the student's backward, and a critic
+    with gradient checkpointing recomputes under the same ``requires_grad`` state it ran with.
     """
     sigma = sample_score_sigma(x0_fake.shape[0], schedule, generator).to(x0_fake)
-    with _frozen(head, critic):
-        logits = discriminate(head, critic, _noised(x0_fake, sigma, schedule, generator), sigma, cond)
-    return F.softplus(-logits).mean()
+    with torch.enable_grad():
+        leaf = x0_fake.detach().requires_grad_(True)
+        logits = discriminate(head, critic, _noised(leaf, sigma, schedule, generator), sigma, cond)
+        loss = F.softplus(-logits).mean()
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return loss.detach() + (x0_fake * grad).sum() - (x0_fake * grad).sum().detach()

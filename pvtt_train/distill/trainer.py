@@ -250,25 +250,30 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
             finite_g = finite_c = True
             terms: dict = {}
             for micro in range(run.grad_accumulation):
-                with sync_context(micro == run.grad_accumulation - 1), acc.autocast():
-                    batch = {k: v.to(acc.device) for k, v in stream.next().items()}
-                    cond = condition_batch(student, batch)
-                    exit_step = int(torch.randint(len(sigmas), (1,), generator=sync_gen))
-                    x0 = student_rollout(routed_student, cond, s_schedule, sigmas, exit_step, gen,
-                                         grad_at_exit=generator_turn)
+                # Losses under autocast, backward outside it (PyTorch's advice; recomputation for
+                # gradient checkpointing breaks on autocast's weight cache otherwise).
+                with sync_context(micro == run.grad_accumulation - 1):
+                    with acc.autocast():
+                        batch = {k: v.to(acc.device) for k, v in stream.next().items()}
+                        cond = condition_batch(student, batch)
+                        exit_step = int(torch.randint(len(sigmas), (1,), generator=sync_gen))
+                        x0 = student_rollout(routed_student, cond, s_schedule, sigmas, exit_step, gen,
+                                             grad_at_exit=generator_turn)
+                        if generator_turn:
+                            terms, info = generator_losses(x0, cond, batch, exit_step)
+                            total = sum(stage.weight(k, g_steps) * v for k, v in terms.items())
                     if generator_turn:
-                        terms, info = generator_losses(x0, cond, batch, exit_step)
-                        total = sum(stage.weight(k, g_steps) * v for k, v in terms.items())
                         finite_g &= bool(torch.isfinite(total))
                         acc.backward(total / run.grad_accumulation)
-                    loss_c = critic_loss(routed_critic, x0, cond, schedule, gen)
-                    if head is not None:
-                        from .adversarial import discriminator_loss
+                    with acc.autocast():
+                        loss_c = critic_loss(routed_critic, x0, cond, schedule, gen)
+                        if head is not None:
+                            from .adversarial import discriminator_loss
 
-                        real_x0 = student.encode(batch["target"])
-                        loss_d, d_info = discriminator_loss(head, critic, real_x0, x0.detach(), cond, schedule, gen,
-                                                            stage.r1_weight, stage.r1_sigma)
-                        loss_c = loss_c + loss_d
+                            real_x0 = student.encode(batch["target"])
+                            loss_d, d_info = discriminator_loss(head, critic, real_x0, x0.detach(), cond, schedule,
+                                                                gen, stage.r1_weight, stage.r1_sigma)
+                            loss_c = loss_c + loss_d
                     finite_c &= bool(torch.isfinite(loss_c))
                     acc.backward(loss_c / run.grad_accumulation)
             finite_g, finite_c = _all_ranks(acc, finite_g), _all_ranks(acc, finite_c)
