@@ -322,3 +322,23 @@ def test_accelerate_configs_parse_and_wrap_real_wan_block_classes():
     wrapped = configs["fsdp_wan.yaml"]["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
     assert all(hasattr(wan, name) or hasattr(wan_vace, name) for name in wrapped)
     assert configs["multi_node_ddp.yaml"]["num_machines"] == 2
+
+
+def test_critic_init_keep_hands_the_critic_to_the_next_stage(tmp_path, monkeypatch):
+    import pvtt_train.distill.progressive as progressive
+
+    seen = []
+    real_train = progressive.train_stage
+
+    def recording(acc, inputs, stage, *args, **kw):
+        result = real_train(acc, inputs, stage, *args, **kw)
+        seen.append((stage.name, inputs.critic_init, result.critic))
+        return result
+
+    monkeypatch.setattr(progressive, "train_stage", recording)
+    teacher = micro_teacher(tmp_path / "teacher.safetensors", steps=4)
+    stages = _lenient(build_stages((4, 2), 1))
+    stages[1] = replace(stages[1], critic_init="keep")
+    run_progressive(teacher, stages, _micro_run(tmp_path), tmp_path / "run", tmp_path / "models", progress=False)
+    (_, first_init, first_critic), (_, second_init, _) = seen
+    assert second_init is first_critic and first_init is not first_critic
