@@ -169,7 +169,9 @@ def test_pickle_files_refused_without_opening(tmp_path, monkeypatch, name):
     path = tmp_path / name
     path.write_bytes(pickle.dumps(_Payload(marker)))
     opened = []
-    monkeypatch.setattr(enc_mod, "safe_open", lambda *a, **k: opened.append(a))
+    import pvtt_train.models.checkpoint as checkpoint_mod
+
+    monkeypatch.setattr(checkpoint_mod, "safe_open", lambda *a, **k: opened.append(a))  # the header reader
     monkeypatch.setattr(enc_mod, "load_file", lambda *a, **k: opened.append(a))
     monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a))
     with pytest.raises(CheckpointError, match="pickle"):

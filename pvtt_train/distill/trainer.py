@@ -29,9 +29,15 @@ from tqdm.auto import tqdm
 
 from ..data.batches import TrainingStream, condition_batch
 from ..data.synthetic import SyntheticConfig
+from ..identity.loss import identity_loss
 from ..models.checkpoint import LoadedModel
 from ..models.schedule import FlowSchedule
 from ..sampling.samplers import student_rollout
+from .adversarial import (
+    DiscriminatorHead,
+    discriminator_loss,
+    generator_adversarial_loss,
+)
 from .config import RunConfig, StageConfig
 from .dmd import background_loss, critic_loss, dmd_loss
 from .regression import TrajectoryCache, regression_loss
@@ -120,8 +126,6 @@ def _rank_spread(acc, model: torch.nn.Module) -> float:
 def _make_discriminator(critic, stage: StageConfig):
     if "adversarial" not in stage.losses:
         return None, None
-    from .adversarial import DiscriminatorHead
-
     head = DiscriminatorHead.for_critic(critic)
     return head, torch.optim.AdamW(head.parameters(), lr=stage.lr_discriminator, betas=stage.critic_betas)
 
@@ -209,8 +213,6 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                 sigma = torch.full((x0.shape[0],), sigmas[exit_step])
                 terms["temporal"] = temporal_loss(video, flows.flows(batch), batch["mask"].to(video), sigma)
             if "identity" in stage.losses:
-                from ..identity.loss import identity_loss
-
                 terms["identity"] = identity_loss(inputs.identity, video, batch["mask"].to(video),
                                                   batch["reference"].to(video))
         if "background" in stage.losses:
@@ -226,8 +228,6 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                           for x in (x0_reg, reg["x0_teacher"].to(x0_reg))]
                 terms["perceptual"] = inputs.perceptual(*pixels)
         if "adversarial" in stage.losses:
-            from .adversarial import generator_adversarial_loss
-
             terms["adversarial"] = generator_adversarial_loss(head, critic, x0, cond, schedule, gen)
         return terms, info
 
@@ -268,8 +268,6 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     with acc.autocast():
                         loss_c = critic_loss(routed_critic, x0, cond, schedule, gen)
                         if head is not None:
-                            from .adversarial import discriminator_loss
-
                             real_x0 = student.encode(batch["target"])
                             loss_d, d_info = discriminator_loss(head, critic, real_x0, x0.detach(), cond, schedule,
                                                                 gen, stage.r1_weight, stage.r1_sigma)

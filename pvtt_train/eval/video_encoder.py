@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..models.checkpoint import PICKLE_SUFFIXES, write_atomic
+from ..models.checkpoint import PICKLE_SUFFIXES, safetensors_header, write_atomic
 
 SHIPPED_VIDEO_ENCODER = Path(__file__).resolve().parents[2] / "models_shipped" / "pvtt_video_encoder.safetensors"
 METADATA_KEY = "pvtt_video_encoder"
@@ -123,12 +122,7 @@ def open_safetensors(path: Path) -> tuple[dict, list[str]]:
                               f"`python -m pvtt_train video-encoder` or pass the path of a .safetensors file.")
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path.name}: expected a .safetensors file (a PVTT video encoder or I3D weights)")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return fh.metadata() or {}, list(fh.keys())
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}); it may be truncated: "
-                              f"copy or convert it again.") from exc
+    return safetensors_header(path, "copy or convert it again.")
 
 
 def _load_pvtt_encoder(path: Path, meta_json: str) -> VideoEncoder:

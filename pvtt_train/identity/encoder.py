@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.checkpoint import PICKLE_SUFFIXES, write_atomic
+from ..models.checkpoint import PICKLE_SUFFIXES, safetensors_header, write_atomic
 from ..paths import SHIPPED_MODELS
 
 FORMAT = "pvtt_identity_encoder"
@@ -96,13 +95,7 @@ def save_identity_encoder(path: str | Path, encoder: IdentityEncoder, report: di
 def read_identity_metadata(path: str | Path) -> dict:
     """The config and report of an identity-encoder file, validated, without loading weights."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
-                              f"or corrupt: copy it again or retrain it with `python -m pvtt_train "
-                              f"identity-encoder`.") from exc
+    header, _ = safetensors_header(path, "copy it again or retrain it with `python -m pvtt_train identity-encoder`.")
     if FORMAT not in header:
         raise CheckpointError(f"{path.name} is not a PVTT identity encoder (no {FORMAT!r} metadata). Pass a file "
                               f"written by `python -m pvtt_train identity-encoder`, or a CLIP/DINOv2 folder.")

@@ -90,6 +90,17 @@ def file_sha256(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def safetensors_header(path: Path, fix: str) -> tuple[dict, list[str]]:
+    """Header metadata and tensor names of a safetensors file, without loading a tensor; a corrupt or
+    truncated file is a ``CheckpointError`` that ends with ``fix`` (how to get a good copy)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}, list(fh.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
+                              f"or corrupt: {fix}") from exc
+
+
 def read_metadata(path: str | Path) -> dict:
     """The PVTT metadata of a checkpoint, validated, without loading any weight."""
     path = Path(path)
@@ -101,12 +112,7 @@ def read_metadata(path: str | Path) -> dict:
                               f"(pickles can run code). Convert it with safetensors, then load the result.")
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path.name}: expected a .safetensors file")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
-                              f"or corrupt: copy or export it again.") from exc
+    header, _ = safetensors_header(path, "copy or export it again.")
     if FORMAT not in header:
         raise CheckpointError(f"{path.name} has no PVTT metadata, so PVTT cannot tell how to rebuild it. "
                               f"Use a checkpoint written by pvtt_train (teacher, distill or demo).")
