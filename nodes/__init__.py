@@ -5,6 +5,7 @@ Importing this package is cheap: node modules import torch, OpenCV and pvtt_trai
 node runs.
 """
 
+from .accel_nodes import PVTTAccelerate
 from .masking_nodes import PVTTBackgroundPreserve
 from .media_nodes import PVTTLoadImage, PVTTLoadVideo, PVTTSaveVideo
 from .model_nodes import PVTTLoadModel
@@ -17,6 +18,7 @@ _NODES = (
     (PVTTTemplateTransfer, "PVTT Template Transfer"),
     (PVTTBackgroundPreserve, "PVTT Background Preserve"),
     (PVTTSaveVideo, "PVTT Save Video"),
+    (PVTTAccelerate, "PVTT Accelerate"),
 )
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls, _ in _NODES}

@@ -7,7 +7,12 @@ Backends go through diffusers' attention dispatcher (``ModelMixin.set_attention_
 - ``flash``: the flash-attn package (FA2); ``flash3``: FlashAttention 3 (Hopper, flash-attn 3);
 - ``sage``: SageAttention (CUDA only);
 - ``math``: PyTorch's reference math attention (slow; used for parity checks);
-- ``auto``: the fastest one that can run here.
+- ``decomposed``: two GEMMs around a softmax, through PVTT's own Wan processor
+  (``wan_processor.py``); on CPU in bf16 it is twice as fast as PyTorch's flash kernel;
+- ``auto``: the fastest one that can run here (on CPU: ``decomposed`` for bf16/fp16 weights,
+  ``sdpa`` for fp32, where the two are equal and ``sdpa`` is exact to the reference).
+
+Token merging (``tome_ratio`` > 0, see ``tome.py``) also goes through PVTT's processor.
 
 A backend that cannot run here (no CUDA, package missing) falls back to ``sdpa`` with a warning
 that says what to install; ``strict=True`` raises instead.
@@ -18,8 +23,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from .tome import tome_attention
+from .wan_processor import KernelWanAttnProcessor, decomposed_attention
 
 logger = logging.getLogger("PVTT")
 
@@ -32,6 +42,9 @@ DIFFUSERS_NAMES = {
     "flash3": "_flash_3",
     "sage": "sage",
 }
+#: Backends that run through PVTT's processor instead of diffusers' dispatcher.
+PROCESSOR_KERNELS = {"decomposed": decomposed_attention}
+BACKENDS = (*DIFFUSERS_NAMES, *PROCESSOR_KERNELS)
 #: Preference order of ``auto`` on CUDA.
 AUTO_ORDER_CUDA = ("flash3", "flash", "sdpa_flash", "sdpa")
 INSTALL_HINTS = {
@@ -58,9 +71,9 @@ def _module_available(name: str) -> bool:
 
 def why_unavailable(name: str, device: torch.device) -> str | None:
     """None if ``name`` can run on ``device``, else the reason it cannot."""
-    if name not in DIFFUSERS_NAMES:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of auto, {', '.join(DIFFUSERS_NAMES)}")
-    if name in ("sdpa", "math"):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if name in ("sdpa", "math", "decomposed"):
         return None
     if device.type != "cuda":
         return f"{name} needs a CUDA GPU, and the model is on {device.type}"
@@ -73,11 +86,13 @@ def why_unavailable(name: str, device: torch.device) -> str | None:
     return None
 
 
-def choose_backend(requested: str, device: torch.device, strict: bool = False) -> BackendChoice:
-    """Resolve ``requested`` (or ``auto``) to a backend that runs on ``device``."""
+def choose_backend(requested: str, device: torch.device, strict: bool = False,
+                   dtype: torch.dtype = torch.float32) -> BackendChoice:
+    """Resolve ``requested`` (or ``auto``) to a backend that runs on ``device`` with ``dtype`` weights."""
     device = torch.device(device)
     if requested == "auto":
-        candidates = AUTO_ORDER_CUDA if device.type == "cuda" else ("sdpa",)
+        half = dtype in (torch.bfloat16, torch.float16)
+        candidates = AUTO_ORDER_CUDA if device.type == "cuda" else (("decomposed",) if half else ("sdpa",))
         for name in candidates:
             if why_unavailable(name, device) is None:
                 return BackendChoice("auto", name, f"fastest available on {device.type}")
@@ -90,9 +105,29 @@ def choose_backend(requested: str, device: torch.device, strict: bool = False) -
     return BackendChoice(requested, "sdpa", f"fallback: {reason}")
 
 
-def apply_attention_backend(transformer, requested: str = "auto", strict: bool = False) -> BackendChoice:
-    """Set the attention backend of a diffusers transformer; returns what was chosen and why."""
-    device = next(transformer.parameters()).device
-    choice = choose_backend(requested, device, strict)
-    transformer.set_attention_backend(DIFFUSERS_NAMES[choice.used])
+def apply_attention_backend(transformer, requested: str = "auto", strict: bool = False,
+                            tome_ratio: float = 0.0) -> BackendChoice:
+    """Set the attention backend of a diffusers Wan transformer; returns what was chosen and why.
+
+    The compute dtype is that of the attention projections (``blocks.0.attn1.to_q``).
+    ``tome_ratio`` > 0 merges that fraction of self-attention's keys/values (``tome.py``).
+    """
+    probe = transformer.blocks[0].attn1.to_q.weight
+    choice = choose_backend(requested, probe.device, strict, probe.dtype)
+    if not 0.0 <= tome_ratio <= 0.5:
+        raise ValueError(f"tome_ratio must be in [0, 0.5] (the fraction of tokens merged), got {tome_ratio}")
+    if choice.used in PROCESSOR_KERNELS or tome_ratio > 0:
+        kernel = PROCESSOR_KERNELS.get(choice.used, decomposed_attention)
+        if tome_ratio > 0:
+            kernel = partial(_tome_or_base, base=kernel, ratio=tome_ratio)
+        transformer.set_attn_processor(KernelWanAttnProcessor(kernel, choice.used))
+        return choice
+    transformer.set_attn_processor(WanAttnProcessor())  # fresh processors: diffusers' default is native SDPA
+    if choice.used != "sdpa":
+        transformer.set_attention_backend(DIFFUSERS_NAMES[choice.used])
     return choice
+
+
+def _tome_or_base(query, key, value, is_self, base, ratio):
+    """Token merging for self-attention; cross-attention (few context tokens) uses ``base``."""
+    return tome_attention(query, key, value, ratio) if is_self else base(query, key, value, is_self)

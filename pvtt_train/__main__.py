@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_demo)
 
+    from .bench_cli import register as register_bench
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
     from .models.lora_cli import register as register_lora
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_identity(sub)
     register_frechet(sub)
     register_lora(sub)
+    register_bench(sub)
     return parser
 
 

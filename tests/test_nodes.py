@@ -29,7 +29,7 @@ checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
 pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
 schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
 
-CATEGORIES = {"PVTT/loaders", "PVTT/sampling", "PVTT/masking", "PVTT/video"}
+CATEGORIES = {"PVTT/loaders", "PVTT/sampling", "PVTT/masking", "PVTT/video", "PVTT/acceleration"}
 TINY_NAME = "tiny_2step.safetensors"
 TEMPLATE, MASK, PRODUCT = "samples/pvtt_template.mp4", "samples/pvtt_mask.mp4", "samples/pvtt_product.png"
 

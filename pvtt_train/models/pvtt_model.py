@@ -71,6 +71,8 @@ class WanConcatPVTT(nn.Module):
     """Tiny default: pixel-space WanTransformer3DModel with channel-concatenated conditioning."""
 
     arch = "wan_concat"
+    #: Attribute holding the diffusers transformer; acceleration swaps it (see pvtt_accel.denoiser).
+    denoiser_attr = "backbone"
 
     def __init__(self, backbone_config: dict, context_tokens: int = 1):
         super().__init__()

@@ -101,6 +101,8 @@ class WanVACEPVTT(nn.Module):
     """Wan 2.1 VACE transformer + Wan VAE behind the PVTT model interface."""
 
     arch = "wan_vace"
+    #: Attribute holding the diffusers transformer; acceleration swaps it (see pvtt_accel.denoiser).
+    denoiser_attr = "transformer"
 
     def __init__(self, transformer: WanVACETransformer3DModel, vae: AutoencoderKLWan,
                  context: torch.Tensor | None = None, context_tokens: int = 1):

@@ -1,0 +1,352 @@
+"""``python -m pvtt_train bench``: teacher and every student × every backend, side by side, one run.
+
+Every variant samples the same clips with the same noise, one clip at a time (a designer's
+case), after its own warm-up. For each it reports the median latency per clip, the build time
+(acceleration plus first call, which includes any compilation), peak memory, model calls per clip,
+the speed-up over the teacher (50 steps with CFG) and over the same student run eagerly, PSNR of
+the decoded frames against that eager run, and product PSNR against the ground truth.
+
+A backend that cannot run here (TensorRT without CUDA, INT8 without torchao, ...) is listed with
+the reason instead of a number. Results go to ``bench.json``, ``bench.md`` and ``bench.png``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .eval.metrics import product_psnr
+from .models.checkpoint import LoadedModel, write_atomic
+from .models.loading import load_model
+from .sampling.samplers import sample_from_metadata
+
+log = logging.getLogger(__name__)
+
+_PACK = __package__.rpartition(".")[0]
+
+
+def accel_module(name: str):
+    """``pvtt_accel.<name>``, imported next to this package (see pvtt_accel/_train.py)."""
+    return importlib.import_module(f"{_PACK}.pvtt_accel.{name}" if _PACK else f"pvtt_accel.{name}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named way to run a checkpoint: ``build(loaded, cache_dir)`` returns the model to sample."""
+
+    name: str
+    build: Callable[[LoadedModel, Path], LoadedModel] = field(compare=False)
+    description: str = ""
+
+
+def _torch_variant(name: str, description: str, **options) -> Variant:
+    def build(loaded: LoadedModel, _cache: Path) -> LoadedModel:
+        acc = accel_module("accelerate")
+        return acc.accelerate(loaded, acc.AccelerationOptions(**options))
+
+    return Variant(name, build, description)
+
+
+def _ort_variant() -> Variant:
+    def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
+        return accel_module("ort_backend").ort_accelerate(loaded, cache / "onnx")
+
+    return Variant("onnxruntime", build, "ONNX (dynamo export) in ONNX Runtime, CPU execution provider")
+
+
+def _trt_variant(precision: str) -> Variant:
+    def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
+        return accel_module("tensorrt_engine").trt_accelerate(loaded, cache, precision=precision)
+
+    return Variant(f"tensorrt-{precision}", build, f"TensorRT engine, {precision}")
+
+
+#: The benchmark's variants; ``eager`` is every student's baseline and must come first.
+CPU_VARIANTS = (
+    _torch_variant("eager", "PyTorch fp32, SDPA attention"),
+    _torch_variant("bf16", "bf16 weights (fp32 norms/RoPE), decomposed attention", precision="bf16"),
+    _torch_variant("compile", "torch.compile (inductor, weights frozen), fp32", compile="default"),
+    _torch_variant("int8-w8a16", "torchao INT8 weight-only, fp32 activations", int8="w8a16"),
+    _torch_variant("int8-w8a8", "torchao INT8 weights + dynamic INT8 activations, SmoothQuant", int8="w8a8"),
+    _torch_variant("int8-w8a8+compile", "INT8 W8A8 SmoothQuant, compiled", int8="w8a8", compile="default"),
+    _ort_variant(),
+    _torch_variant("tome0.25", "token merging of 25% of self-attention keys/values, fp32", tome_ratio=0.25),
+    _torch_variant("bf16+compile", "bf16 + decomposed attention + torch.compile", precision="bf16",
+                   compile="default"),
+    _torch_variant("bf16+compile-autotune", "bf16 + decomposed attention + torch.compile max-autotune "
+                   "(no CUDA graphs)", precision="bf16", compile="max-autotune-no-cudagraphs"),
+    _trt_variant("fp16"),
+)
+CUDA_VARIANTS = (
+    _torch_variant("eager", "PyTorch fp32, SDPA attention"),
+    _torch_variant("bf16", "bf16 weights, SDPA (PyTorch picks its kernel)", precision="bf16", attention="sdpa"),
+    _torch_variant("bf16+sdpa_flash", "bf16, PyTorch SDPA restricted to FlashAttention-2", precision="bf16",
+                   attention="sdpa_flash"),
+    _torch_variant("bf16+flash-attn", "bf16, flash-attn package (FA2/FA3 by GPU)", precision="bf16", attention="auto"),
+    _torch_variant("bf16+compile", "bf16 + SDPA-flash + torch.compile", precision="bf16", attention="sdpa_flash",
+                   compile="default"),
+    _torch_variant("bf16+int8-w8a16", "bf16 + torchao INT8 weight-only", precision="bf16", int8="w8a16"),
+    _torch_variant("bf16+int8-w8a8+compile", "bf16 + INT8 W8A8 SmoothQuant + compile", precision="bf16",
+                   int8="w8a8", compile="default"),
+    _trt_variant("fp16"),
+    _trt_variant("bf16"),
+)
+
+
+def default_variants(device: torch.device) -> tuple[Variant, ...]:
+    return CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS
+
+
+class CallCounter(nn.Module):
+    """Counts model evaluations: a batched CFG call on 2B inputs counts as 2 per clip."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.evaluations = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    def forward(self, **inputs):
+        self.evaluations += inputs["hidden_states"].shape[0]
+        return self.inner(**inputs)
+
+
+class PeakMemory:
+    """Peak memory of a measured block: CUDA allocator peak, or the process's peak RSS on CPU
+    (Linux resets VmHWM when "5" is written to /proc/self/clear_refs)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return None
+        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        return int(match.group(1)) / 1024 if match else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure(loaded: LoadedModel, clips: list[dict], repeats: int, warmup: int, seed: int) -> dict:
+    """Sample every clip ``repeats`` times (after ``warmup`` untimed runs); per-clip statistics."""
+    denoiser = accel_module("denoiser")
+    get_denoiser, with_denoiser = denoiser.get_denoiser, denoiser.with_denoiser
+    counter = CallCounter(get_denoiser(loaded.model))
+    model = with_denoiser(loaded, counter, {}).model
+    device = next(loaded.model.parameters()).device
+    memory = PeakMemory(device)
+
+    def sample(clip: dict) -> torch.Tensor:
+        x0 = sample_from_metadata(model, clip["cond"], loaded.metadata, None, torch.Generator().manual_seed(seed))
+        return model.decode(x0)
+
+    started = time.perf_counter()
+    outputs = [sample(clip) for clip in clips[:1]]
+    _sync(device)
+    first_call_s = time.perf_counter() - started
+    for _ in range(max(warmup - 1, 0)):
+        sample(clips[0])
+    counter.evaluations = 0
+    memory.reset()
+    times, outputs = [], []
+    for r in range(repeats):
+        for clip in clips:
+            _sync(device)
+            t0 = time.perf_counter()
+            out = sample(clip)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            if r == 0:
+                outputs.append(out.float().cpu())
+    return {
+        "latency_ms": 1000 * statistics.median(times),
+        "latency_min_ms": 1000 * min(times),
+        "first_call_s": first_call_s,
+        "peak_memory_mb": memory.peak_mb(),
+        "model_calls": counter.evaluations / (repeats * len(clips)),
+        "outputs": outputs,
+    }
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of frames in 0..1 (inf when identical)."""
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def prepare_clips(loaded: LoadedModel, count: int) -> list[dict]:
+    """``count`` synthetic clips (kept apart from training, evaluation and calibration seeds), each
+    with its condition built once, so conditioning cost is outside the timings."""
+    denoiser = accel_module("denoiser")
+    batch = denoiser.calibration_batch(loaded, count, offset=1000)
+    device = next(loaded.model.parameters()).device
+    clips = []
+    for i in range(count):
+        one = {k: v[i:i + 1].to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        clips.append({"cond": denoiser.condition_batch(loaded.model, one), "target": one["target"].cpu(),
+                      "mask": one["mask"].cpu()})
+    return clips
+
+
+def _row(model_name: str, steps: int, variant: str, description: str) -> dict:
+    return {"model": model_name, "steps": steps, "variant": variant, "description": description}
+
+
+def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Variant, ...], out_dir: Path,
+              clips: int = 4, repeats: int = 5, teacher_repeats: int = 1, warmup: int = 2, seed: int = 0,
+              device: str = "cpu", progress: Callable[[str], None] = print) -> dict:
+    """Measure everything in one process on the same clips; returns the report (also written)."""
+    device = torch.device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = out_dir / "cache"
+    teacher = load_model(teacher_path, device)
+    inputs = prepare_clips(teacher, clips)
+    rows = []
+
+    def quality(stats: dict) -> float:
+        return statistics.mean(product_psnr(o, c["target"], c["mask"]) for o, c in zip(stats["outputs"], inputs))
+
+    progress(f"teacher {teacher_path.name}: {teacher.sampler}")
+    t_stats = measure(teacher, inputs, teacher_repeats, 1, seed)
+    teacher_ms = t_stats["latency_ms"]
+    rows.append({**_row(teacher_path.stem, teacher.sampler["steps"], "eager", "teacher, Euler + CFG"),
+                 **_public(t_stats), "product_psnr": quality(t_stats), "speedup_vs_teacher": 1.0})
+    for path in student_paths:
+        student = load_model(path, device)
+        steps = student.sampler["steps"]
+        baseline = None
+        for variant in variants:
+            progress(f"{path.stem} × {variant.name}")
+            row = _row(path.stem, steps, variant.name, variant.description)
+            started = time.perf_counter()
+            try:
+                model = variant.build(student, cache)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+                rows.append({**row, "skipped": f"{type(exc).__name__}: {exc}"})
+                progress(f"  skipped: {exc}")
+                continue
+            build_s = time.perf_counter() - started
+            stats = measure(model, inputs, repeats, warmup, seed)
+            if baseline is None:
+                baseline = stats
+            row.update(_public(stats), build_s=build_s + stats["first_call_s"], product_psnr=quality(stats),
+                       speedup_vs_teacher=teacher_ms / stats["latency_ms"],
+                       speedup_vs_eager=baseline["latency_ms"] / stats["latency_ms"],
+                       psnr_vs_eager=statistics.mean(psnr(o, b) for o, b in zip(stats["outputs"], baseline["outputs"])))
+            rows.append(row)
+            progress(f"  {row['latency_ms']:.2f} ms/clip, ×{row['speedup_vs_eager']:.2f} vs eager, "
+                     f"{row['psnr_vs_eager']:.1f} dB vs eager")
+    report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "clips": clips, "repeats": repeats, "seed": seed, "rows": rows, "best": best_rows(rows)}
+    write_report(report, out_dir)
+    return report
+
+
+def _public(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k != "outputs"}
+
+
+def best_rows(rows: list[dict], min_psnr: float = 35.0) -> dict:
+    """Per student: the fastest variant whose output stays within ``min_psnr`` dB of eager."""
+    best = {}
+    for row in rows:
+        if "speedup_vs_eager" not in row or row["psnr_vs_eager"] < min_psnr:
+            continue
+        if row["model"] not in best or row["speedup_vs_eager"] > best[row["model"]]["speedup_vs_eager"]:
+            best[row["model"]] = {k: row[k] for k in ("variant", "latency_ms", "speedup_vs_eager", "psnr_vs_eager")}
+    return best
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    except OSError:
+        cpu = None
+    return f"CPU ({cpu.group(1).strip() if cpu else 'unknown'})"
+
+
+def markdown(report: dict) -> str:
+    head = ("| model | steps | variant | ms / clip | build s | peak MB | calls | × teacher | × eager | "
+            "PSNR vs eager dB | product PSNR dB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    intro = (f"Device: {report['device']}, torch {report['torch']}, {report['threads']} threads; "
+             f"{report['clips']} clips × {report['repeats']} repeats, one clip per call.")
+    lines = [intro, "", head]
+    for r in report["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {r['steps']} | {r['variant']} | skipped: {r['skipped']} |||||||||")
+            continue
+
+        def fmt(key: str, spec: str, r: dict = r) -> str:
+            return format(r[key], spec) if r.get(key) is not None else "-"
+
+        lines.append(f"| {r['model']} | {r['steps']} | {r['variant']} | {fmt('latency_ms', '.2f')} | "
+                     f"{fmt('build_s', '.1f')} | {fmt('peak_memory_mb', '.0f')} | {fmt('model_calls', '.0f')} | "
+                     f"{fmt('speedup_vs_teacher', '.1f')} | {fmt('speedup_vs_eager', '.2f')} | "
+                     f"{fmt('psnr_vs_eager', '.1f')} | {fmt('product_psnr', '.2f')} |")
+    lines += ["", "Best per student (fastest with PSNR vs eager ≥ 35 dB):", ""]
+    lines += [f"- {m}: {b['variant']}, {b['latency_ms']:.2f} ms/clip, ×{b['speedup_vs_eager']:.2f} vs eager, "
+              f"{b['psnr_vs_eager']:.1f} dB" for m, b in report["best"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if "latency_ms" in r]
+    labels = [f"{r['model'].replace('pvtt_', '')} · {r['variant']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
+    colours = {m: plt.cm.tab10(i) for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
+    ax.barh(range(len(rows)), [r["latency_ms"] for r in rows], color=[colours[r["model"]] for r in rows])
+    for i, r in enumerate(rows):
+        note = f" ×{r['speedup_vs_eager']:.2f}, {r['psnr_vs_eager']:.0f} dB" if "speedup_vs_eager" in r else " teacher"
+        ax.text(r["latency_ms"], i, note, va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per clip (log); label: speed-up over the same student eager, PSNR vs eager")
+    ax.set_title(f"PVTT sampling latency, {report['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    texts = {"bench.json": json.dumps(report, indent=2, default=float), "bench.md": markdown(report)}
+    for name, text in texts.items():
+        write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    write_atomic(out_dir / "bench.png", lambda tmp: plot(report, Path(tmp)))

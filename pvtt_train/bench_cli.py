@@ -1,0 +1,61 @@
+"""``python -m pvtt_train bench``: teacher and students × acceleration backends in one run (``bench.py``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: The shipped students, fastest last: the default set the benchmark measures.
+SHIPPED_STUDENTS = ("pvtt_student_16step", "pvtt_student_8step", "pvtt_student_4step")
+
+
+def cmd_bench(args) -> None:
+    import torch
+
+    from .bench import default_variants, run_bench
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    variants = default_variants(device)
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",")]
+        known = {v.name: v for v in variants}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)}; on {device.type} choose from "
+                             f"{', '.join(known)}")
+        if wanted[0] != "eager":
+            wanted.insert(0, "eager")  # the baseline every speed-up and PSNR is measured against
+        variants = tuple(known[w] for w in dict.fromkeys(wanted))
+    students = [Path(s) for s in args.students] if args.students else \
+        [Path(args.models_dir) / f"{name}.safetensors" for name in SHIPPED_STUDENTS]
+    missing = [str(p) for p in [Path(args.teacher), *students] if not p.exists()]
+    if missing:
+        raise SystemExit(f"bench: not found: {', '.join(missing)}. Pass --teacher/--students, or --models-dir "
+                         f"pointing at a folder with the students (bash run.sh demo writes them to models/pvtt).")
+    report = run_bench(Path(args.teacher), students, variants, Path(args.out), clips=args.clips,
+                       repeats=args.repeats, teacher_repeats=args.teacher_repeats, warmup=args.warmup,
+                       seed=args.seed, device=args.device)
+    print()
+    print((Path(args.out) / "bench.md").read_text())
+    print(f"report: {args.out}/bench.json, bench.md, bench.png ({len(report['rows'])} rows)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the ``python -m pvtt_train`` sub-commands."""
+    from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
+
+    p = subparsers.add_parser("bench", help="latency, memory and fidelity of teacher and students × backends")
+    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
+    p.add_argument("--students", nargs="*", default=None, help="student checkpoints; default: the shipped three")
+    p.add_argument("--models-dir", default=str(SHIPPED_MODELS), help="where the default students are")
+    p.add_argument("--variants", default="", help="comma-separated subset (eager is always included); "
+                                                  "default: every backend for this device")
+    p.add_argument("--out", default="out/bench", help="folder for bench.json, bench.md, bench.png and caches")
+    p.add_argument("--clips", type=int, default=4, help="synthetic clips, sampled one at a time")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the clips per student variant")
+    p.add_argument("--teacher-repeats", type=int, default=1, help="timed passes for the 50-step teacher")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per variant (the first includes compilation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_bench)

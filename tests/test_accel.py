@@ -1,0 +1,172 @@
+"""pvtt_accel on the shipped 4-step student: kernels, precision, token merging, INT8 and compile.
+
+Each acceleration must sample what eager fp32 samples, to a stated PSNR, without touching the
+model it was given; compile must not recompile between sampling steps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pvtt_accel import int8 as int8_module
+from pvtt_accel.accelerate import AccelerationOptions, accelerate
+from pvtt_accel.attention import choose_backend
+from pvtt_accel.compile import compiled_graph_count
+from pvtt_accel.denoiser import (
+    calibration_batch,
+    capture_denoiser_inputs,
+    condition_batch,
+    get_denoiser,
+)
+from pvtt_accel.precision import DtypeAdapter, cast_transformer
+from pvtt_accel.tome import tome_attention
+from pvtt_accel.wan_processor import decomposed_attention
+from pvtt_train.bench import psnr
+from pvtt_train.models.loading import load_model
+from pvtt_train.paths import SHIPPED_MODELS
+from pvtt_train.sampling.samplers import sample_from_metadata
+
+STUDENT = SHIPPED_MODELS / "pvtt_student_4step.safetensors"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def student():
+    return load_model(STUDENT)
+
+
+@pytest.fixture(scope="module")
+def clips(student):
+    batch = calibration_batch(student, 2, offset=500)
+    return condition_batch(student.model, batch)
+
+
+def sample(loaded, cond) -> torch.Tensor:
+    with torch.no_grad():
+        x0 = sample_from_metadata(loaded.model, cond, loaded.metadata, None, torch.Generator().manual_seed(3))
+        return loaded.model.decode(x0)
+
+
+@pytest.fixture(scope="module")
+def eager_frames(student, clips):
+    return sample(student, clips)
+
+
+def qkv(dtype=torch.float32, tokens=576):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, tokens, 4, 32, generator=g).to(dtype) for _ in range(3)]
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+
+
+def test_decomposed_attention_matches_sdpa_in_fp32_and_within_bf16_rounding():
+    q, k, v = qkv()
+    torch.testing.assert_close(decomposed_attention(q, k, v), sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+    qb, kb, vb = qkv(torch.bfloat16)
+    err = (decomposed_attention(qb, kb, vb).float() - sdpa(q, k, v)).abs().max()
+    assert err < 0.03, f"bf16 decomposed attention off by {err}"
+
+
+def test_auto_attention_on_cpu_depends_on_precision():
+    assert choose_backend("auto", CPU, dtype=torch.float32).used == "sdpa"
+    assert choose_backend("auto", CPU, dtype=torch.bfloat16).used == "decomposed"
+
+
+def test_token_merging_at_ratio_zero_is_exact_attention():
+    q, k, v = qkv()
+    torch.testing.assert_close(tome_attention(q, k, v, 0.0), sdpa(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_merging_duplicate_keys_is_exact_thanks_to_proportional_attention():
+    """Each odd token duplicates its even neighbour: merging half the keys loses nothing."""
+    q, k, v = qkv()
+    k[:, 1::2], v[:, 1::2] = k[:, ::2], v[:, ::2]
+    torch.testing.assert_close(tome_attention(q, k, v, 0.5), sdpa(q, k, v), rtol=1e-4, atol=1e-5)
+    for dtype in (torch.bfloat16,):
+        out = tome_attention(q.to(dtype), k.to(dtype), v.to(dtype), 0.5).float()
+        assert (out - sdpa(q, k, v)).abs().max() < 0.03
+
+
+def test_token_merging_ratio_is_checked(student):
+    with pytest.raises(ValueError, match=r"tome_ratio must be in \[0, 0.5\]"):
+        accelerate(student, AccelerationOptions(tome_ratio=0.7))
+
+
+def test_bf16_cast_keeps_diffusers_fp32_modules_and_adapter_returns_fp32(student):
+    transformer = cast_transformer(get_denoiser(student.model).__class__.from_config(
+        get_denoiser(student.model).config), torch.bfloat16)
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert transformer.blocks[0].norm2.weight.dtype == torch.float32  # norm2 has weights (cross_attn_norm)
+    assert transformer.scale_shift_table.dtype == torch.float32
+    inputs = capture_denoiser_inputs(student)
+    out = DtypeAdapter(transformer, torch.bfloat16)(**inputs)[0]
+    assert out.dtype == torch.float32 and out.shape[1] == 3
+
+
+@pytest.mark.parametrize(("options", "min_psnr"), [
+    (AccelerationOptions(attention="decomposed"), 90.0),
+    (AccelerationOptions(precision="bf16"), 45.0),
+    (AccelerationOptions(tome_ratio=0.25), 35.0),
+    (AccelerationOptions(int8="w8a16"), 45.0),
+    (AccelerationOptions(int8="w8a8"), 40.0),
+], ids=lambda o: o.label() if isinstance(o, AccelerationOptions) else str(o))
+def test_accelerated_sampling_stays_close_to_eager(student, clips, eager_frames, options, min_psnr):
+    fast = accelerate(student, options)
+    got = psnr(sample(fast, clips), eager_frames)
+    assert got >= min_psnr, f"{options.label()}: {got:.1f} dB against eager fp32"
+    assert fast.metadata["acceleration"]["label"] == options.label()
+
+
+def test_token_merging_changes_the_output(student, clips, eager_frames):
+    """ToMe is an approximation; if it matched eager exactly it would not be merging anything."""
+    assert psnr(sample(accelerate(student, AccelerationOptions(tome_ratio=0.5)), clips), eager_frames) < 80
+
+
+def test_acceleration_leaves_the_given_model_untouched(student, clips, eager_frames):
+    before = {k: v.clone() for k, v in get_denoiser(student.model).state_dict().items()}
+    fast = accelerate(student, AccelerationOptions(precision="bf16", int8="w8a16", tome_ratio=0.25))
+    sample(fast, clips)
+    after = get_denoiser(student.model).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert type(get_denoiser(student.model).blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+    assert torch.equal(sample(student, clips), eager_frames)
+
+
+def test_w8a8_quantises_every_block_linear_after_calibration(student):
+    fast = accelerate(student, AccelerationOptions(int8="w8a8", calibration_clips=2))
+    blocks = len(get_denoiser(student.model).blocks)
+    assert fast.metadata["acceleration"]["int8_layers"] == blocks * 10  # self and cross q k v o, 2 FFN
+    linear = get_denoiser(fast.model).blocks[0].attn1.to_q
+    assert "int8" in repr(linear.weight).lower() or "Int8" in type(linear.weight).__name__
+
+
+def test_missing_torchao_says_how_to_install(student, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(int8_module.importlib.util, "find_spec", lambda name: None if name == "torchao" else real(name))
+    with pytest.raises(int8_module.QuantizationUnavailable, match="pip install torchao"):
+        accelerate(student, AccelerationOptions(int8="w8a16"))
+
+
+def test_bad_option_names_list_the_choices():
+    with pytest.raises(ValueError, match="choose off or one of default"):
+        AccelerationOptions(compile="fastest")
+    with pytest.raises(ValueError, match="choose one of fp32, bf16, fp16"):
+        AccelerationOptions(precision="int4")
+
+
+def test_compiled_student_matches_eager_and_never_recompiles_between_steps(student, clips, eager_frames):
+    torch._dynamo.reset()
+    fast = accelerate(student, AccelerationOptions(compile="default"))
+    before = compiled_graph_count()
+    first = sample(fast, clips)
+    compiled = compiled_graph_count() - before
+    second = sample(fast, clips)
+    assert compiled == 1, f"{compiled} graphs for one 4-step sample: a step recompiled"
+    assert compiled_graph_count() - before == 1, "the second sample recompiled"
+    assert psnr(first, eager_frames) > 60 and torch.equal(first, second)
