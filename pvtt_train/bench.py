@@ -66,7 +66,7 @@ def _ort_variant() -> Variant:
 
 def _trt_variant(precision: str) -> Variant:
     def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
-        return accel_module("tensorrt_engine").trt_accelerate(loaded, cache, precision=precision)
+        return accel_module("tensorrt_engine").tensorrt_accelerate(loaded, precision=precision, models_dir=cache)
 
     return Variant(f"tensorrt-{precision}", build, f"TensorRT engine, {precision}")
 

@@ -170,3 +170,25 @@ def test_compiled_student_matches_eager_and_never_recompiles_between_steps(stude
     assert compiled == 1, f"{compiled} graphs for one 4-step sample: a step recompiled"
     assert compiled_graph_count() - before == 1, "the second sample recompiled"
     assert psnr(first, eager_frames) > 60 and torch.equal(first, second)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA: SDPA-flash, GPU INT8 and CUDA compile cannot run on a CPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("options", [
+    AccelerationOptions(precision="bf16", attention="sdpa_flash"),
+    AccelerationOptions(precision="bf16", attention="auto", compile="default"),
+    AccelerationOptions(precision="bf16", int8="w8a16"),
+    AccelerationOptions(precision="bf16", int8="w8a8", compile="default"),
+], ids=lambda o: o.label())
+def test_gpu_paths_match_fp32_eager_on_cuda(options):
+    student = load_model(STUDENT, device="cuda")
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in calibration_batch(student, 2, offset=500).items()}
+    cond = condition_batch(student.model, batch)
+    eager = sample(student, cond)
+    fast = accelerate(student, options)
+    if options.attention == "sdpa_flash":
+        assert fast.metadata["acceleration"]["attention_used"] == "sdpa_flash"
+    assert psnr(sample(fast, cond).cpu(), eager.cpu()) >= 35.0
