@@ -6,6 +6,7 @@ node runs.
 """
 
 from .accel_nodes import PVTTAccelerate
+from .engine_nodes import PVTTOnnxRuntime, PVTTTensorRT
 from .masking_nodes import PVTTBackgroundPreserve
 from .media_nodes import PVTTLoadImage, PVTTLoadVideo, PVTTSaveVideo
 from .model_nodes import PVTTLoadModel
@@ -19,6 +20,8 @@ _NODES = (
     (PVTTBackgroundPreserve, "PVTT Background Preserve"),
     (PVTTSaveVideo, "PVTT Save Video"),
     (PVTTAccelerate, "PVTT Accelerate"),
+    (PVTTOnnxRuntime, "PVTT ONNX Runtime"),
+    (PVTTTensorRT, "PVTT TensorRT"),
 )
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls, _ in _NODES}

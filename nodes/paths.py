@@ -41,6 +41,12 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("PVTT_MODELS_DIR") or REPO_ROOT / "models" / FOLDER_KEY)
 
 
+def models_root() -> Path:
+    """ComfyUI's ``models/`` folder (the parent of ``models/pvtt``): exported graphs go to
+    ``models/onnx/pvtt`` and TensorRT engines to ``models/tensorrt/pvtt``."""
+    return default_models_dir().parent
+
+
 def register_model_folder() -> None:
     """Make ``models/pvtt`` (plus the shipped folder) a ComfyUI model folder for .safetensors only.
 

@@ -34,6 +34,15 @@ def check_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def is_interrupted() -> bool:
+    """Whether the user pressed Cancel (for loops that must clean up before stopping)."""
+    try:
+        import comfy.model_management
+    except ImportError:
+        return False
+    return comfy.model_management.processing_interrupted()
+
+
 def torch_device():
     """The device ComfyUI runs models on (honours --cpu); the CPU outside ComfyUI."""
     try:

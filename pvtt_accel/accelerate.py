@@ -23,6 +23,7 @@ from .denoiser import (
     calibration_batch,
     condition_batch,
     get_denoiser,
+    require_pytorch_denoiser,
     with_denoiser,
 )
 from .int8 import MODES as INT8_MODES
@@ -74,6 +75,7 @@ def calibrate_by_sampling(loaded: LoadedModel, denoiser, clips: int) -> None:
 
 def accelerate(loaded: LoadedModel, options: AccelerationOptions) -> LoadedModel:
     """A copy of ``loaded`` whose denoiser runs with ``options``."""
+    require_pytorch_denoiser(loaded, "PVTT Accelerate")
     dtype = DTYPES[options.precision]
     transformer = copy.deepcopy(get_denoiser(loaded.model))
     if dtype != torch.float32:

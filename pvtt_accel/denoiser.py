@@ -31,6 +31,15 @@ def get_denoiser(model: nn.Module) -> nn.Module:
     return getattr(model, model.denoiser_attr)
 
 
+def require_pytorch_denoiser(loaded: LoadedModel, action: str) -> None:
+    """Refuse to stack accelerations: ``action`` needs the checkpoint's own PyTorch transformer."""
+    done = loaded.metadata.get("acceleration")
+    if done:
+        raise ValueError(f"{action} needs the checkpoint's own PyTorch model, but this one is already accelerated "
+                         f"({done.get('label') or done.get('backend')}). Connect it straight to PVTT Load Model "
+                         f"(or call it on the model load_model returns).")
+
+
 def with_denoiser(loaded: LoadedModel, denoiser: nn.Module, acceleration: dict) -> LoadedModel:
     """A LoadedModel sharing ``loaded``'s weights except for its denoiser, which is ``denoiser``.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .denoiser import LoadedModel, with_denoiser
+from .denoiser import LoadedModel, require_pytorch_denoiser, with_denoiser
 from .onnx_export import (
     OnnxExport,
     ShapeOutsideProfile,
@@ -66,6 +66,7 @@ def ort_accelerate(loaded: LoadedModel, cache_dir: str | Path, profile: ShapePro
                    threads: int | None = None) -> LoadedModel:
     """``loaded`` with its denoiser running in onnxruntime; the graph is exported to ``cache_dir``
     on first use and reused afterwards (keyed by checkpoint sha256, profile and exporter versions)."""
+    require_pytorch_denoiser(loaded, "The ONNX Runtime backend")
     profile = profile or ShapeProfile()
     export = cached_export(loaded, cache_dir, profile)
     denoiser = OrtDenoiser(export, threads)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ._train import train_module
-from .denoiser import LoadedModel, with_denoiser
+from .denoiser import LoadedModel, require_pytorch_denoiser, with_denoiser
 from .onnx_export import (
     ShapeOutsideProfile,
     ShapeProfile,
@@ -353,6 +353,7 @@ def find_or_build_engine(loaded: LoadedModel, precision: str = "fp16", profile: 
     ``<models_dir>/tensorrt/pvtt`` when its sidecar matches, otherwise built (from PVTT's cached ONNX
     export, or from ``onnx_path``, which int8/fp8 need: a Q/DQ-quantised graph of this checkpoint).
     ``workspace_gb`` caps TensorRT's scratch memory (default: TensorRT's, the whole GPU)."""
+    require_pytorch_denoiser(loaded, "A TensorRT build")
     profile = profile or ShapeProfile()
     if precision not in PRECISION_FLAGS:
         raise ValueError(f"unknown TensorRT precision {precision!r}; choose one of {', '.join(PRECISION_FLAGS)}")

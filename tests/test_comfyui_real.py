@@ -7,7 +7,7 @@ or refreshed with comfyrig's ``setup.sh``) or a rig ``setup.sh`` already built (
 (default 8190) and stopped afterwards; the screenshot and the frontend's API prompt are kept in
 ``out/comfyui_real/``.
 
-The workflow loads the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the
+Every workflow in ``workflows/`` is loaded and run. They load the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the
 pack registers as a second ``pvtt`` model folder.
 """
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a Co
 TOOLS = Path(os.environ.get("COMFYRIG_TOOLS", ROOT.parent / "shared" / "tools" / "comfyrig"))
 PORT = int(os.environ.get("COMFYUI_PORT", "8190"))
 URL = f"http://127.0.0.1:{PORT}"
-WORKFLOW = ROOT / "workflows" / "pvtt_4step_template_transfer.json"
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 STUDENT = "pvtt_student_4step.safetensors"
 ARTIFACTS = ROOT / "out" / "comfyui_real"
 
@@ -58,7 +58,7 @@ def rig_dir() -> Path:
 def ensure_pack_requirements(rig: Path) -> None:
     """Install the pack's requirements into the rig's venv, as ComfyUI-Manager does for users."""
     python = rig / "venv" / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import cv2, diffusers, kornia, safetensors"],
+    if subprocess.run([str(python), "-c", "import cv2, diffusers, kornia, safetensors, onnxruntime, onnxscript, torchao"],
                       check=False).returncode == 0:
         return
     requirements = ROOT / "requirements.txt"
@@ -98,24 +98,26 @@ def test_node_help_pages_are_served(comfy):
             assert response.read().decode().startswith("# PVTT "), node_id
 
 
-def test_workflow_is_offered_as_a_template(comfy):
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_is_offered_as_a_template(comfy, workflow):
     templates = get_json("/api/workflow_templates")
-    assert WORKFLOW.stem in templates.get(ROOT.name, []), templates
-    served = get_json(f"/api/workflow_templates/{ROOT.name}/{WORKFLOW.name}")
-    assert served == json.loads(WORKFLOW.read_text())
+    assert workflow.stem in templates.get(ROOT.name, []), templates
+    served = get_json(f"/api/workflow_templates/{ROOT.name}/{workflow.name}")
+    assert served == json.loads(workflow.read_text())
 
 
-def test_workflow_runs_in_the_real_frontend(comfy):
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_in_the_real_frontend(comfy, workflow):
     import cv2
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / f"{WORKFLOW.stem}.png"
+    shot = ARTIFACTS / f"{workflow.stem}.png"
     result = subprocess.run(
-        ["node", str(TOOLS / "run_ui_workflow.mjs"), str(WORKFLOW), str(shot), "--url", URL, "--timeout", "300",
-         "--save-api", str(ARTIFACTS / f"{WORKFLOW.stem}.api.json")],
+        ["node", str(TOOLS / "run_ui_workflow.mjs"), str(workflow), str(shot), "--url", URL, "--timeout", "300",
+         "--save-api", str(ARTIFACTS / f"{workflow.stem}.api.json")],
         capture_output=True, text=True, env={**os.environ, "COMFYRIG_NODE_DIR": str(comfy / "node")}, check=False)
     report = result.stdout + result.stderr
-    (ARTIFACTS / f"{WORKFLOW.stem}.log").write_text(report)
+    (ARTIFACTS / f"{workflow.stem}.log").write_text(report)
     assert result.returncode == 0, report
     assert "MISSING" not in report, report
     preview = re.search(r"output node \d+ images: output/(\S+\.webp)", report)

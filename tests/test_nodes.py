@@ -92,7 +92,8 @@ def transfer(model, inputs, **overrides):
 
 def test_node_ids_are_prefixed_and_have_display_names():
     assert set(nodes) == {"PVTTLoadModel", "PVTTLoadVideo", "PVTTLoadImage", "PVTTSaveVideo",
-                          "PVTTTemplateTransfer", "PVTTBackgroundPreserve"}
+                          "PVTTTemplateTransfer", "PVTTBackgroundPreserve", "PVTTAccelerate", "PVTTOnnxRuntime",
+                          "PVTTTensorRT"}
     assert all(pack.NODE_DISPLAY_NAME_MAPPINGS[n].startswith("PVTT ") for n in nodes)
     assert pack.WEB_DIRECTORY == "./web"
 
@@ -342,3 +343,48 @@ def test_background_preserve_rejects_a_template_of_another_size(sample_inputs):
     with pytest.raises(pipeline.InputError, match="differ in shape"):
         run("PVTTBackgroundPreserve", generated=template[:, :64], template_video=template, mask=mask,
             dilate_px=2, feather_px=2.0)
+
+
+# --- acceleration -------------------------------------------------------------------------------
+
+def frames_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def test_accelerate_bf16_transfers_like_the_eager_model(model, sample_inputs):
+    fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
+               token_merging=0.0)[0]
+    assert fast.metadata["acceleration"]["attention_used"] == "decomposed"
+    assert frames_psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 40
+
+
+def test_accelerate_leaves_the_loaders_cached_model_alone(model, sample_inputs):
+    before = transfer(model, sample_inputs)
+    run("PVTTAccelerate", model=model, attention="decomposed", precision="bf16", compile="off", int8="w8a16",
+        token_merging=0.25)
+    assert "acceleration" not in model.metadata
+    assert torch.equal(transfer(model, sample_inputs), before)
+
+
+def test_accelerating_an_accelerated_model_says_to_connect_the_loader(model):
+    fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
+               token_merging=0.0)[0]
+    with pytest.raises(ValueError, match="Connect it straight to PVTT Load Model"):
+        run("PVTTOnnxRuntime", model=fast, batch_profile="auto")
+
+
+def test_onnx_runtime_node_exports_into_models_onnx_and_matches_pytorch(model, sample_inputs, folders, models_dir):
+    fast = run("PVTTOnnxRuntime", model=model, batch_profile="auto")[0]
+    exported = list((models_dir.parent / "onnx" / "pvtt").glob("*.onnx"))
+    assert len(exported) == 1 and fast.metadata["acceleration"]["onnx"] == str(exported[0])
+    assert frames_psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 60
+
+
+def test_tensorrt_node_without_cuda_names_the_fix_and_the_fallback(model):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: this checks the message on machines without it")
+    engine = importlib.import_module(f"{PACKAGE}.pvtt_accel.tensorrt_engine")
+    with pytest.raises(engine.TensorRTUnavailable) as err:
+        run("PVTTTensorRT", model=model, precision="fp16", batch_profile="auto", workspace_gb=4.0)
+    message = str(err.value)
+    assert "CUDA" in message and "ONNX Runtime" in message
