@@ -56,8 +56,12 @@ def decomposed_attention(query, key, value, is_self=True):
     """softmax(Q Kᵀ / √d) V as two batched GEMMs and a softmax, in the inputs' dtype.
 
     On CPUs with AVX512-BF16 the bf16 GEMMs run ~4× faster than fp32 and PyTorch's CPU flash kernel
-    gains nothing from bf16; this form is ~2× faster than it at 576 tokens, head_dim 32.
+    gains nothing from bf16; this form is ~2× faster than it at 576 tokens, head_dim 32. With a
+    single key (the tiny model's one context token) the softmax is exactly 1, so the query side
+    is skipped, and torch.compile then drops the unused query projection too.
     """
+    if key.shape[1] == 1:  # one context token: softmax over a single logit is 1, the output is its value
+        return value.expand(-1, query.shape[1], -1, -1)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
     return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)

@@ -192,3 +192,13 @@ def test_gpu_paths_match_fp32_eager_on_cuda(options):
     if options.attention == "sdpa_flash":
         assert fast.metadata["acceleration"]["attention_used"] == "sdpa_flash"
     assert psnr(sample(fast, cond).cpu(), eager.cpu()) >= 35.0
+
+
+def test_compiled_models_in_one_process_each_sample_their_own_weights(student, clips, eager_frames):
+    """ComfyUI keeps several models in one process; compiled graphs must never mix their weights."""
+    other = load_model(SHIPPED_MODELS / "pvtt_student_8step.safetensors")
+    other_eager = sample(other, clips)
+    assert psnr(other_eager, eager_frames) < 45  # the two students really differ
+    for loaded, own in ((student, eager_frames), (other, other_eager), (student, eager_frames)):
+        fast = accelerate(loaded, AccelerationOptions(precision="bf16", compile="default"))
+        assert psnr(sample(fast, clips), own) > 50
