@@ -1,7 +1,8 @@
 """``python -m pvtt_train bench``: teacher and every student × every backend, side by side, one run.
 
 Every variant samples the same clips with the same noise, one clip at a time (a designer's
-case), after its own warm-up. For each it reports the median latency per clip, the build time
+case), after its own warm-up, in rounds that alternate with the eager baseline (eager, variant,
+eager, variant, ...), so its speed-up is a ratio of medians taken over the same minutes. For each it reports the median latency per clip, the build time
 (acceleration plus first call, which includes any compilation), peak memory, model calls per clip,
 the speed-up over the teacher (50 steps with CFG) and over the same student run eagerly, PSNR of
 the decoded frames against that eager run, and product PSNR against the ground truth.
@@ -156,47 +157,63 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def measure(loaded: LoadedModel, clips: list[dict], repeats: int, warmup: int, seed: int) -> dict:
-    """Sample every clip ``repeats`` times (after ``warmup`` untimed runs); per-clip statistics."""
-    denoiser = accel_module("denoiser")
-    get_denoiser, with_denoiser = denoiser.get_denoiser, denoiser.with_denoiser
-    counter = CallCounter(get_denoiser(loaded.model))
-    model = with_denoiser(loaded, counter, {}).model
-    device = next(loaded.model.parameters()).device
-    memory = PeakMemory(device)
+class Runner:
+    """Samples the benchmark clips with one model and keeps its timings, outputs and call count."""
 
-    def sample(clip: dict) -> torch.Tensor:
-        x0 = sample_from_metadata(model, clip["cond"], loaded.metadata, None, torch.Generator().manual_seed(seed))
-        return model.decode(x0)
+    def __init__(self, loaded: LoadedModel, clips: list[dict], seed: int):
+        denoiser = accel_module("denoiser")
+        self.counter = CallCounter(denoiser.get_denoiser(loaded.model))
+        self.model = denoiser.with_denoiser(loaded, self.counter, {}).model
+        self.metadata = loaded.metadata
+        self.device = next(loaded.model.parameters()).device
+        self.clips, self.seed = clips, seed
+        self.times: list[float] = []
+        self.outputs: list[torch.Tensor] = []
+        self.first_call_s = 0.0
 
-    started = time.perf_counter()
-    outputs = [sample(clip) for clip in clips[:1]]
-    _sync(device)
-    first_call_s = time.perf_counter() - started
-    for _ in range(max(warmup - 1, 0)):
-        sample(clips[0])
-    counter.evaluations = 0
-    memory.reset()
-    times, outputs = [], []
-    for r in range(repeats):
-        for clip in clips:
-            _sync(device)
+    @torch.no_grad()
+    def sample(self, clip: dict) -> torch.Tensor:
+        x0 = sample_from_metadata(self.model, clip["cond"], self.metadata, None,
+                                  torch.Generator().manual_seed(self.seed))
+        return self.model.decode(x0)
+
+    def warm_up(self, runs: int) -> None:
+        """Untimed runs; the first one's time (compilation, export, ...) is kept as ``first_call_s``."""
+        started = time.perf_counter()
+        self.sample(self.clips[0])
+        _sync(self.device)
+        self.first_call_s = time.perf_counter() - started
+        for _ in range(max(runs - 1, 0)):
+            self.sample(self.clips[0])
+        self.counter.evaluations = 0
+
+    def round(self) -> None:
+        """Every clip once, timed; the first round's outputs are kept for the fidelity numbers."""
+        for clip in self.clips:
+            _sync(self.device)
             t0 = time.perf_counter()
-            out = sample(clip)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-            if r == 0:
-                outputs.append(out.float().cpu())
-    return {
-        "latency_ms": 1000 * statistics.median(times),
-        "latency_min_ms": 1000 * min(times),
-        "first_call_s": first_call_s,
-        "peak_memory_mb": memory.peak_mb(),
-        "model_calls": counter.evaluations / (repeats * len(clips)),
-        "outputs": outputs,
-        "times": times,
-    }
+            out = self.sample(clip)
+            _sync(self.device)
+            self.times.append(time.perf_counter() - t0)
+            if len(self.outputs) < len(self.clips):
+                self.outputs.append(out.float().cpu())
+
+    def stats(self) -> dict:
+        return {"latency_ms": 1000 * statistics.median(self.times), "latency_min_ms": 1000 * min(self.times),
+                "first_call_s": self.first_call_s,
+                "model_calls": self.counter.evaluations / len(self.times)}
+
+
+def measure_against(baseline: Runner, runner: Runner, repeats: int, memory: PeakMemory) -> tuple[dict, float]:
+    """Time ``runner`` in rounds alternating with ``baseline`` (ABAB...), so drift of the machine hits
+    both alike; returns its statistics (with peak memory) and the baseline's median over the same rounds."""
+    mark = len(baseline.times)
+    memory.reset()
+    for _ in range(repeats):
+        baseline.round()
+        runner.round()
+    stats = {**runner.stats(), "peak_memory_mb": memory.peak_mb()}
+    return stats, 1000 * statistics.median(baseline.times[mark:])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -232,57 +249,56 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
     cache = out_dir / "cache"
     teacher = load_model(teacher_path, device)
     inputs = prepare_clips(teacher, clips)
+    memory = PeakMemory(device)
     rows = []
 
-    def quality(stats: dict) -> float:
-        return statistics.mean(product_psnr(o, c["target"], c["mask"]) for o, c in zip(stats["outputs"], inputs))
+    def quality(outputs: list[torch.Tensor]) -> float:
+        return statistics.mean(product_psnr(o, c["target"], c["mask"]) for o, c in zip(outputs, inputs))
 
     progress(f"teacher {teacher_path.name}: {teacher.sampler}")
-    t_stats = measure(teacher, inputs, teacher_repeats, 1, seed)
-    teacher_ms = t_stats["latency_ms"]
+    teacher_run = Runner(teacher, inputs, seed)
+    teacher_run.warm_up(1)
+    memory.reset()
+    for _ in range(teacher_repeats):
+        teacher_run.round()
+    teacher_ms = teacher_run.stats()["latency_ms"]
     rows.append({**_row(teacher_path.stem, teacher.sampler["steps"], "eager", "teacher, Euler + CFG"),
-                 **_public(t_stats), "product_psnr": quality(t_stats), "speedup_vs_teacher": 1.0})
+                 **teacher_run.stats(), "peak_memory_mb": memory.peak_mb(), "product_psnr": quality(teacher_run.outputs),
+                 "speedup_vs_teacher": 1.0})
+    del teacher_run, teacher
     for path in student_paths:
         student = load_model(path, device)
         steps = student.sampler["steps"]
-        measured = []  # (row, stats) of this student's variants; the first is the eager baseline
+        eager = None
         for variant in variants:
             progress(f"{path.stem} × {variant.name}")
             row = _row(path.stem, steps, variant.name, variant.description)
             started = time.perf_counter()
             try:
-                model = variant.build(student, cache)
+                runner = Runner(variant.build(student, cache), inputs, seed)
+                runner.warm_up(warmup)
             except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
                 rows.append({**row, "skipped": f"{type(exc).__name__}: {exc}"})
                 progress(f"  skipped: {exc}")
                 continue
             build_s = time.perf_counter() - started
-            stats = measure(model, inputs, repeats, warmup, seed)
-            row.update(_public(stats), build_s=build_s + stats["first_call_s"], product_psnr=quality(stats),
-                       speedup_vs_teacher=teacher_ms / stats["latency_ms"])
+            if eager is None:  # the first variant is the baseline (timed against itself: speed-up 1)
+                eager, eager_row = runner, row
+            stats, base_ms = measure_against(eager, runner, repeats, memory)
+            row.update(stats, build_s=build_s, product_psnr=quality(runner.outputs),
+                       speedup_vs_teacher=teacher_ms / stats["latency_ms"], speedup_vs_eager=base_ms / stats["latency_ms"],
+                       psnr_vs_eager=statistics.mean(psnr(o, b) for o, b in zip(runner.outputs, eager.outputs)))
             rows.append(row)
-            measured.append((row, stats, model))
-            progress(f"  {row['latency_ms']:.2f} ms/clip")
-        # The baseline is timed again after the others and both runs pooled, so slow drift of the
-        # machine (clock, other load) during the run does not favour either side.
-        base_row, base, base_model = measured[0]
-        again = measure(base_model, inputs, repeats, 1, seed)
-        base_ms = 1000 * statistics.median(base["times"] + again["times"])
-        base_row["latency_ms"] = base_ms
-        base_row["speedup_vs_teacher"] = teacher_ms / base_ms
-        for row, stats, _ in measured:
-            row["speedup_vs_eager"] = base_ms / row["latency_ms"]
-            row["psnr_vs_eager"] = statistics.mean(psnr(o, b) for o, b in zip(stats["outputs"], base["outputs"]))
-            progress(f"{path.stem} × {row['variant']}: ×{row['speedup_vs_eager']:.2f} vs eager, "
-                     f"{row['psnr_vs_eager']:.1f} dB vs eager")
+            progress(f"  {row['latency_ms']:.2f} ms/clip, ×{row['speedup_vs_eager']:.2f} vs eager in alternating "
+                     f"rounds, {row['psnr_vs_eager']:.1f} dB vs eager")
+        if eager is not None:  # its latency over every round it ran in
+            eager_row.update(latency_ms=1000 * statistics.median(eager.times), latency_min_ms=1000 * min(eager.times),
+                             speedup_vs_teacher=teacher_ms / (1000 * statistics.median(eager.times)))
     report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "clips": clips, "repeats": repeats, "seed": seed, "rows": rows, "best": best_rows(rows)}
     write_report(report, out_dir)
     return report
 
-
-def _public(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if k not in ("outputs", "times")}
 
 
 def best_rows(rows: list[dict], min_psnr: float = 35.0) -> dict:

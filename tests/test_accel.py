@@ -172,6 +172,20 @@ def test_compiled_student_matches_eager_and_never_recompiles_between_steps(stude
     assert psnr(first, eager_frames) > 60 and torch.equal(first, second)
 
 
+def test_compile_freezes_weights_without_touching_inductors_global_config(student, clips):
+    import torch._inductor.config as inductor_config
+    from torch.profiler import profile
+
+    fast = accelerate(student, AccelerationOptions(compile="default"))
+    sample(fast, clips)
+    assert inductor_config.freezing is False
+    with profile() as prof:
+        sample(fast, clips)
+    ops = {e.key for e in prof.key_averages()}
+    packed = sorted(k for k in ops if k.startswith(("mkldnn::", "mkl::")))
+    assert packed and "aten::addmm" not in ops, sorted(ops)  # linears run on weights pre-packed as constants
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs CUDA: SDPA-flash, GPU INT8 and CUDA compile cannot run on a CPU")
 
