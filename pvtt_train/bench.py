@@ -323,7 +323,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def markdown(report: dict) -> str:
-    head = ("| model | steps | variant | ms / clip | build s | peak MB | calls | × teacher | × eager | "
+    head = ("| model | steps | variant | ms / clip | build + warm-up s | peak MB | calls | × teacher | × eager | "
             "PSNR vs eager dB | product PSNR dB |\n|---|---|---|---|---|---|---|---|---|---|---|")
     intro = (f"Device: {report['device']}, torch {report['torch']}, {report['threads']} threads; "
              f"{report['clips']} clips × {report['repeats']} repeats, one clip per call.")
