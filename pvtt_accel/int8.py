@@ -12,17 +12,13 @@ Quality is checked by the benchmark as PSNR of sampled frames against the unquan
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 
 from torch import nn
 
+from .optional import require
+
 MODES = ("w8a16", "w8a8")
-INSTALL_HINT = "pip install torchao (CPU and CUDA wheels on PyPI)"
-
-
-class QuantizationUnavailable(RuntimeError):
-    """torchao is missing; the message says how to install it."""
 
 
 def is_block_linear(module: nn.Module, name: str) -> bool:
@@ -38,9 +34,7 @@ def quantize_int8(transformer: nn.Module, mode: str, calibrate: Callable[[], Non
     """
     if mode not in MODES:
         raise ValueError(f"unknown INT8 mode {mode!r}; choose one of {', '.join(MODES)}")
-    if importlib.util.find_spec("torchao") is None:
-        raise QuantizationUnavailable(f"INT8 needs torchao, which is not installed: {INSTALL_HINT}. "
-                                      f"Without it, run in fp32 or bf16.")
+    require("INT8 quantisation", "torchao", alternative="Without it, set int8 to off (bf16 is the faster CPU choice).")
     from torchao.quantization import (
         Int8DynamicActivationInt8WeightConfig,
         Int8WeightOnlyConfig,

@@ -27,12 +27,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
 from ._train import train_module
 from .denoiser import LoadedModel, capture_denoiser_inputs, get_denoiser
+from .optional import require
 
 _checkpoint = train_module("models.checkpoint")
 file_sha256, write_atomic = _checkpoint.file_sha256, _checkpoint.write_atomic
@@ -207,6 +207,8 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 def onnx_sha256(path: str | Path) -> str:
     """sha256 of an ONNX graph together with the external-data files it references."""
+    import onnx
+
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
@@ -222,6 +224,7 @@ def cpu_session(path: str | Path, threads: int | None = None):
     eager denoiser calls in the same process ran ~100x slower). onnxruntime is imported here, not at module level, so
     exporting for TensorRT on a GPU machine does not need it installed.
     """
+    require("ONNX Runtime", "onnxruntime", alternative="Or use PVTT Accelerate (bf16 + compile) instead.")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -238,6 +241,9 @@ def export_denoiser_onnx(loaded: LoadedModel, path: str | Path, profile: ShapePr
     ``onnx.checker`` and moved into place only when complete; weights over ~1.8 GB go to an
     external-data file beside it (``<name>.data``).
     """
+    require("ONNX export", "onnx", "onnxscript")
+    import onnx
+
     profile = profile or ShapeProfile()
     path = Path(path)
     denoiser = get_denoiser(loaded.model)
@@ -273,6 +279,8 @@ def _save_checked(program, path: Path, external_data: bool) -> bool:
     """Save into a staging folder beside ``path``, check, then move the files into place, the graph
     last, so a reader never finds a graph whose weights are missing; returns whether weights went
     to an external-data file. A failure leaves nothing behind."""
+    import onnx
+
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

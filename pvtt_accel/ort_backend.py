@@ -23,6 +23,7 @@ from .onnx_export import (
     denoiser_inputs,
     shape_mismatch,
 )
+from .optional import require
 
 
 class OrtDenoiser(nn.Module):
@@ -67,6 +68,8 @@ def ort_accelerate(loaded: LoadedModel, cache_dir: str | Path, profile: ShapePro
     """``loaded`` with its denoiser running in onnxruntime; the graph is exported to ``cache_dir``
     on first use and reused afterwards (keyed by checkpoint sha256, profile and exporter versions)."""
     require_pytorch_denoiser(loaded, "The ONNX Runtime backend")
+    require("The ONNX Runtime backend", "onnxruntime", "onnx", "onnxscript",
+            alternative="Or use PVTT Accelerate (bf16 + compile) instead.")
     profile = profile or ShapeProfile()
     export = cached_export(loaded, cache_dir, profile)
     denoiser = OrtDenoiser(export, threads)

@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
@@ -118,6 +117,8 @@ def check_precision(precision: str, capability: str) -> None:
 
 def has_qdq(onnx_path: str | Path) -> bool:
     """Whether a graph carries explicit quantisation (QuantizeLinear/DequantizeLinear, incl. TensorRT's FP8 ops)."""
+    import onnx
+
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return any("QuantizeLinear" in node.op_type for node in graph.node)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pvtt_accel import int8 as int8_module
+from pvtt_accel import optional
 from pvtt_accel.accelerate import AccelerationOptions, accelerate
 from pvtt_accel.attention import choose_backend
 from pvtt_accel.compile import compiled_graph_count
@@ -22,6 +22,8 @@ from pvtt_accel.denoiser import (
     condition_batch,
     get_denoiser,
 )
+from pvtt_accel.onnx_export import export_denoiser_onnx
+from pvtt_accel.ort_backend import ort_accelerate
 from pvtt_accel.precision import DtypeAdapter, cast_transformer
 from pvtt_accel.tome import tome_attention
 from pvtt_accel.wan_processor import decomposed_attention
@@ -146,11 +148,17 @@ def test_w8a8_quantises_every_block_linear_after_calibration(student):
     assert "int8" in repr(linear.weight).lower() or "Int8" in type(linear.weight).__name__
 
 
-def test_missing_torchao_says_how_to_install(student, monkeypatch):
+@pytest.mark.parametrize(("missing", "run"), [
+    ("torchao", lambda loaded, tmp: accelerate(loaded, AccelerationOptions(int8="w8a16"))),
+    ("onnxruntime", lambda loaded, tmp: ort_accelerate(loaded, tmp)),
+    ("onnxscript", lambda loaded, tmp: export_denoiser_onnx(loaded, tmp / "x.onnx")),
+])
+def test_a_missing_optional_package_says_how_to_install_it(student, monkeypatch, tmp_path, missing, run):
     real = importlib.util.find_spec
-    monkeypatch.setattr(int8_module.importlib.util, "find_spec", lambda name: None if name == "torchao" else real(name))
-    with pytest.raises(int8_module.QuantizationUnavailable, match="pip install torchao"):
-        accelerate(student, AccelerationOptions(int8="w8a16"))
+    monkeypatch.setattr(optional.importlib.util, "find_spec", lambda name: None if name == missing else real(name))
+    with pytest.raises(optional.MissingPackage, match=f"needs {missing}, which is not installed.*pip install {missing}"):
+        run(student, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_option_names_list_the_choices():

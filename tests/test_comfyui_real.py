@@ -58,7 +58,7 @@ def rig_dir() -> Path:
 def ensure_pack_requirements(rig: Path) -> None:
     """Install the pack's requirements into the rig's venv, as ComfyUI-Manager does for users."""
     python = rig / "venv" / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import cv2, diffusers, kornia, safetensors, onnxruntime, onnxscript, torchao"],
+    if subprocess.run([str(python), "-c", "import cv2, diffusers, kornia, safetensors"],
                       check=False).returncode == 0:
         return
     requirements = ROOT / "requirements.txt"

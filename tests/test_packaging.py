@@ -18,6 +18,11 @@ def test_pyproject_dependencies_match_requirements_txt():
     assert sorted(project["dependencies"]) == sorted(requirement_lines(ROOT / "requirements.txt"))
 
 
+def test_pyproject_accel_extra_matches_requirements_accel_txt():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(project["optional-dependencies"]["accel"]) == sorted(requirement_lines(ROOT / "requirements-accel.txt"))
+
+
 def test_shared_dependencies_use_floors_not_pins():
-    for line in requirement_lines(ROOT / "requirements.txt"):
+    for line in requirement_lines(ROOT / "requirements.txt") + requirement_lines(ROOT / "requirements-accel.txt"):
         assert ">=" in line and "==" not in line and "<" not in line.replace(">=", ""), line
