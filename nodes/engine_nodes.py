@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from . import paths
-from .runtime import check_interrupted, is_interrupted, progress_bar
+from .runtime import check_interrupted, is_interrupted, progress_bar, torch_device
 
 log = logging.getLogger("[PVTT]")
 
@@ -24,9 +24,13 @@ def shape_profile(model, choice: str):
     """The ShapeProfile for a widget choice; ``auto`` is the batch the checkpoint's sampler calls with."""
     from ..pvtt_accel.onnx_export import ShapeProfile
 
+    sampler = model.sampler
+    guided = sampler["kind"] == "euler_cfg" and sampler.get("cfg", 1.0) != 1.0
+    if guided and model.metadata["model"]["arch"] == "wan_vace":
+        raise ValueError(f"{model.path.name} is a Wan-VACE teacher sampled with CFG {sampler['cfg']}: its "
+                         f"unconditional call drops the reference frame, a different shape than one exported graph "
+                         f"holds. Export a distilled student (CFG 1) instead, or run the teacher with PVTT Accelerate.")
     if choice == "auto":
-        sampler = model.sampler
-        guided = sampler["kind"] == "euler_cfg" and sampler.get("cfg", 1.0) != 1.0
         return ShapeProfile.static(2 if guided else 1)
     return ShapeProfile.dynamic(min_batch=1, opt_batch=2, max_batch=4)
 
@@ -92,7 +96,7 @@ class PVTTTensorRT:
             fast = tensorrt_accelerate(model, precision, shape_profile(model, batch_profile), paths.models_root(),
                                        workspace_gb=workspace_gb or None,
                                        progress=lambda done, total: bar.update_absolute(done, total),
-                                       cancelled=is_interrupted)
+                                       cancelled=is_interrupted, device=torch_device())
         except EngineBuildCancelled:
             check_interrupted()  # report it to ComfyUI as the user's Cancel, not as an error
             raise

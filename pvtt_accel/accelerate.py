@@ -3,8 +3,9 @@
 The checkpoint's denoiser is copied (the caller's model, e.g. one cached by the ComfyUI loader,
 is never modified), then, in this order: cast to the compute precision, given its attention
 kernel (and optional token merging), INT8-quantised, wrapped so the sampler still sees fp32, and
-compiled. The result is a LoadedModel that samples exactly like the original, with
-``metadata["acceleration"]`` saying what runs.
+compiled. The result is a LoadedModel that samples like the original up to the rounding of the
+chosen precision (INT8 and token merging approximate more; the benchmark reports each one's PSNR),
+with ``metadata["acceleration"]`` saying what runs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ._train import train_module
-from .attention import apply_attention_backend
+from .attention import BACKENDS, apply_attention_backend
 from .compile import MODES as COMPILE_MODES
-from .compile import compile_denoiser
+from .compile import compile_denoiser, effective_options
 from .denoiser import (
     LoadedModel,
     calibration_batch,
@@ -35,7 +36,7 @@ sample_from_metadata = train_module("sampling.samplers").sample_from_metadata
 
 @dataclass(frozen=True)
 class AccelerationOptions:
-    """What to apply; the defaults change nothing (eager fp32 with PyTorch SDPA)."""
+    """What to apply; the defaults keep fp32 weights and pick the attention kernel (``auto``)."""
 
     attention: str = "auto"
     precision: str = "fp32"
@@ -45,6 +46,10 @@ class AccelerationOptions:
     calibration_clips: int = 4
 
     def __post_init__(self):
+        if self.attention != "auto" and self.attention not in BACKENDS:
+            raise ValueError(f"unknown attention backend {self.attention!r}; choose auto or one of {', '.join(BACKENDS)}")
+        if not 0.0 <= self.tome_ratio <= 0.5:
+            raise ValueError(f"tome_ratio must be in [0, 0.5] (the fraction of tokens merged), got {self.tome_ratio}")
         if self.precision not in DTYPES:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(DTYPES)}")
         if self.compile != "off" and self.compile not in COMPILE_MODES:
@@ -90,8 +95,12 @@ def accelerate(loaded: LoadedModel, options: AccelerationOptions) -> LoadedModel
         quantized = quantize_int8(transformer, options.int8,
                                   lambda: calibrate_by_sampling(loaded, wrapped(transformer), options.calibration_clips))
     denoiser = wrapped(transformer)
+    compile_options = None
     if options.compile != "off":
         denoiser = compile_denoiser(denoiser, options.compile)
-    record = {**asdict(options), "label": options.label(), "attention_used": choice.used,
-              "attention_reason": choice.reason, "int8_layers": quantized, "runtime": "pytorch"}
+        compile_options = effective_options(options.compile, next(transformer.parameters()).device)
+    attention = f"tome+{choice.used}" if options.tome_ratio else choice.used
+    record = {**asdict(options), "label": options.label(), "attention_used": attention,
+              "attention_reason": choice.reason, "int8_layers": quantized, "compile_options": compile_options,
+              "runtime": "pytorch"}
     return with_denoiser(loaded, denoiser, record)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from .tome import tome_attention
@@ -92,7 +93,10 @@ def choose_backend(requested: str, device: torch.device, strict: bool = False,
     device = torch.device(device)
     if requested == "auto":
         half = dtype in (torch.bfloat16, torch.float16)
-        candidates = AUTO_ORDER_CUDA if device.type == "cuda" else (("decomposed",) if half else ("sdpa",))
+        if device.type == "cuda":  # flash kernels take fp16/bf16 only
+            candidates = AUTO_ORDER_CUDA if half else ("sdpa",)
+        else:
+            candidates = ("decomposed",) if half else ("sdpa",)
         for name in candidates:
             if why_unavailable(name, device) is None:
                 return BackendChoice("auto", name, f"fastest available on {device.type}")
@@ -117,7 +121,7 @@ def apply_attention_backend(transformer, requested: str = "auto", strict: bool =
     if not 0.0 <= tome_ratio <= 0.5:
         raise ValueError(f"tome_ratio must be in [0, 0.5] (the fraction of tokens merged), got {tome_ratio}")
     if choice.used in PROCESSOR_KERNELS or tome_ratio > 0:
-        kernel = PROCESSOR_KERNELS.get(choice.used, decomposed_attention)
+        kernel = PROCESSOR_KERNELS.get(choice.used) or partial(_dispatched, backend=DIFFUSERS_NAMES[choice.used])
         if tome_ratio > 0:
             kernel = partial(_tome_or_base, base=kernel, ratio=tome_ratio)
         transformer.set_attn_processor(KernelWanAttnProcessor(kernel, choice.used))
@@ -128,6 +132,11 @@ def apply_attention_backend(transformer, requested: str = "auto", strict: bool =
     return choice
 
 
+def _dispatched(query, key, value, is_self, backend):
+    """A diffusers dispatcher backend as a PVTT processor kernel (cross-attention under ToMe)."""
+    return dispatch_attention_fn(query, key, value, backend=backend)
+
+
 def _tome_or_base(query, key, value, is_self, base, ratio):
-    """Token merging for self-attention; cross-attention (few context tokens) uses ``base``."""
+    """Token merging for self-attention; cross-attention (few context tokens) keeps the chosen kernel."""
     return tome_attention(query, key, value, ratio) if is_self else base(query, key, value, is_self)

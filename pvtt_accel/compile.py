@@ -6,11 +6,16 @@ a given batch size. ``freezing`` folds the weights into the graph as constants (
 pre-packs them for oneDNN on CPU: about 15% faster on the tiny student); it is for inference only.
 Passing ``freezing`` in ``torch.compile(options=...)`` has no effect: inductor reads it from its
 global config, both when ``torch.compile`` is called and when a graph is traced (at the first
-call, and at any recompilation). ``FrozenCompiled`` switches it on around exactly those two moments,
-so other packs' compiled models in the same ComfyUI process are never frozen behind their back.
+call, and at any recompilation). ``CompiledDenoiser`` switches it on around exactly those two
+moments, so other packs' compiled models in the same ComfyUI process are not frozen behind their
+back (inductor's config is process-wide: this holds while one thread compiles at a time, as
+ComfyUI's single execution thread does).
 """
 
 from __future__ import annotations
+
+import itertools
+import types
 
 import torch
 from torch import nn
@@ -24,21 +29,42 @@ MODES = {
 }
 
 
-class FrozenCompiled(nn.Module):
-    """Calls a compiled module with inductor's ``freezing`` switched on for the call only."""
+class CompiledDenoiser(nn.Module):
+    """A denoiser run through its own compiled entry function.
 
-    def __init__(self, compiled: nn.Module, inner: nn.Module):
+    dynamo keeps compiled graphs per code object and stops compiling one after
+    ``recompile_limit`` (8) graphs, falling back to eager with only a log line. Compiling modules
+    directly shares one code object (``Module._call_impl``) between every compiled model, so the
+    ninth PVTT Accelerate run in a ComfyUI session would silently run eager (measured). Each
+    instance therefore gets a fresh code object, whose graphs are freed with it.
+    ``freezing`` is switched on around every call (see the module docstring); CUDA-graph outputs
+    are copied, because the next replay overwrites them.
+    """
+
+    _instances = itertools.count()
+
+    def __init__(self, inner: nn.Module, options: dict, freezing: bool):
         super().__init__()
-        self.compiled = compiled
         self.inner = inner  # registered, so .parameters() and .to() reach the weights
+        self.freezing = freezing
+        self.copy_outputs = bool(options.get("triton.cudagraphs"))
+
+        def entry(**inputs):
+            return inner(**inputs)
+
+        code = entry.__code__.replace(co_name=f"pvtt_denoiser_{next(self._instances)}")
+        fresh = types.FunctionType(code, entry.__globals__, code.co_name, entry.__defaults__, entry.__closure__)
+        with _freezing(freezing):
+            self.compiled = torch.compile(fresh, options=options or None, dynamic=False)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.inner.dtype
 
     def forward(self, **inputs):
-        with _freezing(True):
-            return self.compiled(**inputs)
+        with _freezing(self.freezing):
+            out = self.compiled(**inputs)
+        return tuple(t.clone() for t in out) if self.copy_outputs else out
 
 
 def _freezing(on: bool):
@@ -47,15 +73,17 @@ def _freezing(on: bool):
     return inductor_config.patch(freezing=on)
 
 
-def compile_denoiser(denoiser: nn.Module, mode: str = "default", freezing: bool = True) -> nn.Module:
-    """``torch.compile(denoiser)`` with ``mode``'s options; CUDA graphs only where CUDA runs."""
+def effective_options(mode: str, device: torch.device) -> dict:
+    """``mode``'s inductor options on ``device``: CUDA graphs only where CUDA runs."""
     if mode not in MODES:
         raise ValueError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
+    return {k: v for k, v in MODES[mode].items() if k != "triton.cudagraphs" or device.type == "cuda"}
+
+
+def compile_denoiser(denoiser: nn.Module, mode: str = "default", freezing: bool = True) -> CompiledDenoiser:
+    """The denoiser compiled with ``mode``'s options (``effective_options``) and frozen weights."""
     device = next(denoiser.parameters()).device
-    options = {k: v for k, v in MODES[mode].items() if k != "triton.cudagraphs" or device.type == "cuda"}
-    with _freezing(freezing):
-        compiled = torch.compile(denoiser, options=options or None, dynamic=False)
-    return FrozenCompiled(compiled, denoiser) if freezing else compiled
+    return CompiledDenoiser(denoiser, effective_options(mode, device), freezing)
 
 
 def compiled_graph_count() -> int:

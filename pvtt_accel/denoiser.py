@@ -47,7 +47,10 @@ def with_denoiser(loaded: LoadedModel, denoiser: nn.Module, acceleration: dict) 
     earlier entry), so logs and benchmarks can say what runs.
     """
     model = copy.copy(loaded.model)  # shallow: conditioning weights and VAE are shared, not copied
-    model._modules = dict(loaded.model._modules)
+    # ... but its own registries, so .to(), new parameters or hooks on the copy never reach the original
+    for registry in ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+        setattr(model, registry, copy.copy(getattr(loaded.model, registry)))
     setattr(model, model.denoiser_attr, denoiser)
     metadata = {**loaded.metadata, "acceleration": {**loaded.metadata.get("acceleration", {}), **acceleration}}
     return replace(loaded, model=model, metadata=metadata)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from .optional import require
@@ -30,7 +31,7 @@ def quantize_int8(transformer: nn.Module, mode: str, calibrate: Callable[[], Non
                   alpha: float = 0.5) -> int:
     """Quantise ``transformer`` in place; ``calibrate()`` must run it on real inputs (w8a8 only).
 
-    Returns the number of linear layers quantised.
+    Returns the number of linear layers whose weight is now a torchao quantised tensor.
     """
     if mode not in MODES:
         raise ValueError(f"unknown INT8 mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -41,10 +42,9 @@ def quantize_int8(transformer: nn.Module, mode: str, calibrate: Callable[[], Non
         quantize_,
     )
 
-    count = sum(is_block_linear(m, n) for n, m in transformer.named_modules())
     if mode == "w8a16":
         quantize_(transformer, Int8WeightOnlyConfig(), filter_fn=is_block_linear)
-        return count
+        return quantized_linears(transformer)
     if calibrate is None:
         raise ValueError("w8a8 needs a calibration pass: pass calibrate=<function running the model on real inputs>")
     from torchao.prototype.smoothquant import SmoothQuantConfig
@@ -56,4 +56,10 @@ def quantize_int8(transformer: nn.Module, mode: str, calibrate: Callable[[], Non
     calibrate()
     config.step = QuantizationStep.CONVERT
     quantize_(transformer, config, filter_fn=lambda m, n: hasattr(m, "obs"))
-    return count
+    return quantized_linears(transformer)
+
+
+def quantized_linears(transformer: nn.Module) -> int:
+    """Linear layers whose weight is a quantised tensor subclass rather than a plain tensor."""
+    return sum(isinstance(m, nn.Linear) and type(m.weight.data) is not torch.Tensor
+               for m in transformer.modules())

@@ -374,7 +374,9 @@ def find_or_build_engine(loaded: LoadedModel, precision: str = "fp16", profile: 
     found = cache.lookup(spec)
     if found is not None:
         return found
-    graph = Path(onnx_path) if onnx_path is not None else cached_export(loaded, folder / "onnx", profile).path
+    # the same export folder as the ONNX Runtime node, so a large model's graph exists once
+    onnx_folder = Path(models_dir if models_dir is not None else DEFAULT_MODELS_DIR.parent) / "onnx" / "pvtt"
+    graph = Path(onnx_path) if onnx_path is not None else cached_export(loaded, onnx_folder, profile).path
     return build_engine(trt, cache, spec, graph, progress=progress, cancelled=cancelled,
                         workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
                         details={"checkpoint_path": str(loaded.path), "gpu": torch.cuda.get_device_name(device),

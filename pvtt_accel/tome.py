@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .wan_processor import DECOMPOSED_MAX_TOKENS
+
 
 def merge_plan(key: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(kept sources, merged sources, their destinations) for ``key`` [B, N, H, D]; None if r = 0."""
@@ -59,9 +61,10 @@ def tome_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         size = torch.cat([torch.ones(kept.shape, device=key.device), members], dim=1)
         bias = size.log().to(query.dtype)[:, None, None, :]  # [B, 1, 1, N - r]
     q, k, v = (t.transpose(1, 2) for t in (query, k, v))
-    if query.dtype == torch.float32:  # PyTorch's fused kernel takes the bias as a float mask
+    if query.dtype == torch.float32 or tokens > DECOMPOSED_MAX_TOKENS:
+        # PyTorch's fused kernel takes the bias as a float mask and never holds the score matrix
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
-    scores = torch.matmul(q * dim ** -0.5, k.transpose(-1, -2))  # half precision: see decomposed_attention
+    scores = torch.matmul(q * dim ** -0.5, k.transpose(-1, -2))  # short half-precision: see decomposed_attention
     if bias is not None:
         scores = scores + bias
     return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)

@@ -2,8 +2,11 @@
 
 Every variant samples the same clips with the same noise, one clip at a time (a designer's
 case), after its own warm-up, in rounds that alternate with the eager baseline (eager, variant,
-eager, variant, ...), so its speed-up is a ratio of medians taken over the same minutes. For each it reports the median latency per clip, the build time
-(acceleration plus first call, which includes any compilation), peak memory, model calls per clip,
+eager, variant, ...), so its speed-up is a ratio of medians taken over the same minutes (with the
+range of the per-round ratios). For each it reports the median latency per clip, the build time
+(acceleration plus warm-up runs, which include any compilation), the process's peak memory in one
+round of the variant alone (CUDA: allocator peak; CPU: resident set, which includes everything the
+process loaded before), model calls per clip,
 the speed-up over the teacher (50 steps with CFG) and over the same student run eagerly, PSNR of
 the decoded frames against that eager run, and product PSNR against the ground truth.
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import re
 import statistics
 import time
@@ -204,16 +208,24 @@ class Runner:
                 "model_calls": self.counter.evaluations / len(self.times)}
 
 
-def measure_against(baseline: Runner, runner: Runner, repeats: int, memory: PeakMemory) -> tuple[dict, float]:
+def measure_against(baseline: Runner, runner: Runner, repeats: int, memory: PeakMemory) -> dict:
     """Time ``runner`` in rounds alternating with ``baseline`` (ABAB...), so drift of the machine hits
-    both alike; returns its statistics (with peak memory) and the baseline's median over the same rounds."""
-    mark = len(baseline.times)
-    memory.reset()
+    both alike. Returns its statistics, the baseline's median over the same rounds
+    (``eager_paired_ms``), the range of the per-round speed-ups, and the peak memory of one round of
+    ``runner`` alone."""
+    mark, clips = len(baseline.times), len(runner.clips)
+    ratios = []
     for _ in range(repeats):
         baseline.round()
         runner.round()
-    stats = {**runner.stats(), "peak_memory_mb": memory.peak_mb()}
-    return stats, 1000 * statistics.median(baseline.times[mark:])
+        ratios.append(statistics.median(baseline.times[-clips:]) / statistics.median(runner.times[-clips:]))
+    stats = runner.stats()
+    memory.reset()
+    runner.round()
+    runner.times = runner.times[:-clips]  # the memory round is not a timed one
+    return {**stats, "peak_memory_mb": memory.peak_mb(),
+            "eager_paired_ms": 1000 * statistics.median(baseline.times[mark:]),
+            "speedup_round_min": min(ratios), "speedup_round_max": max(ratios)}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -275,18 +287,23 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
             row = _row(path.stem, steps, variant.name, variant.description)
             started = time.perf_counter()
             try:
-                runner = Runner(variant.build(student, cache), inputs, seed)
+                model = variant.build(student, cache)
+                runner = Runner(model, inputs, seed)
                 runner.warm_up(warmup)
-            except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
-                rows.append({**row, "skipped": f"{type(exc).__name__}: {exc}"})
+            except Exception as exc:
+                if eager is None:  # every speed-up and PSNR is against it: no baseline, no benchmark
+                    raise RuntimeError(f"bench: the baseline {variant.name!r} of {path.name} failed: {exc}") from exc
+                rows.append({**row, "skipped": f"{type(exc).__name__}: {exc}"})  # cannot run here: say why
                 progress(f"  skipped: {exc}")
                 continue
             build_s = time.perf_counter() - started
             if eager is None:  # the first variant is the baseline (timed against itself: speed-up 1)
                 eager, eager_row = runner, row
-            stats, base_ms = measure_against(eager, runner, repeats, memory)
+            stats = measure_against(eager, runner, repeats, memory)
             row.update(stats, build_s=build_s, product_psnr=quality(runner.outputs),
-                       speedup_vs_teacher=teacher_ms / stats["latency_ms"], speedup_vs_eager=base_ms / stats["latency_ms"],
+                       attention=model.metadata.get("acceleration", {}).get("attention_used"),
+                       speedup_vs_teacher=teacher_ms / stats["latency_ms"],
+                       speedup_vs_eager=stats["eager_paired_ms"] / stats["latency_ms"],
                        psnr_vs_eager=statistics.mean(psnr(o, b) for o, b in zip(runner.outputs, eager.outputs)))
             rows.append(row)
             progress(f"  {row['latency_ms']:.2f} ms/clip, ×{row['speedup_vs_eager']:.2f} vs eager in alternating "
@@ -322,25 +339,36 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({cpu.group(1).strip() if cpu else 'unknown'})"
 
 
+COLUMNS = ("model", "steps", "variant", "attention", "ms / clip", "eager ms, same rounds", "× eager (round range)",
+           "× teacher", "PSNR vs eager dB", "product PSNR dB", "build + warm-up s", "peak MB", "calls")
+
+
 def markdown(report: dict) -> str:
-    head = ("| model | steps | variant | ms / clip | build + warm-up s | peak MB | calls | × teacher | × eager | "
-            "PSNR vs eager dB | product PSNR dB |\n|---|---|---|---|---|---|---|---|---|---|---|")
     intro = (f"Device: {report['device']}, torch {report['torch']}, {report['threads']} threads; "
-             f"{report['clips']} clips × {report['repeats']} repeats, one clip per call.")
-    lines = [intro, "", head]
+             f"{report['clips']} clips × {report['repeats']} rounds, one clip per call. × eager is the ratio of "
+             f"medians over rounds alternating with the eager run; × teacher compares with the teacher's own "
+             f"earlier rounds (not alternated). PSNR vs eager 'exact' = identical output.")
+    lines = [intro, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in report["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['steps']} | {r['variant']} | skipped: {r['skipped']} |||||||||")
+            cells = [r["model"], str(r["steps"]), r["variant"], f"skipped: {r['skipped']}"]
+            lines.append("| " + " | ".join(cells + [""] * (len(COLUMNS) - len(cells))) + " |")
             continue
 
         def fmt(key: str, spec: str, r: dict = r) -> str:
-            return format(r[key], spec) if r.get(key) is not None else "-"
+            value = r.get(key)
+            if value is None:
+                return "-"
+            return "exact" if isinstance(value, float) and math.isinf(value) else format(value, spec)
 
-        lines.append(f"| {r['model']} | {r['steps']} | {r['variant']} | {fmt('latency_ms', '.2f')} | "
-                     f"{fmt('build_s', '.1f')} | {fmt('peak_memory_mb', '.0f')} | {fmt('model_calls', '.0f')} | "
-                     f"{fmt('speedup_vs_teacher', '.1f')} | {fmt('speedup_vs_eager', '.2f')} | "
-                     f"{fmt('psnr_vs_eager', '.1f')} | {fmt('product_psnr', '.2f')} |")
-    lines += ["", "Best per student (fastest with PSNR vs eager ≥ 35 dB):", ""]
+        spread = (f" ({r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f})"
+                  if r.get("speedup_round_min") is not None else "")
+        cells = [r["model"], str(r["steps"]), r["variant"], r.get("attention") or "-", fmt("latency_ms", ".2f"),
+                 fmt("eager_paired_ms", ".2f"), fmt("speedup_vs_eager", ".2f") + spread,
+                 fmt("speedup_vs_teacher", ".1f"), fmt("psnr_vs_eager", ".1f"), fmt("product_psnr", ".2f"),
+                 fmt("build_s", ".1f"), fmt("peak_memory_mb", ".0f"), fmt("model_calls", ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Largest speed-up over eager per student with PSNR vs eager ≥ 35 dB:", ""]
     lines += [f"- {m}: {b['variant']}, {b['latency_ms']:.2f} ms/clip, ×{b['speedup_vs_eager']:.2f} vs eager, "
               f"{b['psnr_vs_eager']:.1f} dB" for m, b in report["best"].items()]
     return "\n".join(lines) + "\n"
@@ -370,8 +398,17 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def strict_json(value):
+    """``value`` with infinities (PSNR of identical outputs) as null: strict JSON parsers reject Infinity."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strict_json(v) for v in value]
+    return None if isinstance(value, float) and math.isinf(value) else value
+
+
 def write_report(report: dict, out_dir: Path) -> None:
-    texts = {"bench.json": json.dumps(report, indent=2, default=float), "bench.md": markdown(report)}
+    texts = {"bench.json": json.dumps(strict_json(report), indent=2, allow_nan=False), "bench.md": markdown(report)}
     for name, text in texts.items():
         write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
     write_atomic(out_dir / "bench.png", lambda tmp: plot(report, Path(tmp)))

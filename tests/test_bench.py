@@ -47,6 +47,9 @@ def test_speedups_and_fidelity_are_measured_against_eager(report):
     assert rows["bf16"]["psnr_vs_eager"] > 45
     assert rows["onnxruntime"]["psnr_vs_eager"] > 60
     assert rows["eager"]["product_psnr"] > 15 and rows["eager"]["peak_memory_mb"] > 0
+    assert rows["bf16"]["attention"] == "decomposed" and rows["eager"]["attention"] == "sdpa"
+    bf16 = rows["bf16"]  # one round of one clip: the round's ratio is the speed-up
+    assert bf16["speedup_round_min"] == pytest.approx(bf16["speedup_vs_eager"]) == pytest.approx(bf16["speedup_round_max"])
 
 
 def test_a_backend_that_cannot_run_here_is_listed_with_its_reason(report):
@@ -58,9 +61,12 @@ def test_a_backend_that_cannot_run_here_is_listed_with_its_reason(report):
 
 def test_outputs_are_json_markdown_and_a_plot(report):
     result, out = report
-    assert json.loads((out / "bench.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    strict = json.loads((out / "bench.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert strict["rows"][1]["variant"] == "eager" and strict["rows"][1]["psnr_vs_eager"] is None  # inf -> null
     table = (out / "bench.md").read_text()
     assert "| pvtt_student_4step | 4 | onnxruntime |" in table and "skipped:" in table
+    widths = {line.count("|") for line in table.splitlines() if line.startswith("| pvtt")}
+    assert len(widths) == 1, "every row of the table has the header's cells"
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert STUDENT.stem in result["best"]
 
