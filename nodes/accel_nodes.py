@@ -24,7 +24,7 @@ class PVTTAccelerate:
     DESCRIPTION = ("Speeds up a PVTT model: picks the attention kernel, the compute precision, optional INT8 "
                    "weights, token merging and torch.compile. bf16 and compile change the output by rounding only "
                    "(about 63 dB PSNR); INT8 and token merging approximate more. On a CPU, bf16 + compile 'default' "
-                   "samples the 4-step student about 2.7x faster; on a GPU, bf16 with 'auto' attention uses "
+                   "samples the 4-step student about 2.5x faster; on a GPU, bf16 with 'auto' attention uses "
                    "FlashAttention. The node compiles in a warm-up run (10-60 s), so the first transfer is fast.")
     CATEGORY = "PVTT/acceleration"
     FUNCTION = "accelerate"

@@ -1,1 +1,2 @@
-"""PVTT acceleration: attention backends now; torch.compile, INT8 and ONNX/TensorRT build on it."""
+"""PVTT acceleration: attention kernels, bf16/fp16, INT8, token merging, torch.compile (``accelerate``),
+ONNX export and ONNX Runtime (``ort_backend``), TensorRT engines (``tensorrt_engine``). See docs/acceleration.md."""

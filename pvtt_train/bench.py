@@ -412,3 +412,35 @@ def write_report(report: dict, out_dir: Path) -> None:
     for name, text in texts.items():
         write_atomic(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
     write_atomic(out_dir / "bench.png", lambda tmp: plot(report, Path(tmp)))
+
+
+def attention_micro(layouts: list[tuple[int, int, int]], repeats: int = 10) -> list[dict]:
+    """Attention alone, per call: PyTorch SDPA and PVTT's decomposed kernel in fp32 and bf16, and
+    token merging at 0.25 and 0.5, for each (tokens, heads, head_dim) layout on random inputs.
+    This is where docs/acceleration.md's kernel figures come from."""
+    import torch.nn.functional as F
+
+    attention = accel_module("wan_processor")
+    tome = accel_module("tome")
+
+    def timed(fn) -> float:
+        fn()
+        started = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return 1000 * (time.perf_counter() - started) / repeats
+
+    rows = []
+    for tokens, heads, dim in layouts:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, tokens, heads, dim, generator=g) for _ in range(3))
+        row = {"tokens": tokens, "heads": heads, "head_dim": dim}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            qd, kd, vd = (t.to(dtype) for t in (q, k, v))
+            row[f"sdpa_{name}_ms"] = timed(lambda qd=qd, kd=kd, vd=vd: F.scaled_dot_product_attention(
+                qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2)))
+            row[f"decomposed_{name}_ms"] = timed(lambda qd=qd, kd=kd, vd=vd: attention.decomposed_attention(qd, kd, vd))
+        for ratio in (0.25, 0.5):
+            row[f"tome{ratio}_fp32_ms"] = timed(lambda ratio=ratio, q=q, k=k, v=v: tome.tome_attention(q, k, v, ratio))
+        rows.append(row)
+    return rows

@@ -41,6 +41,28 @@ def cmd_bench(args) -> None:
     print(f"report: {args.out}/bench.json, bench.md, bench.png ({len(report['rows'])} rows)")
 
 
+def cmd_bench_attention(args) -> None:
+    import torch
+
+    from .bench import attention_micro
+
+    torch.set_num_threads(args.threads)
+    layouts = []
+    for item in args.layouts.split(","):
+        try:
+            tokens, heads, dim = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--layouts: write TOKENSxHEADSxHEAD_DIM, e.g. 576x4x32, not {item!r}") from None
+        layouts.append((tokens, heads, dim))
+    rows = attention_micro(layouts, args.repeats)
+    keys = [k for k in rows[0] if k.endswith("_ms")]
+    print(f"attention per call, ms ({torch.get_num_threads()} threads)")
+    print("| tokens x heads x dim | " + " | ".join(k.removesuffix("_ms") for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for r in rows:
+        print(f"| {r['tokens']}x{r['heads']}x{r['head_dim']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the ``python -m pvtt_train`` sub-commands."""
     from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
@@ -59,3 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=cmd_bench)
+
+    p = subparsers.add_parser("bench-attention", help="attention kernels alone: SDPA, decomposed, token merging")
+    p.add_argument("--layouts", default="576x4x32,2304x12x128,4608x12x128",
+                   help="comma-separated TOKENSxHEADSxHEAD_DIM (default: the tiny model, then Wan-1.3B heads)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.set_defaults(func=cmd_bench_attention)

@@ -75,3 +75,11 @@ def test_cli_names_the_variants_it_knows():
     args = build_parser().parse_args(["bench", "--variants", "eager,warp-drive", "--students", str(STUDENT)])
     with pytest.raises(SystemExit, match="unknown warp-drive; on cpu choose from eager, bf16"):
         args.func(args)
+
+
+def test_attention_micro_benchmark_times_every_kernel():
+    from pvtt_train.bench import attention_micro
+
+    (row,) = attention_micro([(64, 2, 16)], repeats=1)
+    assert {"sdpa_fp32_ms", "decomposed_bf16_ms", "tome0.5_fp32_ms"} <= set(row) and all(
+        row[k] > 0 for k in row if k.endswith("_ms"))
