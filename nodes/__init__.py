@@ -6,7 +6,9 @@ node runs.
 """
 
 from .accel_nodes import PVTTAccelerate
+from .compare_nodes import PVTTCompareModels
 from .engine_nodes import PVTTOnnxRuntime, PVTTTensorRT
+from .mask_tools import PVTTMaskFromBox, PVTTMaskGrow, PVTTMaskPreview, PVTTMatchMask
 from .masking_nodes import PVTTBackgroundPreserve
 from .media_nodes import PVTTLoadImage, PVTTLoadVideo, PVTTSaveVideo
 from .model_nodes import PVTTLoadModel
@@ -22,6 +24,11 @@ _NODES = (
     (PVTTAccelerate, "PVTT Accelerate"),
     (PVTTOnnxRuntime, "PVTT ONNX Runtime"),
     (PVTTTensorRT, "PVTT TensorRT"),
+    (PVTTCompareModels, "PVTT Compare Models"),
+    (PVTTMaskFromBox, "PVTT Mask From Box"),
+    (PVTTMaskGrow, "PVTT Mask Grow/Shrink/Feather"),
+    (PVTTMaskPreview, "PVTT Mask Overlay Preview"),
+    (PVTTMatchMask, "PVTT Match Mask to Video"),
 )
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls, _ in _NODES}

@@ -1,19 +1,27 @@
 """Video and product-photo input, and MP4 output, for designers' files.
 
 Loaders list ComfyUI's input folder plus the pack's ``samples/`` so the example workflow runs out
-of the box. Clips are ComfyUI IMAGE batches [F,H,W,3] in 0..1; the video loader also returns the
+of the box; the video loader also lists folders of numbered frames in the input folder as
+``<folder>/``. Clips are ComfyUI IMAGE batches [F,H,W,3] in 0..1; the video loader also returns the
 frames' luminance as a MASK, so a black-and-white mask video plugs straight into a MASK input.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
 
 from . import paths
 from .runtime import check_interrupted, progress_bar
 
 log = logging.getLogger("[PVTT]")
+
+SEQUENCE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp"}
+PREVIEW_FORMATS = ["webp", "gif"]
 
 
 def _file_stamp(name: str) -> str:
@@ -23,6 +31,69 @@ def _file_stamp(name: str) -> str:
     except FileNotFoundError:
         return ""
     return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def is_sequence(name: str) -> bool:
+    """Dropdown names of image-sequence folders end with '/', which no file name can."""
+    return name.endswith("/")
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that puts frame_2 before frame_10: digit runs compare as numbers."""
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"([0-9]+)", name))]
+
+
+def _frame_files(folder: Path) -> Iterator[Path]:
+    """The frame images directly in ``folder`` (resolved). Hidden files (macOS ``._0001.png``) and
+    symlinks that lead out of the folder are left out, as resolve_media does for single files."""
+    root = folder.resolve()
+    for path in root.iterdir():
+        if (path.suffix.lower() in SEQUENCE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+                and path.resolve().parent == root):
+            yield path
+
+
+def sequence_names() -> list[str]:
+    """``<folder>/`` for each folder directly in the input folder that holds frame images."""
+    root = paths.input_dir().resolve()
+    if not root.is_dir():
+        return []
+    folders = [d for d in root.iterdir() if not d.name.startswith(".") and d.is_dir() and d.resolve().parent == root]
+    return sorted((f"{d.name}/" for d in folders if next(_frame_files(d), None)), key=_natural_key)
+
+
+def resolve_sequence(name: str) -> list[Path]:
+    """The frames, in natural order, of a ``<folder>/`` name; only folders directly in the input
+    folder resolve, so a crafted name cannot read images elsewhere."""
+    root = paths.input_dir().resolve()
+    folder = (root / name).resolve()
+    frames = list(_frame_files(folder)) if folder.parent == root and folder.is_dir() else []
+    if not frames:
+        raise FileNotFoundError(
+            f"PVTT: image sequence {name!r} not found. Put a folder of numbered PNG, JPEG or WebP frames in "
+            f"ComfyUI's input folder ({paths.input_dir()}) and pick it from the list as '<folder>/'.")
+    return sorted(frames, key=lambda p: _natural_key(p.name))
+
+
+def _sequence_stamp(name: str) -> str:
+    """Cheap change detector for IS_CHANGED: names, sizes and mtimes of the frames."""
+    try:
+        frames = resolve_sequence(name)
+    except FileNotFoundError:
+        return ""
+    digest = hashlib.sha1()
+    for path in frames:
+        st = path.stat()
+        digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def _validate_sequence(name: str) -> bool | str:
+    try:
+        resolve_sequence(name)
+    except FileNotFoundError as exc:
+        return str(exc)
+    return True
 
 
 def _validate_media(name: str, extensions: set[str]) -> bool | str:
@@ -36,8 +107,9 @@ def _validate_media(name: str, extensions: set[str]) -> bool | str:
 
 
 class PVTTLoadVideo:
-    DESCRIPTION = ("Loads a video (MP4 or any file OpenCV reads) from ComfyUI's input folder or the pack's samples. "
-                   "Outputs the frames as IMAGE and their brightness as MASK: load the template video for IMAGE, "
+    DESCRIPTION = ("Loads a video (MP4, WebM, GIF or any file OpenCV reads) or a folder of numbered frames from "
+                   "ComfyUI's input folder, or one of the pack's samples. Outputs the frames as IMAGE and their "
+                   "brightness as MASK: load the template video for IMAGE, "
                    "and a black-and-white mask video (white = the product to replace) for MASK.")
     CATEGORY = "PVTT/video"
     FUNCTION = "load"
@@ -47,14 +119,15 @@ class PVTTLoadVideo:
         "The loaded frames, [frames, height, width, 3] in 0..1.",
         "The frames' luminance, [frames, height, width] in 0..1 (white = 1): use with a mask video.",
         "Number of frames loaded.",
-        "Frame rate of the loaded frames (the file's rate divided by select_every_nth).",
+        "Frame rate of the loaded frames (the file's rate or sequence_fps, divided by select_every_nth).",
     )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "video": (paths.media_names(paths.VIDEO_EXTENSIONS), {
-                "tooltip": "A video in ComfyUI's input folder, or a shipped example under samples/."}),
+            "video": (paths.media_names(paths.VIDEO_EXTENSIONS) + sequence_names(), {
+                "tooltip": "A video in ComfyUI's input folder, a folder of numbered frames there (listed as "
+                           "'<folder>/'), or a shipped example under samples/."}),
             "frame_load_cap": ("INT", {
                 "default": 0, "min": 0, "max": 10000, "step": 1,
                 "tooltip": "Load at most this many frames (after skipping and sub-sampling); 0 loads all."}),
@@ -64,34 +137,44 @@ class PVTTLoadVideo:
             "select_every_nth": ("INT", {
                 "default": 1, "min": 1, "max": 1000, "step": 1,
                 "tooltip": "Keep every n-th frame (1 keeps all): lowers the frame rate and the memory used."}),
+        }, "optional": {
+            "sequence_fps": ("FLOAT", {
+                "default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1,
+                "tooltip": "Frame rate of a folder of frames (which stores none); ignored for video files."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, video):
+        if is_sequence(video):
+            return _validate_sequence(video)
         return _validate_media(video, paths.VIDEO_EXTENSIONS)
 
     @classmethod
     def IS_CHANGED(cls, video, **_):
-        return _file_stamp(video)
+        return _sequence_stamp(video) if is_sequence(video) else _file_stamp(video)
 
-    def load(self, video, frame_load_cap, skip_first_frames, select_every_nth):
+    def load(self, video, frame_load_cap, skip_first_frames, select_every_nth, sequence_fps=8.0):
         import torch
 
-        from .video_io import read_video
+        from .video_io import read_sequence, read_video
 
-        path = paths.resolve_media(video)
         bar = progress_bar(frame_load_cap or 1)
 
-        def on_frame(kept):
+        def on_frame(kept, expected):
             check_interrupted()
-            if frame_load_cap:
-                bar.update_absolute(kept)
+            if expected or frame_load_cap:
+                bar.update_absolute(kept, expected or frame_load_cap)
 
-        frames, fps = read_video(path, frame_load_cap, skip_first_frames, select_every_nth, on_frame)
+        selection = {"frame_load_cap": frame_load_cap, "skip_first_frames": skip_first_frames,
+                     "select_every_nth": select_every_nth, "on_frame": on_frame}
+        if is_sequence(video):
+            frames, fps = read_sequence(resolve_sequence(video), fps=sequence_fps, **selection)
+        else:
+            frames, fps = read_video(paths.resolve_media(video), **selection)
         image = torch.from_numpy(frames).float().div_(255.0)
         luminance = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
-        log.info("loaded %d frames of %s (%dx%d, %.2f fps)", len(frames), path.name, frames.shape[2],
-                 frames.shape[1], fps)
+        log.info("loaded %d frames of %s (%dx%d, %.2f fps)", len(frames), video, frames.shape[2], frames.shape[1],
+                 fps)
         return (image, luminance.clamp_(0, 1), len(frames), fps)
 
 
@@ -130,7 +213,7 @@ class PVTTLoadImage:
 
 class PVTTSaveVideo:
     DESCRIPTION = ("Saves frames as an MP4 in ComfyUI's output folder and shows an animated preview "
-                   "(also saved, as an animated WebP that holds the workflow: drop it on ComfyUI to reload).")
+                   "(also saved: an animated WebP that holds the workflow, drop it on ComfyUI to reload; or a GIF).")
     CATEGORY = "PVTT/video"
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -150,11 +233,17 @@ class PVTTSaveVideo:
                     "tooltip": "Frames per second of the saved video (use the Load Video fps to keep the "
                                "template's speed)."}),
             },
+            "optional": {
+                "preview_format": (PREVIEW_FORMATS, {
+                    "default": "webp",
+                    "tooltip": "Animated preview saved next to the MP4: webp keeps full colour and holds the "
+                               "workflow; gif (256 colours, no workflow) opens in tools without WebP support."}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, filename_prefix, fps, prompt=None, extra_pnginfo=None):
-        from .video_io import write_mp4, write_webp
+    def save(self, images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None):
+        from .video_io import write_gif, write_mp4, write_webp
 
         if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
             raise ValueError(f"PVTT Save Video needs an IMAGE batch [frames, height, width, 3] with at least one "
@@ -162,9 +251,14 @@ class PVTTSaveVideo:
         folder, stem, subfolder = next_output_name(filename_prefix)
         frames = (images.clamp(0, 1) * 255).round().to("cpu").byte().numpy()
         write_mp4(folder / f"{stem}.mp4", frames, fps)
-        write_webp(folder / f"{stem}.webp", frames, fps, workflow_exif(prompt, extra_pnginfo))
+        if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
+            preview = f"{stem}.gif"
+            write_gif(folder / preview, frames, fps)
+        else:
+            preview = f"{stem}.webp"
+            write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
         log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
-        return {"ui": {"images": [{"filename": f"{stem}.webp", "subfolder": subfolder, "type": "output"}],
+        return {"ui": {"images": [{"filename": preview, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}
 
 

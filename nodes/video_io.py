@@ -2,14 +2,17 @@
 
 Imported only when a node runs, so ComfyUI's start-up never pays for OpenCV. Frames stream out of
 the decoder one at a time and are kept only when selected, so skipping and sub-sampling long
-videos costs no memory.
+videos costs no memory; image sequences decode only the selected files. Before decoding, the size
+of the loaded clip is estimated from the container's metadata (or the file count) and refused
+when it would not fit in memory, so a 4K hour never takes ComfyUI down with it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -22,16 +25,89 @@ log = logging.getLogger("[PVTT]")
 MP4_FOURCCS = ("avc1", "mp4v")
 _working_fourcc: str | None = None
 
+#: The loaded clip may take at most this share of the available memory: its uint8 frames, the
+#: float32 IMAGE and the MASK all exist at once while loading, and the models need room too.
+MEMORY_FRACTION = 0.5
+#: Bytes per pixel of the IMAGE output (three float32 channels).
+IMAGE_BYTES_PER_PIXEL = 3 * 4
+GB = 1e9
+MEMINFO = Path("/proc/meminfo")
+#: Skipped frames report progress only every this many decodes: often enough for Cancel to answer
+#: within a fraction of a second, rarely enough not to flood ComfyUI's progress messages.
+PROGRESS_EVERY = 16
+
+T = TypeVar("T")
+#: ``on_frame(kept_so_far, frames_to_keep)``; frames_to_keep is 0 when the container does not say.
+FrameCallback = Callable[[int, int], None]
+
 
 class VideoReadError(ValueError):
     """A video that cannot be decoded, or a frame selection that keeps no frame."""
 
 
+def select(items: Sequence[T], frame_load_cap: int, skip_first_frames: int, select_every_nth: int) -> Sequence[T]:
+    """The items a frame selection keeps: drop the first ``skip_first_frames``, keep every
+    ``select_every_nth``, stop at ``frame_load_cap`` (0 = no cap).
+
+    The one definition of the selection: sequences apply it to their file list, videos to
+    ``range(frame_count)`` to know the loaded size before decoding.
+    """
+    kept = items[skip_first_frames::select_every_nth]
+    return kept[:frame_load_cap] if frame_load_cap else kept
+
+
+def available_memory() -> int | None:
+    """Bytes the system can hand out now without swapping, or None when unknown (the guard is skipped).
+
+    Module-level so tests can replace it. ``MemAvailable`` counts reclaimable cache, unlike ``MemFree``.
+    """
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(name: str, frame_count: int, height: int, width: int) -> None:
+    """Refuse, before decoding, a selection whose IMAGE would not fit in the safe share of free memory.
+
+    Decoding first would swap or let the OOM killer end ComfyUI (and its queue); failing here
+    instead names the largest frame_load_cap that fits.
+    """
+    from ..pvtt_train.errors import InputError
+
+    available = available_memory()
+    per_frame = height * width * IMAGE_BYTES_PER_PIXEL
+    needed = frame_count * per_frame
+    if available is None or needed <= MEMORY_FRACTION * available:
+        return
+    fits = int(MEMORY_FRACTION * available // per_frame)
+    fix = (f"set frame_load_cap to {fits} or less, raise select_every_nth, or downscale the video" if fits
+           else "downscale the video (not even one frame fits)")
+    raise InputError(
+        f"PVTT: loading {frame_count} frames of {name} at {width}x{height} needs about {needed / GB:.1f} GB, "
+        f"but only {available / GB:.1f} GB of memory is available and PVTT uses at most "
+        f"{MEMORY_FRACTION:.0%} of it. To load it, {fix}.")
+
+
+def _no_frame_error(name: str, total: int, skip_first_frames: int) -> VideoReadError:
+    return VideoReadError(
+        f"PVTT: no frame was loaded from {name} ({total} frames, skip_first_frames={skip_first_frames}). "
+        f"Lower skip_first_frames, or check that it holds a video.")
+
+
 def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, select_every_nth: int = 1,
-               on_frame: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
+               on_frame: FrameCallback | None = None) -> tuple[np.ndarray, float]:
     """Decode the selected frames of a video: ([F,H,W,3] uint8 RGB, frames per second).
 
-    ``on_frame(kept_so_far)`` runs after each kept frame (progress and Cancel).
+    ``on_frame`` runs after each kept frame and every ``PROGRESS_EVERY`` decoded frames (progress
+    and Cancel, also while skipping).
     """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -39,23 +115,63 @@ def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, 
                              f"and load that instead.")
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS)) or 0.0
+        expected = _expected_frames(cap, path.name, frame_load_cap, skip_first_frames, select_every_nth)
         frames, index = [], 0
         while frame_load_cap == 0 or len(frames) < frame_load_cap:
             ok, bgr = cap.read()
             if not ok:
                 break
-            if index >= skip_first_frames and (index - skip_first_frames) % select_every_nth == 0:
+            kept = index >= skip_first_frames and (index - skip_first_frames) % select_every_nth == 0
+            if kept:
                 frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                if on_frame is not None:
-                    on_frame(len(frames))
             index += 1
+            if on_frame is not None and (kept or index % PROGRESS_EVERY == 0):
+                on_frame(len(frames), expected)
     finally:
         cap.release()
     if not frames:
-        raise VideoReadError(
-            f"PVTT: no frame was loaded from {path.name} ({index} frames decoded, skip_first_frames="
-            f"{skip_first_frames}). Lower skip_first_frames, or check that the file is a video.")
+        raise _no_frame_error(path.name, index, skip_first_frames)
     return np.stack(frames), (fps / select_every_nth if fps > 0 else 0.0)
+
+
+def _expected_frames(cap: cv2.VideoCapture, name: str, frame_load_cap: int, skip_first_frames: int,
+                     select_every_nth: int) -> int:
+    """Frames the selection will keep according to the container (0 when it does not say), after
+    checking that they fit in memory."""
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if total <= 0:
+        return 0
+    expected = len(select(range(total), frame_load_cap, skip_first_frames, select_every_nth))
+    check_memory(name, expected, int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    return expected
+
+
+def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_frames: int = 0,
+                  select_every_nth: int = 1, fps: float = 8.0,
+                  on_frame: FrameCallback | None = None) -> tuple[np.ndarray, float]:
+    """Decode the selected files of an image sequence (already in frame order) like a video:
+    ([F,H,W,3] uint8 RGB, ``fps / select_every_nth``).
+
+    Only the selected files are opened; transparency becomes white as in ``read_image``. The first
+    frame is decoded before the memory check: it gives the size, and names an unreadable file.
+    """
+    name = f"{files[0].parent.name}/"
+    chosen = select(files, frame_load_cap, skip_first_frames, select_every_nth)
+    if not chosen:
+        raise _no_frame_error(name, len(files), skip_first_frames)
+    first = read_image(chosen[0])
+    check_memory(name, len(chosen), *first.shape[:2])
+    frames = []
+    for file in chosen:
+        frame = read_image(file) if frames else first
+        if frame.shape != first.shape:
+            raise VideoReadError(
+                f"PVTT: frame {file.name} of {name} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                f"{first.shape[1]}x{first.shape[0]}; every frame of a sequence must have the same size.")
+        frames.append(frame)
+        if on_frame is not None:
+            on_frame(len(frames), len(chosen))
+    return np.stack(frames), fps / select_every_nth
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -102,6 +218,16 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Write an animated, looping GIF preview (256 colours; for tools that do not show WebP).
+
+    GIF delays are whole centiseconds and browsers slow delays under 20 ms down to 100 ms, so the
+    preview plays at 50 fps at most.
+    """
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), loop=0)
 
 
 def write_webp(path: Path, frames: np.ndarray, fps: float, exif: Image.Exif | None = None) -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pvtt_train.sampling.composite import composite, soft_mask
+from pvtt_train.sampling.composite import composite, grow_mask, soft_mask
 
 
 def dot_mask(size=17, centre=8):
@@ -81,3 +81,16 @@ def test_composite_is_a_convex_blend():
     out = composite(generated, template, mask, 1, 1.0)
     assert torch.allclose(out[..., 0], soft_mask(mask, 1, 1.0))
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_a_vanishing_feather_is_no_feather_instead_of_a_kornia_error():
+    mask = torch.zeros(2, 8, 8)
+    mask[:, 2:5, 2:5] = 1
+    assert torch.equal(soft_mask(mask, 0, 1e-60), mask)
+
+
+def test_grow_then_shrink_a_square_restores_it():
+    mask = torch.zeros(1, 20, 20)
+    mask[:, 8:12, 8:12] = 1
+    grown = grow_mask(mask, 3)
+    assert grown.sum() == 10 * 10 and torch.equal(grow_mask(grown, -3), mask)

@@ -24,6 +24,7 @@ nodes = pack.NODE_CLASS_MAPPINGS
 paths = importlib.import_module(f"{PACKAGE}.nodes.paths")
 sampling_nodes = importlib.import_module(f"{PACKAGE}.nodes.sampling_nodes")
 model_nodes = importlib.import_module(f"{PACKAGE}.nodes.model_nodes")
+compare_nodes = importlib.import_module(f"{PACKAGE}.nodes.compare_nodes")
 pipeline = importlib.import_module(f"{PACKAGE}.pvtt_train.pipeline")
 checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
 pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
@@ -93,7 +94,8 @@ def transfer(model, inputs, **overrides):
 def test_node_ids_are_prefixed_and_have_display_names():
     assert set(nodes) == {"PVTTLoadModel", "PVTTLoadVideo", "PVTTLoadImage", "PVTTSaveVideo",
                           "PVTTTemplateTransfer", "PVTTBackgroundPreserve", "PVTTAccelerate", "PVTTOnnxRuntime",
-                          "PVTTTensorRT"}
+                          "PVTTTensorRT", "PVTTCompareModels", "PVTTMaskFromBox", "PVTTMaskGrow", "PVTTMaskPreview",
+                          "PVTTMatchMask"}
     assert all(pack.NODE_DISPLAY_NAME_MAPPINGS[n].startswith("PVTT ") for n in nodes)
     assert pack.WEB_DIRECTORY == "./web"
 
@@ -388,3 +390,31 @@ def test_tensorrt_node_without_cuda_names_the_fix_and_the_fallback(model):
         run("PVTTTensorRT", model=model, precision="fp16", batch_profile="auto", workspace_gb=4.0)
     message = str(err.value)
     assert "CUDA" in message and "ONNX Runtime" in message
+
+
+# --- compare ------------------------------------------------------------------------------------
+
+def test_compare_models_puts_labelled_panels_side_by_side_with_timings(model, sample_inputs):
+    template, mask, product = sample_inputs
+    fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
+               token_merging=0.0)[0]
+    grid, report = run("PVTTCompareModels", template_video=template, mask=mask, product_image=product, model_a=model,
+                       seed=0, model_b=fast)
+    frames, height, width, _ = template.shape
+    assert grid.shape == (frames, height + compare_nodes.HEADER_PX, 2 * width, 3)
+    alone = transfer(model, sample_inputs)
+    assert torch.equal(grid[:, compare_nodes.HEADER_PX:, :width], alone)  # panel a is model_a's own output
+    lines = report.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{TINY_NAME.removesuffix('.safetensors')}: 2 steps")
+    assert "1.0x the speed of" in lines[0]
+
+
+def test_compare_models_stops_when_cancelled(model, sample_inputs, monkeypatch):
+    template, mask, product = sample_inputs
+
+    def cancel():
+        raise KeyboardInterrupt("cancelled")
+
+    monkeypatch.setattr(compare_nodes, "check_interrupted", cancel)
+    with pytest.raises(KeyboardInterrupt):
+        run("PVTTCompareModels", template_video=template, mask=mask, product_image=product, model_a=model, seed=0)
