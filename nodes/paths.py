@@ -74,17 +74,37 @@ def model_dirs() -> list[Path]:
     return [default_models_dir(), SHIPPED_MODELS_DIR]
 
 
+#: Metadata keys of PVTT's own helper networks (the identity and video encoders shipped beside the
+#: models): they are .safetensors files in a models folder but not models the loader can sample with.
+HELPER_NETWORK_KEYS = ("pvtt_identity_encoder", "pvtt_video_encoder")
+
+
+def is_helper_network(path: Path) -> bool:
+    """Whether ``path`` is one of PVTT's encoders; reads only the file's header. Unreadable or foreign
+    files count as candidates, so the loader can say what is wrong with them instead of hiding them."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = fh.metadata() or {}
+    except Exception:  # noqa: BLE001 - corrupt files stay listed; loading them explains the problem
+        return False
+    return any(key in metadata for key in HELPER_NETWORK_KEYS)
+
+
 def model_names() -> list[str]:
-    """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates)."""
+    """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates), without
+    PVTT's encoders."""
     fp = _folder_paths()
     if fp is not None:
         register_model_folder()
-        return fp.get_filename_list(FOLDER_KEY)
+        return [name for name in fp.get_filename_list(FOLDER_KEY)
+                if not is_helper_network(Path(fp.get_full_path(FOLDER_KEY, name)))]
     names = set()
     for folder in model_dirs():
         if folder.is_dir():
             names.update(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS and not is_helper_network(p))
     return sorted(names)
 
 

@@ -88,7 +88,10 @@ def test_every_pvtt_node_is_in_object_info(comfy):
     info = get_json("/object_info")
     missing = set(load_pack().NODE_CLASS_MAPPINGS) - set(info)
     assert not missing, f"ComfyUI does not list {missing}"
-    assert STUDENT in info["PVTTLoadModel"]["input"]["required"]["model_name"][0]
+    listed = info["PVTTLoadModel"]["input"]["required"]["model_name"][0]
+    assert {"pvtt_teacher.safetensors", "pvtt_student_16step.safetensors", "pvtt_student_8step.safetensors",
+            STUDENT} <= set(listed), listed
+    assert not any("encoder" in name for name in listed), listed
     assert "samples/pvtt_template.mp4" in info["PVTTLoadVideo"]["input"]["required"]["video"][0]
 
 

@@ -163,6 +163,14 @@ def test_load_model_with_an_empty_folder_says_where_to_put_files(folders, monkey
         run("PVTTLoadModel", model_name="pvtt_student_4step.safetensors")
 
 
+def test_load_model_lists_the_teacher_and_students_but_not_the_encoders(monkeypatch, folders):
+    monkeypatch.setattr(paths, "SHIPPED_MODELS_DIR", ROOT / "models_shipped")
+    names = paths.model_names()
+    assert {"pvtt_teacher.safetensors", "pvtt_student_16step.safetensors", "pvtt_student_8step.safetensors",
+            "pvtt_student_4step.safetensors"} <= set(names)
+    assert not any("encoder" in name for name in names)
+
+
 def test_load_model_refuses_a_file_without_pvtt_metadata(folders, models_dir, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
