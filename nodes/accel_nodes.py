@@ -59,9 +59,11 @@ class PVTTAccelerate:
         }}
 
     def accelerate(self, model, attention, precision, compile, int8, token_merging):
-        from ..pvtt_accel.accelerate import AccelerationOptions, accelerate
-        from ..pvtt_accel.denoiser import calibration_batch, condition_batch
-        from ..pvtt_train.sampling.samplers import sample_from_metadata
+        from ..pvtt_accel.accelerate import (
+            AccelerationOptions,
+            accelerate,
+            sample_synthetic,
+        )
 
         options = AccelerationOptions(attention=attention, precision=precision, compile=compile, int8=int8,
                                       tome_ratio=token_merging)
@@ -76,15 +78,8 @@ class PVTTAccelerate:
             check_interrupted()
             bar.update_absolute(1 + i, 1 + total)
 
-        # Warm-up: compile (and check) at the exact shapes Template Transfer will use.
-        device = next(model.model.parameters()).device
-        clip = {k: v.to(device) if hasattr(v, "to") else v for k, v in calibration_batch(model, 1).items()}
-        import torch
-
-        try:
-            with torch.no_grad():
-                sample_from_metadata(fast.model, condition_batch(fast.model, clip), fast.metadata, None,
-                                     torch.Generator().manual_seed(0), callback=on_step)
+        try:  # warm-up: compile (and check) at the exact shapes Template Transfer will use
+            sample_synthetic(fast, 1, callback=on_step)
         except Exception as exc:
             if compile != "off" and type(exc).__module__.startswith("torch._"):
                 raise RuntimeError(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}). On a CPU it needs "

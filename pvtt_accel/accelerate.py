@@ -18,7 +18,7 @@ import torch
 from ._train import train_module
 from .attention import BACKENDS, apply_attention_backend
 from .compile import MODES as COMPILE_MODES
-from .compile import compile_denoiser, effective_options
+from .compile import compile_denoiser
 from .denoiser import (
     LoadedModel,
     calibration_batch,
@@ -67,15 +67,16 @@ class AccelerationOptions:
         return "+".join(parts) or "eager"
 
 
-def calibrate_by_sampling(loaded: LoadedModel, denoiser, clips: int) -> None:
-    """Run the checkpoint's own sampler on ``clips`` synthetic clips through ``denoiser``: every
-    step's real inputs pass through it (INT8 SmoothQuant observers record them)."""
-    trial = with_denoiser(loaded, denoiser, {})
+def sample_synthetic(loaded: LoadedModel, clips: int, callback=None) -> None:
+    """Run the checkpoint's own sampler on ``clips`` synthetic clips at its video size, so every
+    step's real inputs pass through the denoiser: INT8 SmoothQuant observers record them, and a
+    compiled denoiser compiles at exactly the shapes sampling uses. ``callback`` is the sampler's."""
     device = next(loaded.model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in calibration_batch(loaded, clips).items()}
     with torch.no_grad():
-        cond = condition_batch(trial.model, batch)
-        sample_from_metadata(trial.model, cond, trial.metadata, None, torch.Generator().manual_seed(0))
+        cond = condition_batch(loaded.model, batch)
+        sample_from_metadata(loaded.model, cond, loaded.metadata, None, torch.Generator().manual_seed(0),
+                             callback=callback)
 
 
 def accelerate(loaded: LoadedModel, options: AccelerationOptions) -> LoadedModel:
@@ -93,14 +94,13 @@ def accelerate(loaded: LoadedModel, options: AccelerationOptions) -> LoadedModel
     quantized = 0
     if options.int8 != "off":
         quantized = quantize_int8(transformer, options.int8,
-                                  lambda: calibrate_by_sampling(loaded, wrapped(transformer), options.calibration_clips))
+                                  lambda: sample_synthetic(with_denoiser(loaded, wrapped(transformer), {}),
+                                                           options.calibration_clips))
     denoiser = wrapped(transformer)
-    compile_options = None
     if options.compile != "off":
         denoiser = compile_denoiser(denoiser, options.compile)
-        compile_options = effective_options(options.compile, next(transformer.parameters()).device)
     attention = f"tome+{choice.used}" if options.tome_ratio else choice.used
     record = {**asdict(options), "label": options.label(), "attention_used": attention,
-              "attention_reason": choice.reason, "int8_layers": quantized, "compile_options": compile_options,
+              "attention_reason": choice.reason, "int8_layers": quantized, "compile_options": getattr(denoiser, "options", None),
               "runtime": "pytorch"}
     return with_denoiser(loaded, denoiser, record)

@@ -46,6 +46,7 @@ class CompiledDenoiser(nn.Module):
     def __init__(self, inner: nn.Module, options: dict, freezing: bool):
         super().__init__()
         self.inner = inner  # registered, so .parameters() and .to() reach the weights
+        self.options = options
         self.freezing = freezing
         self.copy_outputs = bool(options.get("triton.cudagraphs"))
 

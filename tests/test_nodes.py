@@ -19,6 +19,8 @@ import torch
 from _comfy_pack import PACKAGE, ROOT, load_pack
 from PIL import Image
 
+from pvtt_train.bench import psnr
+
 pack = load_pack()
 nodes = pack.NODE_CLASS_MAPPINGS
 paths = importlib.import_module(f"{PACKAGE}.nodes.paths")
@@ -357,15 +359,11 @@ def test_background_preserve_rejects_a_template_of_another_size(sample_inputs):
 
 # --- acceleration -------------------------------------------------------------------------------
 
-def frames_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
-
-
 def test_accelerate_bf16_transfers_like_the_eager_model(model, sample_inputs):
     fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
                token_merging=0.0)[0]
     assert fast.metadata["acceleration"]["attention_used"] == "decomposed"
-    assert frames_psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 40
+    assert psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 40
 
 
 def test_accelerate_leaves_the_loaders_cached_model_alone(model, sample_inputs):
@@ -387,7 +385,7 @@ def test_onnx_runtime_node_exports_into_models_onnx_and_matches_pytorch(model, s
     fast = run("PVTTOnnxRuntime", model=model, batch_profile="auto")[0]
     exported = list((models_dir.parent / "onnx" / "pvtt").glob("*.onnx"))
     assert len(exported) == 1 and fast.metadata["acceleration"]["onnx"] == str(exported[0])
-    assert frames_psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 60
+    assert psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 60
 
 
 def test_tensorrt_node_without_cuda_names_the_fix_and_the_fallback(model):
