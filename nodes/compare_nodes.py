@@ -62,7 +62,7 @@ class PVTTCompareModels:
         panels, rows = [], []
         for index, model in enumerate(models):
             started = time.perf_counter()
-            out = transfer(model, template_video, mask, product_image[0], seed=seed,
+            out = transfer(model, template_video, mask, product_image, seed=seed,
                            callback=lambda *_: check_interrupted())
             seconds = time.perf_counter() - started
             steps = model.sampler["steps"]

@@ -78,7 +78,7 @@ class PVTTMaskGrow:
         from ..pvtt_train.sampling.composite import grow_mask, soft_mask
 
         mask = as_frames(mask)
-        return (soft_mask(grow_mask(mask.float(), grow_px), 0, feather_px).contiguous(),)
+        return (soft_mask(grow_mask(mask, grow_px), 0, feather_px).contiguous(),)
 
 
 class PVTTMaskPreview:
@@ -107,8 +107,9 @@ class PVTTMaskPreview:
 
         from ..pvtt_train.sampling.composite import blend
 
+        video = checked_video(video)
         frames, rows, cols = video_size(video)
-        alpha = opacity * fit_mask(as_frames(mask), frames, rows, cols, resize=False).to(video)
+        alpha = opacity * fit_mask(as_frames(mask), frames, rows, cols, resize=False)
         tint = torch.tensor(COLOURS[color], dtype=video.dtype, device=video.device)
         return (blend(tint, video, alpha).clamp(0, 1),)
 
@@ -136,7 +137,6 @@ class PVTTMatchMask:
     def match(self, video, mask, mode):
         frames, rows, cols = video_size(video)
         mask = as_frames(mask)
-        check_finite(mask)
         fitted = fit_mask(mask, frames, rows, cols, resize=mode == "resize")
         check_not_empty(fitted, mask)
         return (fitted,)
@@ -150,20 +150,24 @@ def input_error(message: str) -> Exception:
 
 
 def video_size(video) -> tuple[int, int, int]:
-    """(frames, height, width) of an IMAGE batch; anything else is refused before it fails deep in torch."""
-    if video.ndim != 4 or video.shape[0] == 0 or video.shape[-1] != 3:
-        raise input_error(f"video must be an IMAGE batch [frames, height, width, 3] with at least one frame, got "
-                          f"{tuple(video.shape)}; connect PVTT Load Video or another node that outputs IMAGE")
-    return tuple(video.shape[:3])
+    """(frames, height, width) of a valid IMAGE batch; anything else is refused before it fails deep in torch
+    (the same checks every PVTT node applies to clips, see ``checked_video``)."""
+    return tuple(checked_video(video).shape[:3])
 
 
-def as_frames(mask):
-    """A MASK as [frames, height, width]: core LoadImage gives [1, H, W], some nodes a bare [H, W]."""
-    if mask.ndim == 2:
-        return mask[None]
-    if mask.ndim != 3:
-        raise input_error(f"mask must be a MASK [frames, height, width] or [height, width], got {tuple(mask.shape)}")
-    return mask
+def as_frames(mask, name: str = "mask"):
+    """A MASK as float32 [frames, height, width] in 0..1: core LoadImage gives [1, H, W], some nodes a bare
+    [H, W] or [F, H, W, 1]. Wrong types, NaN and other value ranges are refused (``validation.mask_frames``)."""
+    from ..pvtt_train.validation import mask_frames
+
+    return mask_frames(mask, name)
+
+
+def checked_video(video, name: str = "video"):
+    """An IMAGE batch as float32 in 0..1, or a refusal that says how to get one (``validation.image_batch``)."""
+    from ..pvtt_train.validation import image_batch
+
+    return image_batch(video, name)
 
 
 def check_box(x: float, y: float, width: float, height: float) -> None:
@@ -223,16 +227,6 @@ def resize_mask(mask, rows: int, cols: int):
     shrinking = mask.shape[1] >= rows and mask.shape[2] >= cols
     out = F.interpolate(mask[:, None].float(), size=(rows, cols), mode="area" if shrinking else "nearest-exact")
     return (out[:, 0] > 0.5).float()
-
-
-def check_finite(mask) -> None:
-    """NaN or Inf would pass the 0.5 threshold unpredictably and poison every blend downstream."""
-    import torch
-
-    bad = int((~torch.isfinite(mask)).sum())
-    if bad:
-        raise input_error(f"mask contains {bad} NaN or Inf values; check the node that produced it (for example a "
-                          f"mask math node dividing by zero), or load the mask again")
 
 
 def check_not_empty(fitted, original) -> None:

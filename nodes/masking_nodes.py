@@ -38,15 +38,24 @@ class PVTTBackgroundPreserve:
 
     def composite(self, generated, template_video, mask, dilate_px, feather_px):
         from ..pvtt_train.errors import InputError
+        from ..pvtt_train.pipeline import check_output_memory
         from ..pvtt_train.sampling.composite import blend, soft_mask
+        from ..pvtt_train.validation import (
+            check_mask_coverage,
+            check_mask_fits,
+            image_batch,
+            mask_frames,
+        )
 
+        generated, template_video = image_batch(generated, "generated"), image_batch(template_video, "template_video")
         if generated.shape != template_video.shape:
             raise InputError(f"generated clip {tuple(generated.shape)} and template video {tuple(template_video.shape)} "
                              f"differ in shape; connect the template that went into PVTT Template Transfer.")
-        if mask.ndim != 3 or mask.shape[0] not in (1, generated.shape[0]) or mask.shape[1:] != generated.shape[1:3]:
-            raise InputError(f"mask {tuple(mask.shape)} does not fit the video {tuple(generated.shape)}: it needs one "
-                             f"frame per video frame (or a single frame) at the video's height and width.")
+        mask = mask_frames(mask)
+        check_mask_fits(mask, *generated.shape[:3], video="the generated clip")
+        check_mask_coverage(mask)
+        check_output_memory(generated)
         mask = (mask > 0.5).to(generated)  # the product region, as Template Transfer reads it
         soft = soft_mask(mask, dilate_px, feather_px).expand(generated.shape[0], -1, -1)
-        video = blend(generated, template_video.to(generated), soft)
+        video = blend(generated, template_video, soft)
         return (video.clamp(0, 1), soft.contiguous())

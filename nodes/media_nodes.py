@@ -243,13 +243,12 @@ class PVTTSaveVideo:
         }
 
     def save(self, images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None):
+        from ..pvtt_train.validation import image_batch
         from .video_io import write_gif, write_mp4, write_webp
 
-        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
-            raise ValueError(f"PVTT Save Video needs an IMAGE batch [frames, height, width, 3] with at least one "
-                             f"frame, got {tuple(images.shape)}; connect a video, not a mask.")
+        images = image_batch(images, "images")
         folder, stem, subfolder = next_output_name(filename_prefix)
-        frames = (images.clamp(0, 1) * 255).round().to("cpu").byte().numpy()
+        frames = (images * 255).round().to("cpu").byte().numpy()
         write_mp4(folder / f"{stem}.mp4", frames, fps)
         if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
             preview = f"{stem}.gif"
@@ -267,10 +266,15 @@ def next_output_name(filename_prefix: str):
 
     The prefix may name subfolders but never leave the output folder.
     """
+    from ..pvtt_train.errors import InputError
+
+    if not filename_prefix.strip(" /") or "\x00" in filename_prefix:
+        raise InputError(f"PVTT: filename_prefix {filename_prefix!r} is not a usable file name; use a plain name such "
+                         f"as 'PVTT/my_clip'.")
     root = paths.output_dir().resolve()
     target = (root / filename_prefix).resolve()
     if not target.is_relative_to(root) or target == root:
-        raise ValueError(f"PVTT: filename_prefix {filename_prefix!r} points outside the output folder {root}; "
+        raise InputError(f"PVTT: filename_prefix {filename_prefix!r} points outside the output folder {root}; "
                          f"use a plain name such as 'PVTT/my_clip'.")
     folder, base = target.parent, target.name
     folder.mkdir(parents=True, exist_ok=True)

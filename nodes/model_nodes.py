@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import weakref
 from pathlib import Path
 
 from . import paths
@@ -11,26 +11,26 @@ from .runtime import torch_device
 
 log = logging.getLogger("[PVTT]")
 
-#: Loaded models by (path, mtime, device): re-running a graph, or two loaders naming the same
-#: file, reuse the weights; a file overwritten in place (new mtime) is read again.
-_CACHE: OrderedDict[tuple[str, float, str], object] = OrderedDict()
-_CACHE_SIZE = 2
+#: Loaded models by (path, mtime, device), held weakly: two loaders naming the same file, or a re-run
+#: while ComfyUI still holds the model, share the weights, and a file overwritten in place (new mtime)
+#: is read again. PVTT itself never keeps a model alive, so it is released as soon as ComfyUI lets go
+#: of it (the graph changes, or "Free model and node cache" / the /free API clears the node cache).
+_CACHE: weakref.WeakValueDictionary[tuple[str, float, str], object] = weakref.WeakValueDictionary()
 
 
 def load_model_cached(path: Path):
-    """``pvtt_train.models.loading.load_model`` (PVTT file or diffusers Wan-VACE folder) behind a
-    small (path, mtime) cache."""
+    """``pvtt_train.models.loading.load_model`` (PVTT file or diffusers Wan-VACE folder) behind the
+    weak (path, mtime, device) cache; logs when the model is released."""
     from ..pvtt_train.models.loading import load_model
 
     device = torch_device()
     key = (str(path.resolve()), path.stat().st_mtime, str(device))
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    loaded = _CACHE.get(key)
+    if loaded is not None:
+        return loaded
     loaded = load_model(path, device=device)
     _CACHE[key] = loaded
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    weakref.finalize(loaded, log.info, "released %s (%s)", path.name, device)
     return loaded
 
 
@@ -62,6 +62,14 @@ class PVTTLoadModel:
     @classmethod
     def VALIDATE_INPUTS(cls, model_name):
         if model_name not in paths.model_names():
+            try:
+                found = paths.model_path(model_name)
+            except FileNotFoundError:
+                return paths.missing_model_message(model_name)
+            if paths.is_helper_network(found):
+                return (f"PVTT: {model_name!r} is one of PVTT's encoders (identity or video encoder, used by "
+                        f"training and scoring), not a model to sample with; pick pvtt_teacher.safetensors or a "
+                        f"pvtt_student_*.safetensors checkpoint.")
             return paths.missing_model_message(model_name)
         return True
 

@@ -47,13 +47,9 @@ class PVTTTemplateTransfer:
         }}
 
     def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background):
-        from ..pvtt_train.errors import InputError
         from ..pvtt_train.pipeline import transfer
 
-        if product_image.ndim != 4 or product_image.shape[0] == 0:
-            raise InputError(f"product_image must be an IMAGE batch [1, height, width, 3], got "
-                             f"{tuple(product_image.shape)}; connect PVTT Load Image.")
-        if product_image.shape[0] > 1:
+        if getattr(product_image, "ndim", 0) == 4 and product_image.shape[0] > 1:
             log.warning("product_image holds %d images; using the first", product_image.shape[0])
         trained = model.sampler.get("steps")
         if steps and steps != trained:
@@ -65,7 +61,7 @@ class PVTTTemplateTransfer:
             check_interrupted()
             bar.update_absolute(i, total, preview(model, x0))
 
-        out = transfer(model, template_video, mask, product_image[0], steps=steps or None,
+        out = transfer(model, template_video, mask, product_image, steps=steps or None,
                        seed=seed, preserve_background=preserve_background, callback=on_step)
         return (out,)
 

@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..pvtt_train.errors import InputError, shown_as_pvtt
+from ..pvtt_train.validation import GB, MEMORY_FRACTION, available_memory
+
 log = logging.getLogger("[PVTT]")
 
 #: MP4 codecs in order of preference: H.264 plays in browsers but needs an OpenCV build with an
@@ -25,13 +28,8 @@ log = logging.getLogger("[PVTT]")
 MP4_FOURCCS = ("avc1", "mp4v")
 _working_fourcc: str | None = None
 
-#: The loaded clip may take at most this share of the available memory: its uint8 frames, the
-#: float32 IMAGE and the MASK all exist at once while loading, and the models need room too.
-MEMORY_FRACTION = 0.5
 #: Bytes per pixel of the IMAGE output (three float32 channels).
 IMAGE_BYTES_PER_PIXEL = 3 * 4
-GB = 1e9
-MEMINFO = Path("/proc/meminfo")
 #: Skipped frames report progress only every this many decodes: often enough for Cancel to answer
 #: within a fraction of a second, rarely enough not to flood ComfyUI's progress messages.
 PROGRESS_EVERY = 16
@@ -41,7 +39,8 @@ T = TypeVar("T")
 FrameCallback = Callable[[int, int], None]
 
 
-class VideoReadError(ValueError):
+@shown_as_pvtt
+class VideoReadError(InputError):
     """A video that cannot be decoded, or a frame selection that keeps no frame."""
 
 
@@ -56,32 +55,14 @@ def select(items: Sequence[T], frame_load_cap: int, skip_first_frames: int, sele
     return kept[:frame_load_cap] if frame_load_cap else kept
 
 
-def available_memory() -> int | None:
-    """Bytes the system can hand out now without swapping, or None when unknown (the guard is skipped).
-
-    Module-level so tests can replace it. ``MemAvailable`` counts reclaimable cache, unlike ``MemFree``.
-    """
-    try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
 def check_memory(name: str, frame_count: int, height: int, width: int) -> None:
     """Refuse, before decoding, a selection whose IMAGE would not fit in the safe share of free memory.
 
     Decoding first would swap or let the OOM killer end ComfyUI (and its queue); failing here
-    instead names the largest frame_load_cap that fits.
+    instead names the largest frame_load_cap that fits. The loaded clip may take at most
+    MEMORY_FRACTION of the available memory: its uint8 frames, the float32 IMAGE and the MASK all
+    exist at once while loading, and the models need room too.
     """
-    from ..pvtt_train.errors import InputError
-
     available = available_memory()
     per_frame = height * width * IMAGE_BYTES_PER_PIXEL
     needed = frame_count * per_frame
@@ -210,9 +191,19 @@ def _fourcc(path: Path, size: tuple[int, int], fps: float) -> cv2.VideoWriter:
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Write [F,H,W,3] uint8 RGB frames as an MP4 file."""
+    """Write [F,H,W,3] uint8 RGB frames as an MP4 file.
+
+    MP4 codecs store colour at half resolution (4:2:0) and need an even width and height; OpenCV
+    would silently crop an odd size, losing the last row or column. Instead that row or column is
+    repeated once, so every pixel of the clip is in the file.
+    """
     height, width = frames.shape[1:3]
-    writer = _fourcc(path, (width, height), fps)
+    pad_rows, pad_cols = height % 2, width % 2
+    if pad_rows or pad_cols:
+        log.warning("MP4 needs an even width and height: %dx%d is saved as %dx%d with the last column/row "
+                    "repeated (the preview keeps the exact size)", width, height, width + pad_cols, height + pad_rows)
+        frames = np.pad(frames, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
+    writer = _fourcc(path, (width + pad_cols, height + pad_rows), fps)
     try:
         for frame in frames:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))

@@ -7,7 +7,7 @@ and the result is resized back, so the caller composites at full resolution.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,30 +15,33 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .sampling.samplers import sample_from_metadata
+from .validation import (
+    check_mask_coverage,
+    check_mask_fits,
+    check_memory,
+    clip_bytes,
+    image_batch,
+    mask_frames,
+    product_photo,
+)
 
 
-def check_inputs(template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> None:
-    if template.ndim != 4 or template.shape[-1] != 3:
-        raise InputError(f"template video must be an IMAGE batch [frames, height, width, 3], got "
-                         f"{tuple(template.shape)}")
-    if template.shape[0] == 0:
-        raise InputError("template video has 0 frames; load a video with at least one frame")
-    if mask.ndim != 3:
-        raise InputError(f"mask must be a MASK [frames, height, width], got {tuple(mask.shape)}")
-    if mask.shape[0] not in (1, template.shape[0]):
-        raise InputError(f"mask has {mask.shape[0]} frames but the video has {template.shape[0]}; give one "
-                         f"mask per frame, or a single mask to use for every frame")
-    if mask.shape[1:] != template.shape[1:3]:
-        raise InputError(f"mask is {mask.shape[2]}x{mask.shape[1]} but the video is {template.shape[2]}x"
-                         f"{template.shape[1]} (width x height); resize the mask to the video's size")
-    if reference.ndim != 3 or reference.shape[-1] != 3:
-        raise InputError(f"product image must be a single IMAGE [height, width, 3], got {tuple(reference.shape)}")
-    for name, t in (("template video", template), ("mask", mask), ("product image", reference)):
-        if not torch.isfinite(t).all():
-            raise InputError(f"{name} contains NaN or Inf values; check the node that produced it")
-    if float(mask.max()) <= 0.5:
-        raise InputError("mask is empty (no pixel above 0.5), so there is no product region to replace; "
-                         "draw or load a mask where white marks the product")
+def check_inputs(template, mask, reference) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The designer's inputs as float32 (template [F,H,W,3], mask [F or 1,H,W], photo [H,W,3]), or an
+    InputError that names the input, the problem and the fix (see ``validation``)."""
+    template = image_batch(template, "template video")
+    mask = mask_frames(mask, "mask")
+    check_mask_fits(mask, *template.shape[:3], video="the template video")
+    check_mask_coverage(mask)
+    return template, mask, product_photo(reference, "product image")
+
+
+def check_output_memory(template: torch.Tensor, copies: int = 2) -> None:
+    """Refuse a clip whose full-size output buffers (``copies`` of the template) would not fit in memory."""
+    frames, height, width = template.shape[:3]
+    check_memory(f"generating {frames} frames at {width}x{height}", copies * clip_bytes(frames, height, width),
+                 "load fewer frames (frame_load_cap, or a higher select_every_nth in PVTT Load Video) or downscale "
+                 "the template")
 
 
 def _resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -65,19 +68,23 @@ def frame_windows(frames: int, window: int) -> list[tuple[int, int]]:
 def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
              steps: int | None = None, seed: int = 0, preserve_background: bool = True,
              callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size."""
-    check_inputs(template, mask, reference)
+    """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size.
+
+    ``reference`` is the product photo [H,W,3] (or an IMAGE batch, whose first image is used).
+    """
+    template, mask, reference = check_inputs(template, mask, reference)
+    check_output_memory(template)
     if mask.shape[0] == 1 and template.shape[0] > 1:
         mask = mask.expand(template.shape[0], -1, -1)
     model = loaded.model
     device = next(model.parameters()).device
     h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
-    tmpl = _resize_video(template.float(), h, w)
-    msk = (_resize_video(mask.float()[..., None], h, w)[..., 0] > 0.5).float()
+    tmpl = _resize_video(template, h, w)
+    msk = (_resize_video(mask[..., None], h, w)[..., 0] > 0.5).float()
     if float(msk.max()) <= 0.5:
         raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
-                         f"dilate the mask or draw a larger product region")
-    ref = reference.float()  # models fit the photo themselves, keeping its aspect ratio
+                         f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
+    ref = reference  # models fit the photo themselves, keeping its aspect ratio
     total_frames = template.shape[0]
     windows = frame_windows(total_frames, window)
     out = torch.zeros(total_frames, h, w, 3)

@@ -10,3 +10,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+
+#: The node tests' fixtures (a tiny checkpoint, standalone folders, the sample clips).
+pytest_plugins = ["_node_fixtures"]

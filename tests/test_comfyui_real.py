@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -134,3 +135,97 @@ def test_workflow_runs_in_the_real_frontend(comfy, workflow):
     capture.release()
     assert frames == 9, f"{video.name} has {frames} frames, the template has 9"
     shutil.copy(video, ARTIFACTS / video.name)
+
+
+# --- errors, Cancel and unload in the real server ---------------------------------------------------
+
+def post_json(path: str, body: dict):
+    request = urllib.request.Request(URL + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def api_prompt(**changes) -> dict:
+    """The 4-step workflow's API prompt as the frontend made it (saved by the workflow test above),
+    with ``changes`` as {node id: {input: value}}."""
+    saved = ARTIFACTS / "pvtt_4step_template_transfer.api.json"
+    assert saved.is_file(), "run test_workflow_runs_in_the_real_frontend first (it saves the API prompt)"
+    prompt = json.loads(saved.read_text())
+    for node_id, inputs in changes.items():
+        prompt[node_id]["inputs"].update(inputs)
+    return prompt
+
+
+def wait_for_history(prompt_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry and (entry["status"]["completed"] or entry["status"]["status_str"] == "error"):
+            return entry
+        time.sleep(0.05)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def server_log(rig: Path) -> str:
+    return (rig / "logs" / f"comfyui-{PORT}.log").read_text(errors="replace")
+
+
+def test_a_designer_mistake_shows_in_the_error_dialog_with_the_fix(comfy):
+    """The mask video loaded from frame 5 (4 frames skipped) no longer matches the 9-frame template."""
+    ui = json.loads((ROOT / "workflows" / "pvtt_4step_template_transfer.json").read_text())
+    mask_loader = next(n for n in ui["nodes"] if n["type"] == "PVTTLoadVideo"
+                       and n["widgets_values"][0] == "samples/pvtt_mask.mp4")
+    mask_loader["widgets_values"][2] = 4  # skip_first_frames
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    broken = ARTIFACTS / "mask_mismatch.json"
+    broken.write_text(json.dumps(ui))
+    result = subprocess.run(
+        ["node", str(TOOLS / "run_ui_workflow.mjs"), str(broken), str(ARTIFACTS / "error_dialog.png"), "--url", URL,
+         "--timeout", "300"],
+        capture_output=True, text=True, env={**os.environ, "COMFYRIG_NODE_DIR": str(comfy / "node")}, check=False)
+    report = result.stdout + result.stderr
+    (ARTIFACTS / "error_dialog.log").write_text(report)
+    assert result.returncode == 1, report  # an execution error, not a crash or a silent empty output
+    assert re.search(r"EXECUTION ERROR in node \d+ \(PVTTTemplateTransfer\): PVTT\.InputError: mask has 5 frames but the "
+                     r"template video has 9; .*Give one mask frame per video frame", report), report
+    assert "output node" not in report  # nothing was saved from the failed run
+
+
+def test_cancel_stops_a_long_sampling_run_within_a_step(comfy):
+    """The teacher at 200 steps takes many seconds; /interrupt (the Cancel button) must end it within
+    about one step, and the server must run the next prompt normally."""
+    prompt = api_prompt(**{"1": {"model_name": "pvtt_teacher.safetensors"}, "5": {"steps": 200, "seed": 11}})
+    queued = post_json("/prompt", {"prompt": prompt, "client_id": "pvtt-cancel-test"})
+    prompt_id = queued["prompt_id"]
+    deadline = time.monotonic() + 120
+    while not get_json("/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3.0)  # loaders done, sampling under way
+    sent = time.time()
+    post_json("/interrupt", {})
+    entry = wait_for_history(prompt_id)
+    messages = dict(entry["status"]["messages"])
+    assert "execution_interrupted" in messages, entry["status"]
+    assert messages["execution_interrupted"]["node_type"] == "PVTTTemplateTransfer", messages
+    latency = messages["execution_interrupted"]["timestamp"] / 1000 - sent
+    started = messages["execution_start"]["timestamp"] / 1000
+    assert latency < 1.5, f"Cancel took {latency:.2f} s"
+    assert sent - started > 2.5, "cancelled before sampling started; the test proves nothing"
+    after = post_json("/prompt", {"prompt": api_prompt(**{"5": {"seed": 12}}), "client_id": "pvtt-cancel-test"})
+    assert wait_for_history(after["prompt_id"])["status"]["status_str"] == "success"
+    print(f"Cancel answered in {latency * 1000:.0f} ms")
+
+
+def test_free_model_and_node_cache_releases_pvtt_models(comfy):
+    """ComfyUI's "Free model and node cache" (POST /free) must release PVTT's models: the pack holds
+    no reference of its own, and its finaliser logs each release."""
+    done = post_json("/prompt", {"prompt": api_prompt(**{"5": {"seed": 13}}), "client_id": "pvtt-free-test"})
+    assert wait_for_history(done["prompt_id"])["status"]["status_str"] == "success"
+    before = server_log(comfy).count(f"released {STUDENT}")
+    post_json("/free", {"unload_models": True, "free_memory": True})
+    deadline = time.monotonic() + 30
+    while server_log(comfy).count(f"released {STUDENT}") == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server_log(comfy).count(f"released {STUDENT}") > before, "the 4-step student was not released"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _comfy_pack import PACKAGE, ROOT, load_pack
+from _node_fixtures import MASK, TEMPLATE, TINY_NAME, run
 from PIL import Image
 
 from pvtt_train.bench import psnr
@@ -33,55 +34,6 @@ pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
 schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
 
 CATEGORIES = {"PVTT/loaders", "PVTT/sampling", "PVTT/masking", "PVTT/video", "PVTT/acceleration"}
-TINY_NAME = "tiny_2step.safetensors"
-TEMPLATE, MASK, PRODUCT = "samples/pvtt_template.mp4", "samples/pvtt_mask.mp4", "samples/pvtt_product.png"
-
-
-def run(node_id: str, **inputs):
-    """Execute a node as ComfyUI does: a fresh instance, its FUNCTION called with keyword inputs."""
-    cls = nodes[node_id]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory):
-    """A models folder holding one random-weights tiny checkpoint with a 2-step few-step sampler."""
-    folder = tmp_path_factory.mktemp("models_pvtt")
-    torch.manual_seed(0)
-    model = pvtt_model.WanConcatPVTT(pvtt_model.TINY_BACKBONE)
-    checkpoint.save_checkpoint(folder / TINY_NAME, model, {
-        "stage": "student",
-        "schedule": schedule.FlowSchedule().to_dict(),
-        "sampler": {"kind": "few_step", "steps": 2, "timesteps": [1000, 500]},
-        "video": {"frames": 9, "height": 16, "width": 16},
-        "conditioning": {"reference": "aligned_paste", "uncond": "zero_reference"},
-        "provenance": {"trainer": "tests/test_nodes.py", "weights": "random"},
-    })
-    return folder
-
-
-@pytest.fixture
-def folders(monkeypatch, tmp_path, models_dir):
-    """Standalone folders: the tiny model, an empty input folder and a fresh output folder."""
-    monkeypatch.setenv("PVTT_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("PVTT_INPUT_DIR", str(tmp_path / "input"))
-    monkeypatch.setenv("PVTT_OUTPUT_DIR", str(tmp_path / "output"))
-    monkeypatch.setattr(paths, "SHIPPED_MODELS_DIR", tmp_path / "no_shipped_models")
-    (tmp_path / "input").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
-def model(folders):
-    return run("PVTTLoadModel", model_name=TINY_NAME)[0]
-
-
-@pytest.fixture
-def sample_inputs(folders):
-    template = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[0]
-    mask = run("PVTTLoadVideo", video=MASK, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[1]
-    product = run("PVTTLoadImage", image=PRODUCT)[0]
-    return template, mask, product
 
 
 def transfer(model, inputs, **overrides):
@@ -313,7 +265,7 @@ def test_template_transfer_warns_when_steps_differ_from_training(model, sample_i
 
 def test_template_transfer_rejects_a_mask_of_another_length(model, sample_inputs):
     template, mask, product = sample_inputs
-    with pytest.raises(pipeline.InputError, match="mask has 4 frames but the video has 9"):
+    with pytest.raises(pipeline.InputError, match="mask has 4 frames but the template video has 9"):
         transfer(model, (template, mask[:4], product))
 
 
@@ -325,8 +277,8 @@ def test_template_transfer_rejects_an_empty_mask(model, sample_inputs):
 
 def test_template_transfer_rejects_a_mask_where_a_product_image_belongs(model, sample_inputs):
     template, mask, _ = sample_inputs
-    with pytest.raises(pipeline.InputError, match="product_image must be an IMAGE"):
-        transfer(model, (template, mask, mask[0]))
+    with pytest.raises(pipeline.InputError, match="product image has shape .* which is a MASK"):
+        transfer(model, (template, mask, mask[:1]))
 
 
 # --- PVTT Background Preserve ------------------------------------------------------------------

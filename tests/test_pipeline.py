@@ -63,13 +63,13 @@ def test_check_inputs_accepts_good_inputs_and_a_single_mask():
 
 def test_frame_count_mismatch():
     t, m, r = good(frames=4)
-    with pytest.raises(InputError, match="mask has 3 frames but the video has 4"):
+    with pytest.raises(InputError, match="mask has 3 frames but the template video has 4"):
         check_inputs(t, m[:3], r)
 
 
 def test_size_mismatch():
     t, m, r = good(h=12, w=10)
-    with pytest.raises(InputError, match=r"mask is 9x12 but the video is 10x12 \(width x height\)"):
+    with pytest.raises(InputError, match=r"mask is 9x12 but the template video is 10x12 \(width x height\)"):
         check_inputs(t, m[:, :, :9], r)
 
 
@@ -79,7 +79,7 @@ def test_nan_or_inf(which, name, bad):
     inputs = list(good())
     inputs[which] = inputs[which].clone()
     inputs[which].view(-1)[5] = bad
-    with pytest.raises(InputError, match=f"{name} contains NaN or Inf"):
+    with pytest.raises(InputError, match=rf"{name} contains 1 NaN or Inf values"):
         check_inputs(*inputs)
 
 
@@ -91,10 +91,12 @@ def test_empty_mask():
 
 @pytest.mark.parametrize("which,shape,message", [
     (0, (12, 10, 3), "template video must be an IMAGE batch"),
-    (0, (4, 12, 10, 4), "template video must be an IMAGE batch"),
-    (1, (4, 12, 10, 1), "mask must be a MASK"),
-    (2, (1, 14, 14, 3), "product image must be a single IMAGE"),
-    (2, (14, 14), "product image must be a single IMAGE"),
+    (0, (4, 12, 10, 4), r"template video has 4 channels \(RGBA\)"),
+    (0, (4, 12, 10), "which is a MASK"),
+    (1, (4, 12, 10, 3), "which is an IMAGE, not a MASK"),
+    (1, (2, 4, 12, 10), "mask must be a MASK"),
+    (2, (14, 14), "product image must be an IMAGE batch"),
+    (2, (0, 14, 14, 3), "product image has 0 frames"),
 ])
 def test_wrong_ranks(which, shape, message):
     inputs = list(good())

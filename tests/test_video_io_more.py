@@ -266,19 +266,19 @@ def test_memory_guard_counts_the_files_of_a_sequence(folders, memory):
 def test_available_memory_reads_memavailable(tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       8192 kB\nMemFree:         512 kB\nMemAvailable:   2048 kB\n")
-    monkeypatch.setattr(video_io, "MEMINFO", meminfo)
+    monkeypatch.setattr(sys.modules[video_io.available_memory.__module__], "MEMINFO", meminfo)
     assert video_io.available_memory() == 2048 * 1024
 
 
 def test_available_memory_falls_back_to_psutil(tmp_path, monkeypatch):
-    monkeypatch.setattr(video_io, "MEMINFO", tmp_path / "missing")
+    monkeypatch.setattr(sys.modules[video_io.available_memory.__module__], "MEMINFO", tmp_path / "missing")
     fake = SimpleNamespace(virtual_memory=lambda: SimpleNamespace(available=123_456))
     monkeypatch.setitem(sys.modules, "psutil", fake)
     assert video_io.available_memory() == 123_456
 
 
 def test_available_memory_is_unknown_without_meminfo_or_psutil(tmp_path, monkeypatch):
-    monkeypatch.setattr(video_io, "MEMINFO", tmp_path / "missing")
+    monkeypatch.setattr(sys.modules[video_io.available_memory.__module__], "MEMINFO", tmp_path / "missing")
     monkeypatch.setitem(sys.modules, "psutil", None)
     assert video_io.available_memory() is None
 
