@@ -71,3 +71,38 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     found = problems(bad, tmp_path)
     assert [f.split(": ", 1)[1] for f in found] == ["eval() runs code from data", "pickle.loads unpickles, which can run code",
                                                     "torch.load without weights_only=True", "runs pip at runtime"]
+
+
+# --- nodes report errors; they never print and return an empty result ---------------------------------
+
+NODE_MODULES = sorted((ROOT / "nodes").glob("*.py"))
+
+
+def swallowed_errors(path: Path, root: Path = ROOT) -> list[str]:
+    """``print`` calls anywhere in a node module, and ``except`` blocks in a node's FUNCTION that do
+    not raise: either would hide a failure from ComfyUI's error dialog."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = [f"{path.relative_to(root)}:{c.lineno}: print() instead of an error or the log"
+             for c in calls(tree) if dotted(c.func) == "print"]
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        function = next((s.value.value for s in cls.body if isinstance(s, ast.Assign)
+                         and any(isinstance(t, ast.Name) and t.id == "FUNCTION" for t in s.targets)), None)
+        for method in (m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == function):
+            for handler in (h for h in ast.walk(method) if isinstance(h, ast.ExceptHandler)):
+                if not any(isinstance(n, ast.Raise) for n in ast.walk(handler)):
+                    found.append(f"{path.relative_to(root)}:{handler.lineno}: {cls.name}.{function} swallows an error")
+    return found
+
+
+@pytest.mark.parametrize("path", NODE_MODULES, ids=lambda p: p.name)
+def test_node_module_never_swallows_an_error(path):
+    assert swallowed_errors(path) == []
+
+
+def test_the_swallow_check_catches_what_it_looks_for(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("class Node:\n    FUNCTION = 'run'\n    def run(self, x):\n        try:\n            return f(x)\n"
+                   "        except ValueError:\n            print('failed')\n            return ([],)\n"
+                   "        except KeyError:\n            raise\n")
+    found = [f.split(": ", 1)[1] for f in swallowed_errors(bad, tmp_path)]
+    assert found == ["print() instead of an error or the log", "Node.run swallows an error"]
