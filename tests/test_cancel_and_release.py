@@ -183,3 +183,32 @@ def test_accelerated_and_onnx_models_release_the_weights_too(folders):
     del loaded, fast
     gc.collect()
     assert weights() is None
+
+
+def test_cancel_stops_a_tensorrt_build_at_the_next_tick_and_leaves_no_engine(model, comfy, folders, monkeypatch):
+    """stand-in for tensorrt (tests/test_tensorrt_engine.py): it drives the node's real build path
+    (ONNX export, engine cache, progress monitor) without a GPU. Cancel pressed during the third
+    progress tick stops the build at that tick, ComfyUI gets its interrupt (not an error), and no
+    engine, sidecar, timing cache or temp file is left."""
+    from test_tensorrt_engine import stand_in_tensorrt
+
+    trt_mod = importlib.import_module(f"{PACKAGE}.pvtt_accel.tensorrt_engine")
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(folders / "models" / "pvtt"))
+    monkeypatch.setattr(trt_mod, "require_tensorrt", lambda device=None: (stand_in_tensorrt(), "sm90"))
+    monkeypatch.setattr(trt_mod.torch.cuda, "get_device_name", lambda device=None: "stand-in GPU")
+    polls = []
+
+    def processing_interrupted():  # ComfyUI's flag, polled once per build tick; Cancel lands on the third
+        polls.append(1)
+        if len(polls) == 3:
+            comfy.cancel()
+        return comfy.flag
+
+    comfy.processing_interrupted = processing_interrupted
+    with pytest.raises(InterruptProcessingException):
+        run("PVTTTensorRT", model=model, precision="fp16", batch_profile="auto", workspace_gb=1.0)
+    assert len(polls) == 3  # of 3 x 4 build steps: stopped at the tick Cancel was seen
+    engines = folders / "models" / "tensorrt" / "pvtt"
+    assert not engines.exists() or [p.name for p in engines.rglob("*") if p.is_file()] == []
+    exported = list((folders / "models" / "onnx" / "pvtt").glob("*.onnx"))
+    assert len(exported) == 1  # the finished ONNX export is kept for the next try
