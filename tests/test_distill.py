@@ -121,6 +121,20 @@ def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
         load_state(bad)
 
 
+def test_resume_skips_a_damaged_newest_state_and_keeps_it_aside(tmp_path, caplog):
+    from pvtt_train.distill.state import load_newest_state, save_state
+
+    save_state(tmp_path, 2, {"step": torch.tensor(2)}, keep=2)
+    newest = save_state(tmp_path, 4, {"step": torch.tensor(4)}, keep=2)
+    newest.write_bytes(newest.read_bytes()[:100])  # damaged after it was written
+    with caplog.at_level("WARNING"):
+        path, state = load_newest_state(tmp_path)
+    assert path.name == "state-00000002.safetensors" and int(state["step"]) == 2
+    assert (tmp_path / "state-00000004.safetensors.corrupt").is_file()  # kept, not deleted
+    assert "resuming from the state before it" in caplog.text
+    assert load_newest_state(tmp_path / "empty") is None
+
+
 def test_state_round_trips_nested_optimizer_state(tmp_path):
     from pvtt_train.distill.state import load_state, save_state
 

@@ -54,6 +54,8 @@ def test_gentle_path_and_optional_losses():
 def test_bad_paths_and_settings_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="decreasing list"):
         build_stages((4, 8))
+    with pytest.raises(ValueError, match="strictly decreasing .* own student file"):
+        build_stages((8, 8, 4))
     with pytest.raises(ValueError, match="one per stage"):
         build_stages((8, 4), (10, 10, 10))
     with pytest.raises(ValueError, match="unknown losses"):

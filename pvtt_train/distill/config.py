@@ -134,8 +134,9 @@ def build_stages(path: str | tuple[int, ...] = "default", generator_steps: int |
                  **overrides) -> list[StageConfig]:
     """The stage list of a path name (``default``/``gentle``) or an explicit step list, e.g. (8, 4)."""
     steps = PATHS[path] if isinstance(path, str) else tuple(path)
-    if not steps or any(s < 1 for s in steps) or list(steps) != sorted(steps, reverse=True):
-        raise ValueError(f"a distillation path is a decreasing list of step counts, e.g. 16,8,4; got {steps}")
+    if not steps or any(s < 1 for s in steps) or any(a <= b for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"a distillation path is a strictly decreasing list of step counts, e.g. 16,8,4 (each stage "
+                         f"exports its own student file); got {steps}")
     budgets = generator_steps if isinstance(generator_steps, tuple) else (generator_steps,) * len(steps)
     if len(budgets) != len(steps):
         raise ValueError(f"{len(budgets)} generator-step budgets for {len(steps)} stages; give one or one per stage")

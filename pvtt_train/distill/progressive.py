@@ -29,6 +29,7 @@ from ..models.checkpoint import (
     LoadedModel,
     file_sha256,
     load_checkpoint,
+    remove_stale_temps,
     save_checkpoint,
     write_atomic,
 )
@@ -130,6 +131,14 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         models_dir.mkdir(parents=True, exist_ok=True)
+        # Writes a kill interrupted leave temp files (as big as a checkpoint); the run folder is
+        # this run's, but in the models folder only this run's own exports' are touched.
+        stale = remove_stale_temps(run_dir, recursive=True)
+        for stage in stages:
+            stale += remove_stale_temps(models_dir, student_file(stage))
+        if stale:
+            _say(main, f"removed {len(stale)} temp file(s) of interrupted writes: "
+                       + ", ".join(str(p) for p in stale[:5]))
     teacher = load_checkpoint(teacher_path)
     data = training_data_config(teacher)
     log = ProgressLog(run_dir / "progress.json", _run_signature(stages, run, file_sha256(teacher.path)), resume)

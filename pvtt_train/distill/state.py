@@ -9,6 +9,8 @@ keeping the newest ``keep``; a run killed at any moment resumes from the newest 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..models.checkpoint import write_atomic
+from ..models.checkpoint import remove_stale_temps, write_atomic
+
+logger = logging.getLogger(__name__)
 
 STATE_PATTERN = re.compile(r"^state-(\d{8})\.safetensors$")
 
@@ -63,13 +67,18 @@ def save_state(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "s", tensors)
     path = Path(folder) / f"state-{step:08d}.safetensors"
-    if path.parent.is_dir():  # temp files of a write that a kill interrupted
-        for stale in path.parent.glob(".state-*.tmp"):
-            stale.unlink()
+    remove_stale_temps(path.parent, "state-*.safetensors")  # of a write that a kill interrupted
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"pvtt_state": json.dumps(skeleton)}))
-    for old in state_files(Path(folder))[:-keep]:
-        old.unlink()
+    rotate_states(folder, keep)
     return path
+
+
+def rotate_states(folder: Path, keep: int = 2) -> list[Path]:
+    """Delete all but the newest ``keep`` states (also those a kill between a save and its rotation left)."""
+    old = state_files(Path(folder))[:-keep] if keep > 0 else []
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
 
 
 def load_state(path: Path) -> dict:
@@ -84,3 +93,21 @@ def load_state(path: Path) -> dict:
         raise CheckpointError(f"training state {path} cannot be read ({exc}); delete it to resume from the one "
                               f"before, or start without --resume.") from exc
     return _unflatten(skeleton, tensors)
+
+
+def load_newest_state(folder: Path) -> tuple[Path, dict] | None:
+    """The newest readable state in ``folder`` and its path, or None when there is none.
+
+    Atomic writes never leave half a state, but a file can still be damaged afterwards (a bad disk,
+    a partial copy of the run folder). Such a state is renamed to ``<name>.corrupt`` (kept, not
+    deleted) with a warning, and the one before it is used: the resume loses one more save
+    interval instead of stopping.
+    """
+    for path in reversed(state_files(Path(folder))):
+        try:
+            return path, load_state(path)
+        except CheckpointError as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            logger.warning("%s Moved it aside to %s; resuming from the state before it.", exc, aside.name)
+    return None

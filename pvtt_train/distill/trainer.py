@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..data.batches import TrainingStream, condition_batch
 from ..data.synthetic import SyntheticConfig
 from ..identity.loss import identity_loss
-from ..models.checkpoint import LoadedModel
+from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.schedule import FlowSchedule
 from ..sampling.samplers import student_rollout
 from .adversarial import (
@@ -41,7 +41,7 @@ from .adversarial import (
 from .config import RunConfig, StageConfig
 from .dmd import background_loss, critic_loss, dmd_loss
 from .regression import TrajectoryCache, regression_loss
-from .state import load_state, save_state, state_files
+from .state import load_newest_state, rotate_states, save_state
 from .temporal import FlowCache, temporal_loss
 
 
@@ -123,6 +123,22 @@ def _rank_spread(acc, model: torch.nn.Module) -> float:
     return float((rows - rows[:1]).abs().max() / rows.abs().max().clamp_min(1e-12))
 
 
+def _trim_log(log_path: Path, g_steps: int) -> None:
+    """On resume, keep only the log rows of steps the restored state includes: a killed run may have
+    logged steps after its last save (they are trained, and logged, again) and half a row."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("g_step", 0) <= g_steps:
+            kept.append(line + "\n")
+    write_atomic(log_path, lambda tmp: Path(tmp).write_text("".join(kept)))
+
+
 def _make_discriminator(critic, stage: StageConfig):
     if "adversarial" not in stage.losses:
         return None, None
@@ -162,11 +178,12 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     config_json = json.dumps({"stage": asdict(stage), "run": asdict(run), "world": world}, sort_keys=True)
 
     g_steps, iteration, nonfinite_run, skipped, skipped_critic, elapsed_before = 0, 0, 0, 0, 0, 0.0
-    saved = state_files(state_dir) if (resume and state_dir is not None) else []
-    if saved:
-        state = load_state(saved[-1])
+    newest = load_newest_state(state_dir) if (resume and state_dir is not None) else None
+    saved = newest is not None
+    if newest is not None:
+        saved_path, state = newest
         if state["config"] != config_json:
-            raise DistillationAborted(f"{saved[-1]} was written with another configuration or number of "
+            raise DistillationAborted(f"{saved_path} was written with another configuration or number of "
                                       f"processes; resume with the same options, or start a fresh run in "
                                       f"another --run-dir.")
         student.load_state_dict(state["student"])
@@ -241,6 +258,9 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
 
     bar = tqdm(total=stage.generator_steps, initial=g_steps, desc=f"distill {stage.name}", unit="G-step",
                disable=not (progress and acc.is_main_process))
+    if saved and acc.is_main_process:
+        _trim_log(Path(log_path), g_steps)
+        rotate_states(state_dir, run.keep_states)  # a kill may have come between a save and its rotation
     log = open(log_path, "a" if saved else "w") if acc.is_main_process else None
     last: dict = {}
     try:
@@ -295,8 +315,11 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     if nonfinite_run >= run.max_nonfinite:
                         raise DistillationAborted(
                             f"stage {stage.name}: the student loss was NaN/Inf {nonfinite_run} times in a row "
-                            f"(generator step {g_steps}); lower the student learning rate or the teacher CFG, "
-                            f"or check the teacher checkpoint.")
+                            f"(at generator step {g_steps}; {skipped} student steps skipped in all, limit "
+                            f"{run.max_nonfinite} in a row). Lower the student learning rate (--lr-student or "
+                            f"--lr-scale) or the teacher CFG (--teacher-cfg), or check the teacher checkpoint; "
+                            f"then start again without --resume or in a fresh --run-dir (saved states hold the "
+                            f"old settings).")
                 opt_g.zero_grad(set_to_none=True)
             if head is not None and world > 1:
                 for p in head.parameters():

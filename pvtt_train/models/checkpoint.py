@@ -8,9 +8,12 @@ the old file or the new one, never half of one. Pickle files are refused without
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,23 +50,97 @@ class LoadedModel:
         return self.metadata["video"]
 
 
+class DiskFullError(OSError):
+    """A write that failed for lack of disk space, quota or file-size limit; the message names the file
+    and what to do. The original error is its ``__cause__``; ``errno`` is the original's."""
+
+
+_DISK_ERRORS = {code: text for code, text in (
+    (errno.ENOSPC, "no space left on the device"),
+    (getattr(errno, "EDQUOT", None), "the disk quota is exceeded"),
+    (errno.EFBIG, "the file is larger than the file system or the process's file-size limit (ulimit -f) allows"),
+) if code is not None}
+#: safetensors' Rust writer reports I/O errors as text only: "... (os error 28)".
+_OS_ERROR_TEXT = re.compile(r"os error (\d+)")
+
+
+def _disk_errno(exc: BaseException | None) -> int | None:
+    """The disk-full/quota/file-size errno behind ``exc`` (or its causes), if that is what it is."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+            return exc.errno
+        if not isinstance(exc, OSError) and (m := _OS_ERROR_TEXT.search(str(exc))) \
+                and int(m.group(1)) in _DISK_ERRORS:
+            return int(m.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+#: Leftovers of writes killed mid-way: write_atomic's ``.<name>.<random>.tmp`` (a folder; a file in
+#: older versions) and the ``.tmpXXXXXX`` file safetensors' own writer uses next to its target.
+_RUST_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+
+
+def remove_stale_temps(folder: str | Path, name: str = "*", recursive: bool = False) -> list[Path]:
+    """Delete what ``write_atomic`` calls that were killed mid-write left in ``folder``: the temp
+    entries of targets matching the glob ``name`` (with ``"*"`` also safetensors' own temp files).
+    Only for folders this process owns: a concurrent writer's temp file would go too. Returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = list((folder.rglob if recursive else folder.glob)(f".{name}.*.tmp"))
+    if name == "*":
+        found += [p for p in (folder.rglob if recursive else folder.glob)(".tmp*") if _RUST_TEMP.match(p.name)]
+    removed = []
+    for stale in sorted(set(found)):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the finished file into place (fsync'd, same folder)."""
+    """Call ``write(tmp_path)`` then move the finished file into place (fsync'd, same folder).
+
+    ``tmp_path`` has the target's name inside a private ``.<name>.<random>.tmp`` folder next to it,
+    so whatever the writer itself puts beside its file (safetensors writes through its own temp
+    file) is removed with it, and a kill leaves one entry that ``remove_stale_temps`` recognises.
+    A write that fails for lack of space (ENOSPC, EDQUOT, EFBIG) raises ``DiskFullError``, which
+    says which file and what to do; either way the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = os.path.join(tmp_dir, path.name)
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        code = _disk_errno(exc) if isinstance(exc, Exception) else None
+        if code is not None:
+            raise DiskFullError(code, (
+                f"could not write {path}: {_DISK_ERRORS[code]}. The previous {path.name}, if any, is untouched "
+                f"and nothing half-written was left. Free space on the disk holding {path.parent} (or raise the "
+                f"quota / file-size limit), or write elsewhere (for training: another --run-dir or --models-dir), "
+                f"then run again (training continues from its last saved state with --resume).")) from exc
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX). Windows cannot open a folder for syncing, and NTFS
+    journals the rename, so there it is skipped."""
+    if os.name == "nt":
+        return
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
