@@ -1,12 +1,44 @@
-"""``python -m pvtt_train <command>``: data, teacher, distill, evaluate, demo, and the encoders and LoRA tools."""
+"""``python -m pvtt_train <command>``: data, teacher, distill, evaluate, demo, and the encoders and LoRA tools.
+
+Bad input ends the command with ``python -m pvtt_train <command>: error: <what is wrong and how to fix
+it>`` on stderr and exit code 2, without a traceback; ``--debug`` (or ``PVTT_DEBUG=1``) shows the
+traceback instead. Anything else is a bug and keeps its traceback. Ctrl-C exits with 130.
+
+Building the parser imports nothing heavy (no torch, diffusers or OpenCV): each command imports what
+it needs when it runs, so ``--help`` is fast and quiet.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
+from .cli_args import (
+    CFG,
+    LEARNING_RATE,
+    SEED,
+    check_encoders,
+    check_model_file,
+    clip_frames,
+    clip_side,
+    loss_weight,
+    number,
+    out_file,
+    out_folder,
+    step_budgets,
+    step_path,
+    whole,
+)
+
+PROG = "python -m pvtt_train"
+DEBUG_ENV = "PVTT_DEBUG"
+
+
+# --- commands ------------------------------------------------------------------------------------------------
 
 def _threads(args) -> None:
     import torch
@@ -36,55 +68,61 @@ def cmd_teacher(args) -> None:
     print(f"teacher written to {out}")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
-
-
-def _weights(items: list[str]) -> dict[str, tuple[float, int]]:
-    """``--weight temporal=0.2:10`` -> {"temporal": (0.2, 10)}."""
-    from .distill.config import DEFAULT_WEIGHTS, LOSSES
+def _weights(items: list[tuple[str, tuple[float, int | None]]]) -> dict[str, tuple[float, int]]:
+    """Parsed ``--weight`` values (see ``loss_weight``) over the default weights."""
+    from .distill.config import DEFAULT_WEIGHTS
 
     out = dict(DEFAULT_WEIGHTS)
-    for item in items:
-        name, _, value = item.partition("=")
-        if name not in LOSSES or not value:
-            raise SystemExit(f"--weight {item!r}: write NAME=WEIGHT[:WARMUP] with NAME one of {', '.join(LOSSES)}")
-        weight, _, warmup = value.partition(":")
-        out[name] = (float(weight), int(warmup) if warmup else DEFAULT_WEIGHTS[name][1])
+    for name, (weight, warmup) in items:
+        out[name] = (weight, DEFAULT_WEIGHTS[name][1] if warmup is None else warmup)
     return out
 
 
 def _progressive_from_args(args):
+    """The stages and run settings of ``distill``/``demo``, checked (an inconsistency is an InputError)."""
     from dataclasses import replace
 
-    from .distill.config import PATHS, RunConfig, build_stages
+    from .distill.config import RunConfig, build_stages, check_config
+    from .errors import InputError
 
-    path = args.path if args.path in PATHS else _int_list(args.path)
-    budgets = _int_list(args.generator_steps)
+    budgets = args.generator_steps
     overrides = {"critic_ratio": args.critic_ratio, "lr_critic": args.lr_critic, "teacher_cfg": args.teacher_cfg,
                  "critic_init": args.critic_init, "minutes": args.minutes, "shift": args.shift,
                  "weights": _weights(args.weight)}
-    stages = build_stages(path, budgets if len(budgets) > 1 else budgets[0], lr_scale=args.lr_scale,
-                          adversarial=args.adversarial, perceptual=args.perceptual, **overrides)
-    if args.lr_student is not None:
-        stages = [replace(s, lr_student=args.lr_student) for s in stages]
     run = RunConfig(batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed,
                     grad_clip=args.grad_clip, ema_decay=args.ema_decay, save_every=args.save_every,
                     keep_states=args.keep_states, mixed_precision=args.mixed_precision,
                     gradient_checkpointing=args.gradient_checkpointing, real_score=args.real_score,
                     regression_pool=args.regression_pool, eval_clips=args.eval_clips,
                     identity_encoder=args.identity_encoder, video_encoder=args.video_encoder, force=args.force)
+    try:
+        stages = build_stages(args.path, budgets if len(budgets) > 1 else budgets[0], lr_scale=args.lr_scale,
+                              adversarial=args.adversarial, perceptual=args.perceptual, **overrides)
+        if args.lr_student is not None:
+            stages = [replace(s, lr_student=args.lr_student) for s in stages]
+        check_config(stages, run)
+    except ValueError as exc:  # build_stages and check_config refuse settings, with the fix, as ValueError
+        raise InputError(f"--path {args.path if isinstance(args.path, str) else ','.join(map(str, args.path))} "
+                         f"--generator-steps {','.join(map(str, budgets))}: {exc}") from exc
     return stages, run
 
 
+def _check_progressive_inputs(args) -> None:
+    """Everything a distillation reads, checked before it creates a folder or trains a step."""
+    check_model_file(args.teacher, "--teacher", "teacher")
+    check_encoders(args.identity_encoder, args.video_encoder)
+
+
 def cmd_distill(args) -> None:
+    _threads(args)
+    stages, run = _progressive_from_args(args)
+    _check_progressive_inputs(args)
+
     from .data.batches import training_data_config
     from .distill.progressive import make_accelerator, run_progressive
     from .distill.report import side_by_side, write_report
     from .models.checkpoint import load_checkpoint
 
-    _threads(args)
-    stages, run = _progressive_from_args(args)
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,
@@ -100,6 +138,9 @@ def cmd_distill(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    check_model_file(args.teacher, "--teacher", "teacher")
+    check_model_file(args.student, "--student", "student")
+
     from .data.batches import training_data_config
     from .eval.evaluate import evaluate, format_table, save_grid
     from .models.checkpoint import load_checkpoint
@@ -115,6 +156,14 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_teacher_eval(args) -> None:
+    from .errors import InputError
+
+    guided = tuple(c for c in args.cfg if c > 1)
+    if args.calibrate_cfg and not guided:
+        raise InputError(f"--calibrate-cfg picks among guided weights (> 1), but --cfg gives only "
+                         f"{' '.join(f'{c:g}' for c in args.cfg)}; add some, e.g. --cfg 1 1.25 1.5 2")
+    check_model_file(args.teacher, "--teacher", "teacher")
+
     from .data.batches import training_data_config
     from .eval.teacher_bar import calibrate_cfg, teacher_bar
     from .models.checkpoint import load_checkpoint, save_checkpoint
@@ -122,7 +171,7 @@ def cmd_teacher_eval(args) -> None:
     _threads(args)
     teacher = load_checkpoint(args.teacher)
     if args.calibrate_cfg:
-        cfg = calibrate_cfg(teacher, training_data_config(teacher), tuple(c for c in args.cfg if c > 1))
+        cfg = calibrate_cfg(teacher, training_data_config(teacher), guided)
         save_checkpoint(teacher.path, teacher.model, {**teacher.metadata,
                                                       "sampler": {**teacher.sampler, "cfg": cfg}})
         teacher = load_checkpoint(args.teacher)
@@ -136,10 +185,12 @@ def cmd_teacher_eval(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
-
     _threads(args)
     stages, run = _progressive_from_args(args)
+    _check_progressive_inputs(args)
+
+    from .demo import run_demo
+
     report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), clips=args.clips,
                       resume=args.resume)
     final = report["stages"][-1]
@@ -148,47 +199,52 @@ def cmd_demo(args) -> None:
                                             ">= 0.9)")
 
 
+# --- the parser ---------------------------------------------------------------------------------------------
+
 def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> None:
     g = p.add_argument_group("stages")
-    g.add_argument("--path", default="default",
+    g.add_argument("--path", default="default", type=step_path,
                    help="'default' (50->16->8->4), 'gentle' (50->25->12->6->4) or step counts, e.g. 8,4")
-    g.add_argument("--generator-steps", default=generator_steps,
+    g.add_argument("--generator-steps", default=generator_steps, type=step_budgets,
                    help="student updates per stage: one number, or one per stage (e.g. 100,100,150)")
-    g.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget per stage; 0 = none")
-    g.add_argument("--lr-scale", type=float, default=0.4,
+    g.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=0.0,
+                   help="wall-clock budget per stage; 0 = none")
+    g.add_argument("--lr-scale", type=number(0, low_open=True), default=0.4,
                    help="multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last)")
-    g.add_argument("--lr-student", type=float, default=None, help="one student learning rate for every stage")
-    g.add_argument("--lr-critic", type=float, default=1e-4)
-    g.add_argument("--critic-ratio", type=int, default=5, help="critic optimizer steps per student optimizer step")
+    g.add_argument("--lr-student", type=LEARNING_RATE, default=None, help="one student learning rate for every stage")
+    g.add_argument("--lr-critic", type=LEARNING_RATE, default=1e-4)
+    g.add_argument("--critic-ratio", type=whole(1), default=5, help="critic optimizer steps per student optimizer step")
     g.add_argument("--critic-init", choices=("teacher", "keep"), default="teacher",
                    help="each stage's critic: a fresh copy of the teacher, or the previous stage's critic")
-    g.add_argument("--shift", type=float, default=None, help="student schedule shift; default: the teacher's")
-    g.add_argument("--teacher-cfg", type=float, default=None,
+    g.add_argument("--shift", type=number(0, low_open=True), default=None,
+                   help="student schedule shift; default: the teacher's")
+    g.add_argument("--teacher-cfg", type=CFG, default=None,
                    help="teacher CFG for the real score, standard form (1 = off); default: the teacher's own")
     g.add_argument("--real-score", choices=("teacher", "previous"), default="teacher",
                    help="score each stage against the teacher, or against the previous stage's student")
     g = p.add_argument_group("losses")
-    g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]",
+    g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]", type=loss_weight,
                    help="loss weight and warm-up (generator steps), e.g. temporal=0.2:10; repeatable")
     g.add_argument("--adversarial", action="store_true", help="add the GAN loss to the last stage")
     g.add_argument("--perceptual", action="store_true",
                    help="add the perceptual loss to the last stage (LPIPS if its weights are on disk)")
-    g.add_argument("--regression-pool", type=int, default=64, help="clips with cached teacher ODE trajectories")
+    g.add_argument("--regression-pool", type=whole(1), default=64, help="clips with cached teacher ODE trajectories")
     g.add_argument("--identity-encoder", default=None,
                    help="identity encoder: the shipped one, or a .safetensors file / local CLIP or DINOv2 folder")
     g = p.add_argument_group("gates")
-    g.add_argument("--eval-clips", type=int, default=64, help="held-out clips each gate scores")
+    g.add_argument("--eval-clips", type=whole(2, " (a Fréchet distance needs a covariance)"), default=64,
+                   help="held-out clips each gate scores")
     g.add_argument("--video-encoder", default=None,
                    help="encoder of the Fréchet distance: the shipped one, or an I3D .safetensors file")
     g.add_argument("--force", action="store_true", help="continue past a failed gate")
     g = p.add_argument_group("mechanics and scale-out (works under `accelerate launch`)")
-    g.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
-    g.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--ema-decay", type=float, default=0.99)
-    g.add_argument("--save-every", type=int, default=25, help="student steps between training states")
-    g.add_argument("--keep-states", type=int, default=2, help="training states kept per stage")
+    g.add_argument("--batch-size", type=whole(1), default=4, help="per process and micro-batch")
+    g.add_argument("--grad-accumulation", type=whole(1), default=1, help="micro-batches per optimizer step")
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--grad-clip", type=number(0, low_open=True), default=1.0)
+    g.add_argument("--ema-decay", type=number(0, 1, high_open=True), default=0.99)
+    g.add_argument("--save-every", type=whole(1), default=25, help="student steps between training states")
+    g.add_argument("--keep-states", type=whole(1), default=2, help="training states kept per stage")
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
@@ -197,49 +253,52 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> N
 def build_parser() -> argparse.ArgumentParser:
     from .paths import DEFAULT_MODELS_DIR, SHIPPED_TEACHER
 
-    parser = argparse.ArgumentParser(prog="python -m pvtt_train", description=__doc__)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=whole(1), default=2, help="torch CPU threads")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="export synthetic template-transfer examples as MP4 + PNG")
-    p.add_argument("--out", required=True)
-    p.add_argument("--count", type=int, default=8)
-    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=out_folder)
+    p.add_argument("--count", type=whole(1), default=8)
+    p.add_argument("--first-seed", type=SEED, default=0)
     p.add_argument("--heldout", action="store_true", help="use the held-out seed range")
-    p.add_argument("--frames", type=int, default=9)
-    p.add_argument("--height", type=int, default=16)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--frames", type=clip_frames, default=9)
+    p.add_argument("--height", type=clip_side, default=16, help="even, >= 10")
+    p.add_argument("--width", type=clip_side, default=16, help="even, >= 10")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("teacher", help="train the tiny flow-matching teacher")
-    p.add_argument("--out", default=str(SHIPPED_TEACHER))
-    p.add_argument("--minutes", type=float, default=29.0)
-    p.add_argument("--max-steps", type=int, default=4600)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mask-weight", type=float, default=4.0)
-    p.add_argument("--cfg-dropout", type=float, default=0.1)
-    p.add_argument("--sample-cfg", type=float, default=1.0, help="CFG the checkpoint's sampler uses")
-    p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(SHIPPED_TEACHER), type=out_file())
+    p.add_argument("--minutes", type=number(0, low_open=True, meaning=" (the training budget)"), default=29.0)
+    p.add_argument("--max-steps", type=whole(0, " (0 = limited by --minutes only)"), default=4600)
+    p.add_argument("--batch-size", type=whole(1), default=8)
+    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3)
+    p.add_argument("--mask-weight", type=number(0), default=4.0)
+    p.add_argument("--cfg-dropout", type=number(0, 1, high_open=True), default=0.1)
+    p.add_argument("--sample-cfg", type=CFG, default=1.0, help="CFG the checkpoint's sampler uses")
+    p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250)
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=16)
-    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="CFG weights to try")
+    p.add_argument("--out", required=True, type=out_folder)
+    p.add_argument("--clips", type=whole(1), default=16)
+    p.add_argument("--cfg", type=CFG, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="CFG weights to try")
     p.add_argument("--calibrate-cfg", action="store_true",
                    help="write the best guided weight (> 1) on calibration clips into the checkpoint's sampler")
     p.set_defaults(func=cmd_teacher_eval)
 
     p = sub.add_parser("distill", help="progressive, gated DMD distillation (50 -> 16 -> 8 -> 4 by default)")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR),
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where each stage's student goes (point at ComfyUI/models/pvtt)")
-    p.add_argument("--run-dir", default="runs/distill",
+    p.add_argument("--run-dir", default="runs/distill", type=out_folder,
                    help="resumable run folder: training states, caches, logs, strips, report")
-    p.add_argument("--report-clips", type=int, default=16,
+    p.add_argument("--report-clips", type=whole(0, " (0 = skip the report)"), default=16,
                    help="held-out clips for the final side-by-side report; 0 = skip it")
     _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_distill)
@@ -247,16 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--student", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--out", required=True, type=out_folder)
+    p.add_argument("--clips", type=whole(1), default=16)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="end to end: data, shipped teacher, progressive distillation, report, export")
-    p.add_argument("--out", required=True)
-    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR),
+    p.add_argument("--out", required=True, type=out_folder)
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--clips", type=whole(1), default=16)
     _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_demo)
 
@@ -272,9 +331,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- running a command: user errors end cleanly, bugs keep their traceback ----------------------------------
+
+#: What to tell a user who pressed Ctrl-C, per command (default: INTERRUPTED).
+INTERRUPT_HINTS = {
+    "distill": "run the same command with --resume to continue from the last training state",
+    "demo": "run the same command with --resume to continue from the last training state",
+    "data": "run the same command again: finished examples are kept and only the rest are written",
+    "teacher": "the teacher cannot resume; --out holds the checkpoint of the last --save-every step, if any",
+}
+INTERRUPTED = "nothing was finished; run the command again"
+#: OSErrors that are the machine's state, not a bug: a full disk, quota or file-size limit, a read-only disk.
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user (it says what is wrong and how to fix it)."""
+    from .errors import CheckpointError, InputError
+
+    types: list[type[BaseException]] = [InputError, CheckpointError, FileNotFoundError, NotADirectoryError,
+                                        IsADirectoryError, PermissionError, FileExistsError]
+    # Optional or heavy modules: if one was never imported, none of its errors can have been raised.
+    for module, name in (("pvtt_accel.optional", "MissingPackage"), ("pvtt_train.data.export", "ExportError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, user_error_types()) or (isinstance(exc, OSError) and exc.errno in USER_ERRNOS)
+
+
+def _message(exc: BaseException) -> str:
+    """The user-facing text of ``exc``: an OSError without its ``[Errno N]`` prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return str(exc)
+
+
+def _is_gate_failure(exc: BaseException) -> bool:
+    gates = sys.modules.get("pvtt_train.distill.gates")
+    return gates is not None and isinstance(exc, gates.GateFailed)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error exits 2 (a failed gate 1, Ctrl-C 130) with a one-line message."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    command = f"{PROG} {args.command}"
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{command}: interrupted; {INTERRUPT_HINTS.get(args.command, INTERRUPTED)}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as exc:
+        if debug or not isinstance(exc.code, str):  # raise SystemExit("message") is a user error too
+            raise
+        print(f"{command}: error: {exc.code}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        if debug or not (_is_user_error(exc) or _is_gate_failure(exc)):
+            raise
+        print(f"{command}: error: {_message(exc)}", file=sys.stderr)
+        raise SystemExit(1 if _is_gate_failure(exc) else 2) from None
     return 0
 
 

@@ -9,12 +9,30 @@ from pathlib import Path
 SHIPPED_STUDENTS = ("pvtt_student_16step", "pvtt_student_8step", "pvtt_student_4step")
 
 
+def check_device(device: str) -> None:
+    """Refuse, with the fix, a CUDA device this torch cannot use."""
+    import torch
+
+    from .errors import InputError
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: this torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                             f"use --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices; use "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 def cmd_bench(args) -> None:
     import torch
 
     from .bench import default_variants, run_bench
+    from .cli_args import check_model_file
 
     torch.set_num_threads(args.threads)
+    check_device(args.device)
     device = torch.device(args.device)
     variants = default_variants(device)
     if args.variants:
@@ -31,8 +49,11 @@ def cmd_bench(args) -> None:
         [Path(args.models_dir) / f"{name}.safetensors" for name in SHIPPED_STUDENTS]
     missing = [str(p) for p in [Path(args.teacher), *students] if not p.exists()]
     if missing:
-        raise SystemExit(f"bench: not found: {', '.join(missing)}. Pass --teacher/--students, or --models-dir "
+        raise SystemExit(f"not found: {', '.join(missing)}. Pass --teacher/--students, or --models-dir "
                          f"pointing at a folder with the students (bash run.sh demo writes them to models/pvtt).")
+    check_model_file(args.teacher, "--teacher", "teacher", folder_ok=True)  # or a diffusers Wan-VACE folder
+    for student in students:
+        check_model_file(student, "--students", "model", folder_ok=True)
     report = run_bench(Path(args.teacher), students, variants, Path(args.out), clips=args.clips,
                        repeats=args.repeats, teacher_repeats=args.teacher_repeats, warmup=args.warmup,
                        seed=args.seed, device=args.device)
@@ -47,14 +68,7 @@ def cmd_bench_attention(args) -> None:
     from .bench import attention_micro
 
     torch.set_num_threads(args.threads)
-    layouts = []
-    for item in args.layouts.split(","):
-        try:
-            tokens, heads, dim = (int(x) for x in item.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"--layouts: write TOKENSxHEADSxHEAD_DIM, e.g. 576x4x32, not {item!r}") from None
-        layouts.append((tokens, heads, dim))
-    rows = attention_micro(layouts, args.repeats)
+    rows = attention_micro(args.layouts, args.repeats)
     keys = [k for k in rows[0] if k.endswith("_ms")]
     print(f"attention per call, ms ({torch.get_num_threads()} threads)")
     print("| tokens x heads x dim | " + " | ".join(k.removesuffix("_ms") for k in keys) + " |")
@@ -65,6 +79,7 @@ def cmd_bench_attention(args) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the ``python -m pvtt_train`` sub-commands."""
+    from .cli_args import SEED, attention_layouts, device_name, out_folder, whole
     from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
 
     p = subparsers.add_parser("bench", help="latency, memory and fidelity of teacher and students × backends")
@@ -73,17 +88,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models-dir", default=str(SHIPPED_MODELS), help="where the default students are")
     p.add_argument("--variants", default="", help="comma-separated subset (eager is always included); "
                                                   "default: every backend for this device")
-    p.add_argument("--out", default="out/bench", help="folder for bench.json, bench.md, bench.png and caches")
-    p.add_argument("--clips", type=int, default=4, help="synthetic clips, sampled one at a time")
-    p.add_argument("--repeats", type=int, default=5, help="timed passes over the clips per student variant")
-    p.add_argument("--teacher-repeats", type=int, default=1, help="timed passes for the 50-step teacher")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per variant (the first includes compilation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="out/bench", type=out_folder,
+                   help="folder for bench.json, bench.md, bench.png and caches")
+    p.add_argument("--clips", type=whole(1), default=4, help="synthetic clips, sampled one at a time")
+    p.add_argument("--repeats", type=whole(1), default=5, help="timed passes over the clips per student variant")
+    p.add_argument("--teacher-repeats", type=whole(1), default=1, help="timed passes for the 50-step teacher")
+    p.add_argument("--warmup", type=whole(0), default=2,
+                   help="untimed runs per variant (the first includes compilation)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("bench-attention", help="attention kernels alone: SDPA, decomposed, token merging")
-    p.add_argument("--layouts", default="576x4x32,2304x12x128,4608x12x128",
+    p.add_argument("--layouts", default="576x4x32,2304x12x128,4608x12x128", type=attention_layouts,
                    help="comma-separated TOKENSxHEADSxHEAD_DIM (default: the tiny model, then Wan-1.3B heads)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=whole(1), default=10)
     p.set_defaults(func=cmd_bench_attention)

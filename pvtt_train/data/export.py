@@ -25,6 +25,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from .synthetic import Example, SyntheticConfig, SyntheticVideoGenerator
 
 EXAMPLE_FORMAT = "pvtt-synthetic-example"
@@ -32,7 +33,7 @@ EXAMPLE_FORMAT_VERSION = 1
 
 
 class ExportError(RuntimeError):
-    """A file could not be written or did not read back as written."""
+    """A file could not be written or did not read back as written; the message says what to check."""
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -51,7 +52,8 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     """uint8 RGB [H, W, 3] or gray [H, W] image to PNG."""
     data = np.ascontiguousarray(img[..., ::-1]) if img.ndim == 3 else img
     if not cv2.imwrite(str(path), data):
-        raise ExportError(f"cv2.imwrite failed for {path}")
+        raise ExportError(f"OpenCV could not write {path}; check that the folder is writable and the disk has "
+                          f"free space")
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
@@ -59,7 +61,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     count, height, width = frames.shape[:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     if not writer.isOpened():
-        raise ExportError(f"OpenCV cannot open an mp4v writer for {path}")
+        raise ExportError(f"OpenCV cannot open an mp4v writer for {path}; check that the folder is writable, and "
+                          f"that this OpenCV has the mp4v encoder (pip install opencv-python has it)")
     try:
         for frame in frames:
             writer.write(_rgb_to_bgr(frame))
@@ -76,7 +79,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     finally:
         cap.release()
     if read != count or shape != (height, width):
-        raise ExportError(f"{path} reads back as {read} frames of {shape}, expected {count} of {(height, width)}")
+        raise ExportError(f"{path} reads back as {read} frames of {shape}, expected {count} of {(height, width)}; "
+                          f"check free disk space, or install another OpenCV build (pip install opencv-python)")
 
 
 def _write_sequence(folder: Path, frames: np.ndarray) -> None:
@@ -143,12 +147,13 @@ def export_examples(out_dir: str | Path, config: SyntheticConfig | None = None, 
     """
     config = config or SyntheticConfig()
     if config.height % 2 or config.width % 2:
-        raise ValueError(f"mp4v needs an even width and height, got {config.width}x{config.height}")
+        raise InputError(f"mp4v needs an even width and height, got {config.width}x{config.height}; use even "
+                         f"sizes, e.g. 16x16")
     if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+        raise InputError(f"fps must be > 0, got {fps}; use e.g. 8")
     seeds = [int(s) for s in seeds]
     if any(s < 0 for s in seeds):
-        raise ValueError("seeds must be >= 0")
+        raise InputError(f"seeds must be >= 0, got {min(seeds)}; start the range at 0 or above")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = SyntheticVideoGenerator(config)

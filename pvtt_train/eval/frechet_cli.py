@@ -15,17 +15,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
+from ..errors import CheckpointError, InputError
 
-from ..errors import InputError
+if TYPE_CHECKING:
+    import numpy as np
+
+# OpenCV and numpy are imported where videos are read, so building the CLI parser stays light.
 
 LAYOUTS = "*.mp4 files, folders written by `pvtt_train data` (with example.json), or folders of PNG frames"
 
 
 def read_mp4(path: Path) -> np.ndarray:
     """All frames of a video file as uint8 RGB [F, H, W, 3]."""
+    import cv2
+    import numpy as np
+
     cap = cv2.VideoCapture(str(path))
     frames = []
     try:
@@ -42,12 +48,22 @@ def read_mp4(path: Path) -> np.ndarray:
 
 
 def read_png_frames(folder: Path) -> np.ndarray:
+    import cv2
+    import numpy as np
+
     frames = []
     for png in sorted(folder.glob("*.png")):
         img = cv2.imread(str(png), cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"{png} is not a readable PNG")
         frames.append(img[..., ::-1])
+    if not frames:
+        raise InputError(f"{folder} has no PNG frames; export the frames as 0000.png, 0001.png, ...")
+    odd = next((i for i, f in enumerate(frames) if f.shape != frames[0].shape), None)
+    if odd is not None:
+        pngs = sorted(folder.glob("*.png"))
+        raise InputError(f"frames in {folder} differ in size ({pngs[0].name}: {frames[0].shape[:2]}, "
+                         f"{pngs[odd].name}: {frames[odd].shape[:2]}); export every frame at one size")
     return np.stack(frames)
 
 
@@ -65,6 +81,8 @@ def _example_clip(folder: Path, clip: str) -> np.ndarray:
 
 def load_video_folder(folder: str | Path, clip: str = "target") -> np.ndarray:
     """Every video in ``folder`` as uint8 [N, F, H, W, 3]; all must have the same frame count and size."""
+    import numpy as np
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder of {LAYOUTS}")
@@ -88,6 +106,14 @@ def load_video_folder(folder: str | Path, clip: str = "target") -> np.ndarray:
     return np.stack(videos)
 
 
+def _flagged(flag: str, load, *args):
+    """``load(*args)``, with a user error's message prefixed by the option that named the input."""
+    try:
+        return load(*args)
+    except (InputError, CheckpointError) as exc:
+        raise type(exc)(f"{flag}: {exc}") from exc
+
+
 def cmd_fvd(args) -> None:
     import torch
 
@@ -95,9 +121,12 @@ def cmd_fvd(args) -> None:
     from .video_encoder import load_video_encoder
 
     torch.set_num_threads(args.threads)
-    scorer = FrechetScorer(load_video_encoder(args.encoder))
-    videos = load_video_folder(args.videos_dir, args.clip)
-    reference = load_video_folder(args.reference_dir, args.clip)
+    for flag, folder in (("--videos-dir", args.videos_dir), ("--reference-dir", args.reference_dir)):
+        if not Path(folder).is_dir():  # the cheap check first, before any file is read
+            raise InputError(f"{flag}: {folder} is not a folder; pass a folder of {LAYOUTS}")
+    scorer = FrechetScorer(_flagged("--encoder", load_video_encoder, args.encoder))
+    videos = _flagged("--videos-dir", load_video_folder, args.videos_dir, args.clip)
+    reference = _flagged("--reference-dir", load_video_folder, args.reference_dir, args.clip)
     result = {"fvd": scorer.distance(videos, reference), "videos": len(videos), "reference": len(reference),
               "feature_dim": scorer.encoder.feature_dim, "encoder": args.encoder or "shipped"}
     print(json.dumps(result, indent=2))
@@ -118,7 +147,8 @@ def cmd_video_encoder(args) -> None:
 
 def register(subparsers) -> None:
     """Add the ``fvd`` and ``video-encoder`` subcommands to ``python -m pvtt_train``."""
-    from .video_encoder import SHIPPED_VIDEO_ENCODER
+    from ..cli_args import SEED, number, out_file, whole
+    from ..paths import SHIPPED_MODELS
 
     p = subparsers.add_parser("fvd", help="Fréchet video distance between two folders of videos")
     p.add_argument("--videos-dir", required=True, help=f"generated videos: {LAYOUTS}")
@@ -129,9 +159,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_fvd)
 
     p = subparsers.add_parser("video-encoder", help="train the video encoder the Fréchet-distance gates use")
-    p.add_argument("--out", default=str(SHIPPED_VIDEO_ENCODER))
-    p.add_argument("--minutes", type=float, default=None,
+    # The shipped file's name (``video_encoder.SHIPPED_VIDEO_ENCODER``), without importing torch here.
+    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_video_encoder.safetensors"), type=out_file())
+    p.add_argument("--minutes", type=number(0, low_open=True, meaning=" (the training budget)"), default=None,
                    help="wall-clock budget for rendering and training (default 5; the report takes ~20 s more)")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 2000)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.add_argument("--max-steps", type=whole(1), default=None, help="optimizer steps (default 2000)")
+    p.add_argument("--seed", type=SEED, default=None, help="training seed (default 0)")
     p.set_defaults(func=cmd_video_encoder)

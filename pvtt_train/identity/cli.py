@@ -9,8 +9,6 @@ import argparse
 import json
 from pathlib import Path
 
-from .encoder import SHIPPED_IDENTITY_ENCODER
-
 
 def cmd_identity_encoder(args) -> None:
     import torch
@@ -33,28 +31,41 @@ def cmd_identity_encoder(args) -> None:
 def cmd_identity_eval(args) -> None:
     import torch
 
+    from ..errors import CheckpointError
     from .encoder import load_identity_encoder
     from .train import evaluate_identity_encoder
 
     torch.set_num_threads(args.threads)
-    report = evaluate_identity_encoder(load_identity_encoder(args.encoder), clips=args.clips, first=args.first)
+    try:
+        encoder = load_identity_encoder(args.encoder)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--encoder: {exc}") from exc
+    report = evaluate_identity_encoder(encoder, clips=args.clips, first=args.first)
     print(json.dumps(report, indent=2))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli_args import LEARNING_RATE, SEED, number, out_file, whole
+    from ..paths import SHIPPED_MODELS
+
+    # Each clip's negatives are the other clips of its batch, and an AUC needs other clips to compare with.
+    clips = whole(2, " (each clip is compared with the others)")
     p = subparsers.add_parser("identity-encoder", help="train the product identity encoder (contrastive, synthetic)")
-    p.add_argument("--out", default=str(SHIPPED_IDENTITY_ENCODER))
-    p.add_argument("--minutes", type=float, default=5.5, help="wall-clock budget for training; 0 = none")
-    p.add_argument("--steps", type=int, default=400, help="optimizer steps (the run stops at whichever budget ends)")
-    p.add_argument("--batch-size", type=int, default=48, help="clips per step")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-clips", type=int, default=256, help="held-out clips for the AUC report")
+    # The shipped file's name (``encoder.SHIPPED_IDENTITY_ENCODER``), without importing torch here.
+    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_identity_encoder.safetensors"), type=out_file())
+    p.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=5.5,
+                   help="wall-clock budget for training; 0 = none")
+    p.add_argument("--steps", type=whole(1), default=400,
+                   help="optimizer steps (the run stops at whichever budget ends)")
+    p.add_argument("--batch-size", type=clips, default=48, help="clips per step")
+    p.add_argument("--lr", type=LEARNING_RATE, default=3e-3)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--eval-clips", type=clips, default=256, help="held-out clips for the AUC report")
     p.set_defaults(func=cmd_identity_encoder)
 
     p = subparsers.add_parser("identity-eval", help="ROC AUC of an identity encoder on held-out synthetic clips")
     p.add_argument("--encoder", default=None,
                    help="a .safetensors identity encoder or a CLIP/DINOv2 folder (default: the shipped encoder)")
-    p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--first", type=int, default=0, help="offset into the held-out seed range")
+    p.add_argument("--clips", type=clips, default=256)
+    p.add_argument("--first", type=whole(0), default=0, help="offset into the held-out seed range")
     p.set_defaults(func=cmd_identity_eval)

@@ -148,7 +148,11 @@ def read_prompt_embeds(folder: Path) -> tuple[torch.Tensor | None, str]:
     if not path.is_file():
         logger.info("%s: no %s, context embedding starts at zeros", folder.name, PROMPT_EMBEDS_FILE)
         return None, "zeros"
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be truncated: copy it "
+                              f"again, or delete it to start the context embedding at zeros.") from exc
     if "prompt_embeds" not in tensors:
         raise CheckpointError(f"{path} has no 'prompt_embeds' tensor (found {sorted(tensors)})")
     logger.info("%s: context embedding from %s", folder.name, PROMPT_EMBEDS_FILE)
@@ -168,10 +172,15 @@ def read_settings(folder: Path) -> dict:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a model folder; anything else is a CheckpointError that says to fix the file."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); copy the model folder again.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object; copy the model folder "
+                              f"again.")
+    return data
 
 
 def export_single_file(loaded: LoadedModel, path: str | Path) -> Path:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def cmd_export_lora(args) -> None:
     import torch
 
+    from ..cli_args import check_model_file
     from .checkpoint import file_sha256, load_checkpoint
     from .lora import extract_lora, save_lora
 
+    check_model_file(args.teacher, "--teacher", "teacher")
+    check_model_file(args.student, "--student", "student")
     torch.set_num_threads(args.threads)
     teacher, student = load_checkpoint(args.teacher), load_checkpoint(args.student)
     state, report = extract_lora(teacher.model, student.model, args.rank)
@@ -36,11 +38,12 @@ def cmd_export_lora(args) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export-lora`` to the ``python -m pvtt_train`` sub-commands."""
+    from ..cli_args import out_file, whole
     from ..paths import SHIPPED_TEACHER
 
     p = subparsers.add_parser("export-lora", help="export a student as a LoRA on its teacher (SVD of the delta)")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER), help="the base model the LoRA applies to")
     p.add_argument("--student", required=True)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--out", required=True, type=Path, help="the .safetensors LoRA to write")
+    p.add_argument("--rank", type=whole(1), default=16)
+    p.add_argument("--out", required=True, type=out_file(), help="the .safetensors LoRA to write")
     p.set_defaults(func=cmd_export_lora)

@@ -1,0 +1,274 @@
+"""Checks of ``python -m pvtt_train`` arguments and input files, before a command does any work.
+
+argparse ``type`` functions refuse a bad value at parse time with a message that names the value and
+what to write instead; ``check_model_file``/``check_encoders`` refuse a missing, pickled, damaged or
+wrong-kind file before the command writes anything. Standard library only (plus lazy safetensors
+header reads), so building the parser stays fast and quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+from pathlib import Path
+
+# --- argument types: checked at parse time, each message names the value and what to write instead ----------
+
+def whole(minimum: int, meaning: str = ""):
+    """argparse ``type``: a whole number >= ``minimum``; ``meaning`` explains a special value (e.g. 0 = none)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; write one >= {minimum}{meaning}") \
+                from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is too small; write a whole number >= {minimum}{meaning}")
+        return value
+
+    parse.__name__ = f"whole number >= {minimum}"
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+           meaning: str = ""):
+    """argparse ``type``: a finite number in the given range (``*_open``: the bound itself is excluded)."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    wanted = f"a number {' and '.join(parts)}" if parts else "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; write {wanted}{meaning}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; write {wanted}{meaning}")
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range; write {wanted}{meaning}")
+        return value
+
+    parse.__name__ = wanted
+    return parse
+
+
+SEED = whole(0)
+LEARNING_RATE = number(0, low_open=True, meaning=" (e.g. 1e-4)")
+CFG = number(1, meaning=" (1 = no guidance)")
+
+
+def _blocked_by_file(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (so nothing can be created below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def out_folder(text: str) -> str:
+    """argparse ``type``: a folder to write into; it may not exist yet, but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder; pass a folder path "
+                                         f"(it is created if missing)")
+    blocker = _blocked_by_file(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, so the folder {text} cannot be created; "
+                                         f"choose a path outside it")
+    return text
+
+
+def out_file(suffix: str = ".safetensors"):
+    """argparse ``type``: a file to write, named ``*<suffix>``; not a folder and not inside a file."""
+    def parse(text: str) -> str:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder; pass a file path ending in {suffix}, "
+                                             f"e.g. {path / ('model' + suffix)}")
+        if path.suffix.lower() != suffix:
+            raise argparse.ArgumentTypeError(f"{text} does not end in {suffix}; PVTT writes weights only as "
+                                             f"{suffix} files, e.g. {path.with_suffix(suffix)}")
+        blocker = _blocked_by_file(path)
+        if blocker is not None:
+            raise argparse.ArgumentTypeError(f"{blocker} is a file, so {text} cannot be created inside it; "
+                                             f"choose a path outside it")
+        return text
+
+    parse.__name__ = f"{suffix} file"
+    return parse
+
+
+def clip_frames(text: str) -> int:
+    """``data --frames``: the synthetic generator needs at least 2 frames (there is motion to render)."""
+    return whole(2, " (the generator renders motion between frames)")(text)
+
+
+def clip_side(text: str) -> int:
+    """``data --height/--width``: even (mp4v crops odd sizes) and big enough for the largest product."""
+    from .data.synthetic import SyntheticConfig  # numpy only
+
+    # SyntheticVideoGenerator refuses clips where 1.32 x the largest product side does not fit.
+    largest = SyntheticConfig().product_size[1]
+    smallest = max(8, math.ceil(1.32 * largest))
+    smallest += smallest % 2
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; write an even number of pixels >= "
+                                         f"{smallest}, e.g. 16") from None
+    if value < smallest or value % 2:
+        raise argparse.ArgumentTypeError(
+            f"{value} pixels cannot be rendered: clips need an even size (the mp4v encoder crops odd ones) of at "
+            f"least {smallest} (the product, up to {largest:g} px, must fit with its zoom and rotation); write an "
+            f"even number >= {smallest}, e.g. 16")
+    return value
+
+
+def step_path(text: str) -> str | tuple[int, ...]:
+    """``--path``: a named path (``default``, ``gentle``) or step counts from most to fewest, e.g. 16,8,4."""
+    if not any(c.isdigit() for c in text):
+        from .distill.config import PATHS
+
+        if text not in PATHS:
+            raise argparse.ArgumentTypeError(f"unknown path {text!r}; write one of {', '.join(PATHS)} or step counts "
+                                             f"from most to fewest, e.g. 16,8,4")
+        return text
+    try:
+        steps = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of step counts; write whole numbers separated by "
+                                         f"commas, from most to fewest, e.g. 16,8,4") from None
+    if any(s < 1 for s in steps) or any(a <= b for a, b in itertools.pairwise(steps)):
+        raise argparse.ArgumentTypeError(f"{text!r}: each stage needs fewer steps than the one before and at least "
+                                         f"1; write strictly decreasing step counts >= 1, e.g. 16,8,4")
+    return steps
+
+
+def step_budgets(text: str) -> tuple[int, ...]:
+    """``--generator-steps``: one budget for every stage, or one per stage, each >= 1."""
+    try:
+        budgets = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers; write one number or one per "
+                                         f"stage, e.g. 60,100,150") from None
+    if any(b < 1 for b in budgets):
+        raise argparse.ArgumentTypeError(f"{text!r}: every stage needs at least 1 student update; write numbers "
+                                         f">= 1, e.g. 60,100,150")
+    return budgets
+
+
+def loss_weight(text: str) -> tuple[str, tuple[float, int | None]]:
+    """``--weight NAME=W[:WARMUP]`` -> (name, (weight, warm-up or None for the default))."""
+    from .distill.config import LOSSES
+
+    name, sep, value = text.partition("=")
+    weight, _, warmup = value.partition(":")
+    if name not in LOSSES:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown loss {name!r}; write NAME=WEIGHT[:WARMUP] with NAME one "
+                                         f"of {', '.join(LOSSES)}, e.g. temporal=0.2:10")
+    try:
+        w = float(weight)
+        steps = int(warmup) if warmup else None
+    except ValueError:
+        w, steps = math.nan, None
+    if not sep or not math.isfinite(w) or w < 0 or (steps is not None and steps < 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=WEIGHT[:WARMUP] with a weight >= 0 and a warm-up of "
+                                         f">= 0 generator steps, e.g. {name}=0.2:10")
+    return name, (w, steps)
+
+
+def device_name(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N (whether CUDA is there is checked when the command runs)."""
+    kind, _, index = text.partition(":")
+    if kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}; write cpu, cuda or cuda:N")
+
+
+def attention_layouts(text: str) -> list[tuple[int, int, int]]:
+    """``bench-attention --layouts``: comma-separated TOKENSxHEADSxHEAD_DIM, each >= 1."""
+    layouts = []
+    for item in text.split(","):
+        try:
+            tokens, heads, dim = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a layout; write TOKENSxHEADSxHEAD_DIM, e.g. "
+                                             f"576x4x32") from None
+        if min(tokens, heads, dim) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: tokens, heads and head size must each be >= 1, e.g. 576x4x32")
+        layouts.append((tokens, heads, dim))
+    return layouts
+
+
+# --- input files: checked when the command runs, before it writes anything -------------------------------
+
+#: Header keys of PVTT's other safetensors files, and what to call them when one is passed as a model.
+OTHER_KINDS = {"pvtt_identity_encoder": "a PVTT identity encoder", "pvtt_video_encoder": "a PVTT video encoder",
+               "pvtt_lora": "a PVTT LoRA"}
+WANTED = {
+    "teacher": "a teacher checkpoint (.safetensors written by `python -m pvtt_train teacher`; default "
+               "models_shipped/pvtt_teacher.safetensors)",
+    "student": "a distilled student (.safetensors written by `python -m pvtt_train distill` or `demo`)",
+    "model": "a PVTT teacher or student checkpoint (.safetensors)",
+}
+
+
+def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok: bool = False) -> dict | None:
+    """Refuse, with the fix, a ``flag`` value that is not the kind of PVTT checkpoint ``want`` names
+    (teacher, student or either); reads only the header. Returns the PVTT metadata, or None for a
+    diffusers Wan-VACE folder (accepted when ``folder_ok``; its files and configs are checked)."""
+    from .errors import CheckpointError, InputError
+
+    path, wanted = Path(path), WANTED[want]
+    if not path.exists():
+        raise InputError(f"{flag} {path}: not found; pass the path of {wanted}")
+    if path.is_dir() and not folder_ok:
+        raise InputError(f"{flag} {path} is a folder; pass {wanted}")
+    from .models.checkpoint import read_metadata, safetensors_header
+
+    try:
+        if path.is_dir():  # a diffusers Wan-VACE folder: its cheap checks (files, configs), no weights read
+            from .models.loading import check_folder
+
+            check_folder(path.resolve())
+            return None
+        if path.suffix.lower() == ".safetensors":
+            header, _ = safetensors_header(path, "copy or export it again.")
+            other = next((OTHER_KINDS[k] for k in OTHER_KINDS if k in header), None)
+            if other is not None:
+                raise CheckpointError(f"{path.name} is {other}, not a diffusion model; pass {wanted}")
+        meta = read_metadata(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{flag}: {exc}") from exc
+    stage = meta.get("stage")
+    if want == "teacher" and stage != "teacher":
+        raise CheckpointError(f"{flag}: {path.name} is a distilled student ({stage}), not a teacher; pass {wanted}")
+    if want == "student" and stage == "teacher":
+        raise CheckpointError(f"{flag}: {path.name} is a teacher, not a distilled student; pass {wanted}")
+    return meta
+
+
+def check_encoders(identity: str | None, video: str | None) -> None:
+    """Load ``--identity-encoder`` / ``--video-encoder`` files up front (both are small), so a wrong file
+    fails before a run writes anything. Folders (CLIP/DINOv2) are checked when the run loads them."""
+    from .errors import CheckpointError, InputError
+
+    for flag, path, load in (("--identity-encoder", identity, "identity"), ("--video-encoder", video, "video")):
+        if path is None or (load == "identity" and Path(path).is_dir()):
+            continue
+        try:
+            if load == "identity":
+                from .identity.encoder import load_identity_encoder
+
+                load_identity_encoder(path)
+            else:
+                from .eval.video_encoder import load_video_encoder
+
+                load_video_encoder(path)
+        except (CheckpointError, InputError) as exc:
+            raise type(exc)(f"{flag}: {exc}") from exc
