@@ -70,16 +70,21 @@ def _blocked_by_file(path: Path) -> Path | None:
     return None
 
 
+def _refuse_inside_a_file(text: str) -> None:
+    """An output path below an existing file can never be created; say which file is in the way."""
+    blocker = _blocked_by_file(Path(text))
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, so {text} cannot be created inside it; "
+                                         f"choose a path outside it")
+
+
 def out_folder(text: str) -> str:
     """argparse ``type``: a folder to write into; it may not exist yet, but must not be a file."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder; pass a folder path "
                                          f"(it is created if missing)")
-    blocker = _blocked_by_file(path)
-    if blocker is not None:
-        raise argparse.ArgumentTypeError(f"{blocker} is a file, so the folder {text} cannot be created; "
-                                         f"choose a path outside it")
+    _refuse_inside_a_file(text)
     return text
 
 
@@ -93,10 +98,7 @@ def out_file(suffix: str = ".safetensors"):
         if path.suffix.lower() != suffix:
             raise argparse.ArgumentTypeError(f"{text} does not end in {suffix}; PVTT writes weights only as "
                                              f"{suffix} files, e.g. {path.with_suffix(suffix)}")
-        blocker = _blocked_by_file(path)
-        if blocker is not None:
-            raise argparse.ArgumentTypeError(f"{blocker} is a file, so {text} cannot be created inside it; "
-                                             f"choose a path outside it")
+        _refuse_inside_a_file(text)
         return text
 
     parse.__name__ = f"{suffix} file"
