@@ -311,6 +311,20 @@ def test_resume_skips_finished_stages_and_refuses_other_options(tmp_path):
                         resume=True, progress=False)
 
 
+def test_resume_says_when_there_is_nothing_to_resume_and_refuses_a_damaged_progress_file(tmp_path, capsys):
+    from pvtt_train.errors import CheckpointError
+
+    teacher = micro_teacher(tmp_path / "teacher.safetensors", steps=4)
+    stages = _lenient(build_stages((2,), 1))
+    run = _micro_run(tmp_path)
+    run_progressive(teacher, stages, run, tmp_path / "run", tmp_path / "models", resume=True, progress=False)
+    assert f"--resume: nothing saved in {tmp_path / 'run'} yet" in capsys.readouterr().out
+    progress = tmp_path / "run" / "progress.json"
+    progress.write_text(progress.read_text()[:40])  # damaged after it was written
+    with pytest.raises(CheckpointError, match="progress.json is damaged .* delete it to resume from the training"):
+        run_progressive(teacher, stages, run, tmp_path / "run", tmp_path / "models", resume=True, progress=False)
+
+
 def test_accelerate_configs_parse_and_wrap_real_wan_block_classes():
     from pathlib import Path
 

@@ -102,7 +102,11 @@ class ProgressLog:
         self.path, self.signature = path, signature
         self.stages: list[dict] = []
         if resume and path.exists():
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{path} is damaged ({exc}); delete it to resume from the training states "
+                                      f"(finished stages are trained again), or use a fresh --run-dir.") from exc
             if saved["signature"] != signature:
                 raise CheckpointError(f"{path} belongs to a run with other options or another teacher; resume "
                                       f"with the same options, or use a fresh --run-dir.")
@@ -128,6 +132,9 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     acc = accelerator or make_accelerator(run, run_dir)
     main = acc.is_main_process
+    if main and resume and not (run_dir / "progress.json").exists() \
+            and not any((run_dir / "state").glob("*/state-*.safetensors")):
+        _say(main, f"--resume: nothing saved in {run_dir} yet, so the run starts from the beginning")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         models_dir.mkdir(parents=True, exist_ok=True)
