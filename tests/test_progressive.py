@@ -341,7 +341,7 @@ def test_accelerate_configs_parse_and_wrap_real_wan_block_classes():
 
 
 def test_critic_init_keep_hands_the_critic_to_the_next_stage(tmp_path, monkeypatch):
-    import pvtt_train.distill.progressive as progressive
+    from pvtt_train.distill import progressive
 
     seen = []
     real_train = progressive.train_stage
