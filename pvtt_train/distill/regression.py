@@ -97,7 +97,8 @@ class TrajectoryCache:
     def ensure(self, progress=None) -> TrajectoryCache:
         """Generate the chunks that are missing (``progress(done, total)`` after each); then load."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "key.json").write_text(json.dumps(self.key, indent=1))
+        key_text = json.dumps(self.key, indent=1)
+        write_atomic(self.folder / "key.json", lambda tmp: Path(tmp).write_text(key_text))
         model = self.teacher.model.eval()
         schedule = self.teacher.schedule
         scheduler = schedule.euler_scheduler()
