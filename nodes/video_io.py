@@ -162,7 +162,8 @@ def read_image(path: Path) -> np.ndarray:
     cut-out PNG works as well as a studio shot.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: the size is known before decoding
+            check_image_memory(path.name, img.width, img.height)
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -173,6 +174,15 @@ def read_image(path: Path) -> np.ndarray:
     except (OSError, Image.DecompressionBombError) as exc:
         raise VideoReadError(f"PVTT: cannot read {path.name} as an image ({exc}). Save it as PNG or JPEG "
                              f"and load that instead.") from exc
+
+
+def check_image_memory(name: str, width: int, height: int) -> None:
+    """Refuse, before decoding, a photo whose IMAGE would not fit in the safe share of free memory
+    (a 20000 x 20000 PNG can be a few kilobytes on disk and 4.8 GB as an IMAGE)."""
+    from ..pvtt_train.validation import check_memory
+
+    check_memory(f"PVTT: loading {name} at {width}x{height}", height * width * IMAGE_BYTES_PER_PIXEL,
+                 "downscale the photo (PVTT resizes it to the model's working size anyway, so 1024 px is plenty)")
 
 
 def _fourcc(path: Path, size: tuple[int, int], fps: float) -> cv2.VideoWriter:

@@ -474,6 +474,18 @@ def test_huge_video_is_refused_by_the_ram_guard_before_decoding(folders, monkeyp
     assert "downscale the video" in str(excinfo.value) and decoded == []
 
 
+def test_huge_photo_is_refused_by_the_ram_guard_before_decoding(folders, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (4000, 3000), "white").save(folders / "input" / "huge.png")  # 36 kB on disk
+    monkeypatch.setattr(validation, "available_memory", lambda: 100_000_000)  # 100 MB free: 144 MB needed
+    monkeypatch.setattr(video_io.Image.Image, "convert", lambda *a, **k: pytest.fail("decoded anyway"))
+    with pytest.raises(errors.InputError) as excinfo:
+        execute("PVTTLoadImage", image="huge.png")
+    message = str(excinfo.value)
+    assert "loading huge.png at 4000x3000 needs about 0.1 GB" in message and "downscale the photo" in message
+
+
 # --- checkpoints ----------------------------------------------------------------------------------
 
 def safetensors_bytes(header: dict, payload: bytes = b"") -> bytes:
