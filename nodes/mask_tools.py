@@ -108,7 +108,7 @@ class PVTTMaskPreview:
         from ..pvtt_train.sampling.composite import blend
 
         video = checked_video(video)
-        frames, rows, cols = video_size(video)
+        frames, rows, cols = video.shape[:3]
         alpha = opacity * fit_mask(as_frames(mask), frames, rows, cols, resize=False)
         tint = torch.tensor(COLOURS[color], dtype=video.dtype, device=video.device)
         return (blend(tint, video, alpha).clamp(0, 1),)
