@@ -16,22 +16,25 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _comfy_pack import PACKAGE, ROOT, load_pack
-from _node_fixtures import MASK, TEMPLATE, TINY_NAME, run
+from _comfy_pack import PACKAGE, ROOT
+from _node_fixtures import (
+    MASK,
+    TEMPLATE,
+    TINY_NAME,
+    checkpoint,
+    nodes,
+    pack,
+    paths,
+    run,
+)
 from PIL import Image
 
 from pvtt_train.bench import psnr
 
-pack = load_pack()
-nodes = pack.NODE_CLASS_MAPPINGS
-paths = importlib.import_module(f"{PACKAGE}.nodes.paths")
 sampling_nodes = importlib.import_module(f"{PACKAGE}.nodes.sampling_nodes")
 model_nodes = importlib.import_module(f"{PACKAGE}.nodes.model_nodes")
 compare_nodes = importlib.import_module(f"{PACKAGE}.nodes.compare_nodes")
 pipeline = importlib.import_module(f"{PACKAGE}.pvtt_train.pipeline")
-checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
-pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
-schedule = importlib.import_module(f"{PACKAGE}.pvtt_train.models.schedule")
 
 CATEGORIES = {"PVTT/loaders", "PVTT/sampling", "PVTT/masking", "PVTT/video", "PVTT/acceleration"}
 
