@@ -18,9 +18,8 @@ the weight ramps linearly from 0 over the warm-up.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
-
-from ..models.schedule import uniform_timesteps
 
 PATHS: dict[str, tuple[int, ...]] = {"default": (16, 8, 4), "gentle": (25, 12, 6, 4)}
 
@@ -133,8 +132,12 @@ def build_stages(path: str | tuple[int, ...] = "default", generator_steps: int |
                  lr_scale: float = 0.4, adversarial: bool = False, perceptual: bool = False,
                  **overrides) -> list[StageConfig]:
     """The stage list of a path name (``default``/``gentle``) or an explicit step list, e.g. (8, 4)."""
+    from ..models.schedule import (
+        uniform_timesteps,  # torch: imported when stages are built, not when parsing
+    )
+
     steps = PATHS[path] if isinstance(path, str) else tuple(path)
-    if not steps or any(s < 1 for s in steps) or any(a <= b for a, b in zip(steps, steps[1:])):
+    if not steps or any(s < 1 for s in steps) or any(a <= b for a, b in itertools.pairwise(steps)):
         raise ValueError(f"a distillation path is a strictly decreasing list of step counts, e.g. 16,8,4 (each stage "
                          f"exports its own student file); got {steps}")
     budgets = generator_steps if isinstance(generator_steps, tuple) else (generator_steps,) * len(steps)

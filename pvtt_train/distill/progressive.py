@@ -132,8 +132,9 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     acc = accelerator or make_accelerator(run, run_dir)
     main = acc.is_main_process
-    if main and resume and not (run_dir / "progress.json").exists() \
-            and not any((run_dir / "state").glob("*/state-*.safetensors")):
+    progress_path = run_dir / "progress.json"
+    if main and resume and not progress_path.exists() \
+            and not any(state_files(run_dir / "state" / stage.name) for stage in stages):
         _say(main, f"--resume: nothing saved in {run_dir} yet, so the run starts from the beginning")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,7 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
                        + ", ".join(str(p) for p in stale[:5]))
     teacher = load_checkpoint(teacher_path)
     data = training_data_config(teacher)
-    log = ProgressLog(run_dir / "progress.json", _run_signature(stages, run, file_sha256(teacher.path)), resume)
+    log = ProgressLog(progress_path, _run_signature(stages, run, file_sha256(teacher.path)), resume)
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
     used = _losses_used(stages)

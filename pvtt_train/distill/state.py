@@ -75,7 +75,7 @@ def save_state(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
 
 def rotate_states(folder: Path, keep: int = 2) -> list[Path]:
     """Delete all but the newest ``keep`` states (also those a kill between a save and its rotation left)."""
-    old = state_files(Path(folder))[:-keep] if keep > 0 else []
+    old = state_files(Path(folder))[:-keep]
     for path in old:
         path.unlink(missing_ok=True)
     return old
@@ -95,19 +95,21 @@ def load_state(path: Path) -> dict:
     return _unflatten(skeleton, tensors)
 
 
-def load_newest_state(folder: Path) -> tuple[Path, dict] | None:
+def load_newest_state(folder: Path, set_aside: bool = True) -> tuple[Path, dict] | None:
     """The newest readable state in ``folder`` and its path, or None when there is none.
 
     Atomic writes never leave half a state, but a file can still be damaged afterwards (a bad disk,
     a partial copy of the run folder). Such a state is renamed to ``<name>.corrupt`` (kept, not
     deleted) with a warning, and the one before it is used: the resume loses one more save
-    interval instead of stopping.
+    interval instead of stopping. In a multi-process run only the main process (``set_aside``)
+    renames; the others skip the same unreadable file, so every rank resumes from the same state.
     """
     for path in reversed(state_files(Path(folder))):
         try:
             return path, load_state(path)
         except CheckpointError as exc:
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            logger.warning("%s Moved it aside to %s; resuming from the state before it.", exc, aside.name)
+            if set_aside:
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                logger.warning("%s Moved it aside to %s; resuming from the state before it.", exc, aside.name)
     return None

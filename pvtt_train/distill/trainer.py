@@ -178,9 +178,10 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     config_json = json.dumps({"stage": asdict(stage), "run": asdict(run), "world": world}, sort_keys=True)
 
     g_steps, iteration, nonfinite_run, skipped, skipped_critic, elapsed_before = 0, 0, 0, 0, 0, 0.0
-    newest = load_newest_state(state_dir) if (resume and state_dir is not None) else None
+    newest = load_newest_state(state_dir, set_aside=acc.is_main_process) if (resume and state_dir is not None) \
+        else None
     saved = newest is not None
-    if newest is not None:
+    if saved:
         saved_path, state = newest
         if state["config"] != config_json:
             raise DistillationAborted(f"{saved_path} was written with another configuration or number of "
