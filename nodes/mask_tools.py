@@ -203,17 +203,13 @@ def fit_mask(mask, frames: int, rows: int, cols: int, resize: bool):
     One mask frame is used for every video frame. Any other frame count is refused: dropping or
     repeating frames would put the product in the wrong place in time without anyone noticing.
     """
-    if mask.shape[0] not in (1, frames):
-        raise input_error(f"mask has {mask.shape[0]} frames but the video has {frames}; masks are never trimmed or "
-                          f"padded. Give one mask frame per video frame, or a single mask (e.g. from Load Image) to "
-                          f"use on every frame")
+    from ..pvtt_train.validation import check_mask_fits
+
+    size = tuple(mask.shape[1:]) if resize else (rows, cols)  # "resize" fits any size; frames must agree
+    check_mask_fits(mask, frames, *size)
     if tuple(mask.shape[1:]) != (rows, cols):
-        if not resize:
-            raise input_error(f"mask is {mask.shape[2]}x{mask.shape[1]} but the video is {cols}x{rows} (width x "
-                              f"height); resize it with PVTT Match Mask to Video (mode \"resize\"), or make the mask "
-                              f"at the video's size")
         mask = resize_mask(mask, rows, cols)
-    return mask.float().expand(frames, -1, -1).contiguous()
+    return mask.expand(frames, -1, -1).contiguous()
 
 
 def resize_mask(mask, rows: int, cols: int):
@@ -238,5 +234,6 @@ def check_not_empty(fitted, original) -> None:
                           f"{original.shape[1]} to {fitted.shape[2]}x{fitted.shape[1]}: it is thinner than one "
                           f"video pixel. Grow it first with PVTT Mask Grow/Shrink/Feather, or draw it at the "
                           f"video's size")
-    raise input_error("mask is empty (no pixel above 0.5), so there is no product region to replace; draw or load a "
-                      "mask where white marks the product (PVTT Mask From Box makes one quickly)")
+    from ..pvtt_train.validation import check_mask_not_empty
+
+    check_mask_not_empty(fitted)

@@ -38,11 +38,11 @@ class PVTTBackgroundPreserve:
 
     def composite(self, generated, template_video, mask, dilate_px, feather_px):
         from ..pvtt_train.errors import InputError
-        from ..pvtt_train.pipeline import check_output_memory
         from ..pvtt_train.sampling.composite import blend, soft_mask
         from ..pvtt_train.validation import (
             check_mask_coverage,
             check_mask_fits,
+            check_output_memory,
             image_batch,
             mask_frames,
         )

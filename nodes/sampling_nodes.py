@@ -49,8 +49,6 @@ class PVTTTemplateTransfer:
     def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background):
         from ..pvtt_train.pipeline import transfer
 
-        if getattr(product_image, "ndim", 0) == 4 and product_image.shape[0] > 1:
-            log.warning("product_image holds %d images; using the first", product_image.shape[0])
         trained = model.sampler.get("steps")
         if steps and steps != trained:
             log.warning("steps=%d differs from the %s steps %s was trained for; expect lower quality "

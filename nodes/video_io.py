@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..pvtt_train.errors import InputError, shown_as_pvtt
-from ..pvtt_train.validation import GB, MEMORY_FRACTION, available_memory
+from ..pvtt_train.validation import MEMORY_FRACTION, available_memory, clip_bytes
+from ..pvtt_train.validation import check_memory as check_memory_for
 
 log = logging.getLogger("[PVTT]")
 
@@ -28,8 +29,6 @@ log = logging.getLogger("[PVTT]")
 MP4_FOURCCS = ("avc1", "mp4v")
 _working_fourcc: str | None = None
 
-#: Bytes per pixel of the IMAGE output (three float32 channels).
-IMAGE_BYTES_PER_PIXEL = 3 * 4
 #: Skipped frames report progress only every this many decodes: often enough for Cancel to answer
 #: within a fraction of a second, rarely enough not to flood ComfyUI's progress messages.
 PROGRESS_EVERY = 16
@@ -63,18 +62,15 @@ def check_memory(name: str, frame_count: int, height: int, width: int) -> None:
     MEMORY_FRACTION of the available memory: its uint8 frames, the float32 IMAGE and the MASK all
     exist at once while loading, and the models need room too.
     """
-    available = available_memory()
-    per_frame = height * width * IMAGE_BYTES_PER_PIXEL
-    needed = frame_count * per_frame
-    if available is None or needed <= MEMORY_FRACTION * available:
+    available = available_memory()  # this module's name, so tests can stand in for the free memory
+    if available is None:
         return
+    per_frame = clip_bytes(1, height, width)
     fits = int(MEMORY_FRACTION * available // per_frame)
     fix = (f"set frame_load_cap to {fits} or less, raise select_every_nth, or downscale the video" if fits
            else "downscale the video (not even one frame fits)")
-    raise InputError(
-        f"PVTT: loading {frame_count} frames of {name} at {width}x{height} needs about {needed / GB:.1f} GB, "
-        f"but only {available / GB:.1f} GB of memory is available and PVTT uses at most "
-        f"{MEMORY_FRACTION:.0%} of it. To load it, {fix}.")
+    check_memory_for(f"PVTT: loading {frame_count} frames of {name} at {width}x{height}", frame_count * per_frame,
+                     f"to load it, {fix}", available)
 
 
 def _no_frame_error(name: str, total: int, skip_first_frames: int) -> VideoReadError:
@@ -144,7 +140,7 @@ def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_fra
     check_memory(name, len(chosen), *first.shape[:2])
     frames = []
     for file in chosen:
-        frame = read_image(file) if frames else first
+        frame = read_image(file, memory_check=False) if frames else first
         if frame.shape != first.shape:
             raise VideoReadError(
                 f"PVTT: frame {file.name} of {name} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
@@ -155,7 +151,7 @@ def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_fra
     return np.stack(frames), fps / select_every_nth
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, memory_check: bool = True) -> np.ndarray:
     """A product photo as [H,W,3] uint8 RGB; transparency is flattened onto white.
 
     White is what the conditioning expects around a product (a plain light backdrop), so a
@@ -163,7 +159,8 @@ def read_image(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:  # reads the header only: the size is known before decoding
-            check_image_memory(path.name, img.width, img.height)
+            if memory_check:  # a sequence checks its whole selection once instead
+                check_image_memory(path.name, img.width, img.height)
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -179,10 +176,8 @@ def read_image(path: Path) -> np.ndarray:
 def check_image_memory(name: str, width: int, height: int) -> None:
     """Refuse, before decoding, a photo whose IMAGE would not fit in the safe share of free memory
     (a 20000 x 20000 PNG can be a few kilobytes on disk and 4.8 GB as an IMAGE)."""
-    from ..pvtt_train.validation import check_memory
-
-    check_memory(f"PVTT: loading {name} at {width}x{height}", height * width * IMAGE_BYTES_PER_PIXEL,
-                 "downscale the photo (PVTT resizes it to the model's working size anyway, so 1024 px is plenty)")
+    check_memory_for(f"PVTT: loading {name} at {width}x{height}", clip_bytes(1, height, width),
+                     "downscale the photo (PVTT resizes it to the model's working size anyway, so 1024 px is plenty)")
 
 
 def _fourcc(path: Path, size: tuple[int, int], fps: float) -> cv2.VideoWriter:

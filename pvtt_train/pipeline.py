@@ -15,36 +15,17 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .sampling.samplers import sample_from_metadata
-from .validation import (
-    check_mask_coverage,
-    check_mask_fits,
-    check_memory,
-    clip_bytes,
-    image_batch,
-    mask_frames,
-    product_photo,
-)
+from .validation import check_output_memory, clip_and_mask, product_photo
 
 
 def check_inputs(template, mask, reference) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The designer's inputs as float32 (template [F,H,W,3], mask [F or 1,H,W], photo [H,W,3]), or an
     InputError that names the input, the problem and the fix (see ``validation``)."""
-    template = image_batch(template, "template video")
-    mask = mask_frames(mask, "mask")
-    check_mask_fits(mask, *template.shape[:3], video="the template video")
-    check_mask_coverage(mask)
+    template, mask = clip_and_mask(template, mask, "template video", "the template video")
     return template, mask, product_photo(reference, "product image")
 
 
-def check_output_memory(template: torch.Tensor, copies: int = 2) -> None:
-    """Refuse a clip whose full-size output buffers (``copies`` of the template) would not fit in memory."""
-    frames, height, width = template.shape[:3]
-    check_memory(f"generating {frames} frames at {width}x{height}", copies * clip_bytes(frames, height, width),
-                 "load fewer frames (frame_load_cap, or a higher select_every_nth in PVTT Load Video) or downscale "
-                 "the template")
-
-
-def _resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[F,H,W,C] -> [F,height,width,C]; area filter when shrinking, bilinear when growing."""
     if video.shape[1:3] == (height, width):
         return video
@@ -79,12 +60,11 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     model = loaded.model
     device = next(model.parameters()).device
     h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
-    tmpl = _resize_video(template, h, w)
-    msk = (_resize_video(mask[..., None], h, w)[..., 0] > 0.5).float()
+    tmpl = resize_video(template, h, w)
+    msk = (resize_video(mask[..., None], h, w)[..., 0] > 0.5).float()
     if float(msk.max()) <= 0.5:
         raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
                          f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
-    ref = reference  # models fit the photo themselves, keeping its aspect ratio
     total_frames = template.shape[0]
     windows = frame_windows(total_frames, window)
     out = torch.zeros(total_frames, h, w, 3)
@@ -93,7 +73,8 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         # A clip shorter than the trained window is padded with its last frame, then trimmed.
         pad = window - (end - start)
         idx = torch.cat([torch.arange(start, end), torch.full((max(pad, 0),), end - 1)])
-        cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device), ref[None].to(device))
+        cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device),
+                               reference[None].to(device))  # models fit the photo themselves (aspect kept)
 
         def step_cb(i, n, x0, wi=wi):
             if callback is not None:
@@ -101,4 +82,4 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
 
         x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb)
         out[start:end] = model.decode(x0)[0, : end - start].cpu()
-    return _resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)
+    return resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

@@ -10,6 +10,8 @@ Small overshoots from resampling filters (bicubic, Lanczos) are clamped, not ref
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import torch
@@ -26,6 +28,8 @@ MEMORY_FRACTION = 0.5
 GB = 1e9
 MEMINFO = Path("/proc/meminfo")
 FLOAT_BYTES = 4
+
+log = logging.getLogger("[PVTT]")
 
 
 def available_memory() -> int | None:
@@ -46,12 +50,12 @@ def available_memory() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
-def _describe_range(t: torch.Tensor) -> str:
-    return f"{float(t.min()):.3g}..{float(t.max()):.3g}"
-
-
 def _check_numbers(t: torch.Tensor, name: str, producer_hint: str) -> torch.Tensor:
-    """``t`` as float32, finite and clamped to 0..1, or an InputError naming what is off."""
+    """``t`` as float32, finite and clamped to 0..1, or an InputError naming what is off.
+
+    One min/max pass decides (NaN and Inf show up in it); the non-finite count and frames are only
+    worked out for the error message.
+    """
     if t.dtype == torch.bool:
         return t.float()
     if not (t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
@@ -59,21 +63,20 @@ def _check_numbers(t: torch.Tensor, name: str, producer_hint: str) -> torch.Tens
     t = t.float()
     if t.numel() == 0:
         return t
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        frames = sorted({int(i) for i in (~finite).nonzero()[:, 0].tolist()})[:5] if t.ndim >= 3 else []
+    low, high = (float(v) for v in torch.aminmax(t))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = ~torch.isfinite(t)
+        frames = sorted({int(i) for i in bad.nonzero()[:, 0].tolist()})[:5] if t.ndim >= 3 else []
         where = f" (frames {', '.join(map(str, frames))}{'...' if len(frames) == 5 else ''})" if frames else ""
-        raise InputError(f"{name} contains {bad} NaN or Inf values{where}; check the node that produced it (for "
-                         f"example a math node dividing by zero) or load it again")
-    low, high = float(t.min()), float(t.max())
+        raise InputError(f"{name} contains {int(bad.sum())} NaN or Inf values{where}; check the node that produced "
+                         f"it (for example a math node dividing by zero) or load it again")
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         scale = ("it looks like 8-bit values (0..255): divide by 255" if high > 2 and low >= -RANGE_TOLERANCE
                  else "it looks like -1..1 values: map them with (x + 1) / 2" if low < -RANGE_TOLERANCE and high <= 1.5
                  else "rescale it to 0..1")
-        raise InputError(f"{name} has values {_describe_range(t)}, but ComfyUI images and masks hold 0..1; "
+        raise InputError(f"{name} has values {low:.3g}..{high:.3g}, but ComfyUI images and masks hold 0..1; "
                          f"{scale}, or {producer_hint}")
-    return t.clamp(0, 1)
+    return t if 0 <= low and high <= 1 else t.clamp(0, 1)
 
 
 def image_batch(t, name: str = "video") -> torch.Tensor:
@@ -137,35 +140,52 @@ def check_mask_fits(mask: torch.Tensor, frames: int, height: int, width: int, na
                          f"video's size")
 
 
-def check_mask_coverage(mask: torch.Tensor, name: str = "mask") -> None:
-    """Refuse a mask with no product pixel, or one that is the product everywhere (usually inverted)."""
-    product = mask > 0.5
-    if not bool(product.any()):
+def check_mask_not_empty(mask: torch.Tensor, name: str = "mask") -> None:
+    """Refuse a mask with no product pixel: there would be nothing to replace."""
+    if not bool((mask > 0.5).any()):
         raise InputError(f"{name} is empty (no pixel above 0.5), so there is no product region to replace; draw or "
                          f"load a mask where white marks the product (PVTT Mask From Box makes one quickly)")
-    if bool(product.all()):
+
+
+def check_mask_coverage(mask: torch.Tensor, name: str = "mask") -> None:
+    """Refuse a mask with no product pixel, or one that is the product everywhere (usually inverted)."""
+    check_mask_not_empty(mask, name)
+    if bool((mask > 0.5).all()):
         raise InputError(f"{name} is white on every pixel of every frame, so there is no background to keep and "
                          f"nothing for the product to follow. White must mark only the product: if the mask is "
                          f"inverted (white = background), add core 'Invert Mask'; check it with PVTT Mask Preview")
+
+
+def clip_and_mask(video, mask, video_name: str, video_label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip and the mask of its product, checked together: what Template Transfer and Background
+    Preserve both need (``video_label`` names the clip in mismatch messages, e.g. "the template video")."""
+    video, mask = image_batch(video, video_name), mask_frames(mask)
+    check_mask_fits(mask, *video.shape[:3], video=video_label)
+    check_mask_coverage(mask)
+    return video, mask
 
 
 def product_photo(t, name: str = "product_image") -> torch.Tensor:
     """The first image of an IMAGE batch as [H, W, 3] float32, refusing a photo with no product in it."""
     if isinstance(t, torch.Tensor) and t.ndim == 3 and t.shape[-1] == 3:
         t = t[None]  # a bare [H, W, 3] image, as scripts pass it
-    image = image_batch(t, name)[0]
+    batch = image_batch(t, name)
+    if batch.shape[0] > 1:
+        log.warning("%s holds %d images; using the first", name, batch.shape[0])
+    image = batch[0]
     if float(image.std()) < FLAT_IMAGE_STD:
         raise InputError(f"{name} is a single flat colour, so there is no product in it to paste; load a photo of "
                          f"the new product on a plain light background (PVTT Load Image)")
     return image
 
 
-def check_memory(what: str, needed_bytes: int, fix: str) -> None:
+def check_memory(what: str, needed_bytes: int, fix: str, available: int | None = None) -> None:
     """Refuse work whose buffers would not fit in the safe share of free memory, before allocating them.
 
     Allocating first would swap or let the OOM killer end ComfyUI, its queue and every unsaved graph.
+    ``available`` is the free memory when the caller already read it (``available_memory()`` otherwise).
     """
-    available = available_memory()
+    available = available_memory() if available is None else available
     if available is None or needed_bytes <= MEMORY_FRACTION * available:
         return
     raise InputError(f"{what} needs about {needed_bytes / GB:.1f} GB, but only {available / GB:.1f} GB of memory is "
@@ -175,3 +195,11 @@ def check_memory(what: str, needed_bytes: int, fix: str) -> None:
 def clip_bytes(frames: int, height: int, width: int, channels: int = 3) -> int:
     """Bytes of a float32 clip [frames, height, width, channels]."""
     return frames * height * width * channels * FLOAT_BYTES
+
+
+def check_output_memory(video: torch.Tensor) -> None:
+    """Refuse a clip whose full-size output buffers (two copies of ``video``) would not fit in memory."""
+    frames, height, width = video.shape[:3]
+    check_memory(f"generating {frames} frames at {width}x{height}", 2 * clip_bytes(frames, height, width),
+                 "load fewer frames (frame_load_cap, or a higher select_every_nth in PVTT Load Video) or downscale "
+                 "the template")

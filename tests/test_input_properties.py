@@ -118,7 +118,7 @@ def test_frame_windows_cover_every_frame_with_full_windows(frames, window):
 @FAST
 @given(clips(), st.integers(1, 24), st.integers(1, 24))
 def test_resize_video_keeps_frames_and_range(video, height, width):
-    out = pipeline._resize_video(video, height, width)
+    out = pipeline.resize_video(video, height, width)
     assert out.shape == (video.shape[0], height, width, 3)
     assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
 
