@@ -83,13 +83,14 @@ def labelled(video, lines: list[str]):
     import cv2
     import numpy as np
     import torch
-    import torch.nn.functional as F
+
+    from ..pvtt_train.pipeline import resize_video
 
     frames, height, width, _ = video.shape
     if height > MAX_PANEL_HEIGHT:
         scale = MAX_PANEL_HEIGHT / height
         size = (MAX_PANEL_HEIGHT, max(1, round(width * scale)))
-        video = F.interpolate(video.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
+        video = resize_video(video, *size)
         height, width = size
     strip = np.full((HEADER_PX, width, 3), 30, np.uint8)  # OpenCV draws text on 8-bit images only
     font = cv2.FONT_HERSHEY_SIMPLEX

@@ -32,7 +32,7 @@ def shape_profile(model, choice: str):
                          f"holds. Export a distilled student (CFG 1) instead, or run the teacher with PVTT Accelerate.")
     if choice == "auto":
         return ShapeProfile.static(2 if guided else 1)
-    return ShapeProfile.dynamic(min_batch=1, opt_batch=2, max_batch=4)
+    return ShapeProfile.dynamic()  # batch 1 to 4, tuned for 2
 
 
 class PVTTOnnxRuntime:
@@ -53,9 +53,10 @@ class PVTTOnnxRuntime:
         }}
 
     def load(self, model, batch_profile):
+        from ..pvtt_accel.onnx_export import onnx_dir
         from ..pvtt_accel.ort_backend import ort_accelerate
 
-        fast = ort_accelerate(model, paths.models_root() / "onnx" / "pvtt", shape_profile(model, batch_profile))
+        fast = ort_accelerate(model, onnx_dir(paths.models_root()), shape_profile(model, batch_profile))
         log.info("ONNX Runtime: %s", fast.metadata["acceleration"]["onnx"])
         return (fast,)
 

@@ -9,6 +9,7 @@ read arbitrary files (``../../etc/passwd``).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -80,12 +81,22 @@ HELPER_NETWORK_KEYS = ("pvtt_identity_encoder", "pvtt_video_encoder")
 
 
 def is_helper_network(path: Path) -> bool:
-    """Whether ``path`` is one of PVTT's encoders; reads only the file's header. Unreadable or foreign
+    """Whether ``path`` is one of PVTT's encoders; reads only the file's header, once per file version
+    (the model list is rebuilt on every page load and every queued prompt). Unreadable or foreign
     files count as candidates, so the loader can say what is wrong with them instead of hiding them."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return _header_names_helper(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_names_helper(path: str, _size: int, _mtime_ns: int) -> bool:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="numpy") as fh:
+        with safe_open(path, framework="numpy") as fh:
             metadata = fh.metadata() or {}
     except Exception:  # noqa: BLE001 - corrupt files stay listed; loading them explains the problem
         return False

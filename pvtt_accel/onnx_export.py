@@ -325,6 +325,13 @@ def cache_key(loaded: LoadedModel, profile: ShapeProfile) -> dict:
             "export_format": EXPORT_FORMAT}
 
 
+def onnx_dir(models_dir: str | Path | None = None) -> Path:
+    """``<models_dir>/onnx/pvtt``: one export folder shared by the ONNX Runtime and TensorRT paths, so a
+    large model's graph exists once (scripts default to ``models/``, beside ``models/pvtt``)."""
+    default = train_module("paths").DEFAULT_MODELS_DIR.parent
+    return Path(models_dir if models_dir is not None else default) / "onnx" / "pvtt"
+
+
 def cached_export_path(loaded: LoadedModel, cache_dir: str | Path, profile: ShapeProfile) -> Path:
     """``<checkpoint>-<profile tag>-<key hash>.onnx`` in ``cache_dir``."""
     key = hashlib.sha256(json.dumps(cache_key(loaded, profile), sort_keys=True).encode()).hexdigest()[:16]

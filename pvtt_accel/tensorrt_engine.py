@@ -43,6 +43,7 @@ from .onnx_export import (
     checkpoint_label,
     checkpoint_sha256,
     denoiser_inputs,
+    onnx_dir,
     onnx_sha256,
     shape_mismatch,
     sidecar_path,
@@ -374,9 +375,7 @@ def find_or_build_engine(loaded: LoadedModel, precision: str = "fp16", profile: 
     found = cache.lookup(spec)
     if found is not None:
         return found
-    # the same export folder as the ONNX Runtime node, so a large model's graph exists once
-    onnx_folder = Path(models_dir if models_dir is not None else DEFAULT_MODELS_DIR.parent) / "onnx" / "pvtt"
-    graph = Path(onnx_path) if onnx_path is not None else cached_export(loaded, onnx_folder, profile).path
+    graph = Path(onnx_path) if onnx_path is not None else cached_export(loaded, onnx_dir(models_dir), profile).path
     return build_engine(trt, cache, spec, graph, progress=progress, cancelled=cancelled,
                         workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
                         details={"checkpoint_path": str(loaded.path), "gpu": torch.cuda.get_device_name(device),
