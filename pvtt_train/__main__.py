@@ -33,6 +33,7 @@ from .cli_args import (
     step_path,
     whole,
 )
+from .errors import DISK_ERRORS
 
 PROG = "python -m pvtt_train"
 DEBUG_ENV = "PVTT_DEBUG"
@@ -342,7 +343,7 @@ INTERRUPT_HINTS = {
 }
 INTERRUPTED = "nothing was finished; run the command again"
 #: OSErrors that are the machine's state, not a bug: a full disk, quota or file-size limit, a read-only disk.
-USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+USER_ERRNOS = {*DISK_ERRORS, errno.EROFS}
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -392,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {exc.code}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as exc:
-        if debug or not (_is_user_error(exc) or _is_gate_failure(exc)):
+        gate_failed = _is_gate_failure(exc)
+        if debug or not (gate_failed or _is_user_error(exc)):
             raise
         print(f"{command}: error: {_message(exc)}", file=sys.stderr)
-        raise SystemExit(1 if _is_gate_failure(exc) else 2) from None
+        raise SystemExit(1 if gate_failed else 2) from None
     return 0
 
 

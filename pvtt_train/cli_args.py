@@ -210,8 +210,6 @@ def attention_layouts(text: str) -> list[tuple[int, int, int]]:
 # --- input files: checked when the command runs, before it writes anything -------------------------------
 
 #: Header keys of PVTT's other safetensors files, and what to call them when one is passed as a model.
-OTHER_KINDS = {"pvtt_identity_encoder": "a PVTT identity encoder", "pvtt_video_encoder": "a PVTT video encoder",
-               "pvtt_lora": "a PVTT LoRA"}
 WANTED = {
     "teacher": "a teacher checkpoint (.safetensors written by `python -m pvtt_train teacher`; default "
                "models_shipped/pvtt_teacher.safetensors)",
@@ -231,7 +229,7 @@ def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok
         raise InputError(f"{flag} {path}: not found; pass the path of {wanted}")
     if path.is_dir() and not folder_ok:
         raise InputError(f"{flag} {path} is a folder; pass {wanted}")
-    from .models.checkpoint import read_metadata, safetensors_header
+    from .models.checkpoint import read_metadata
 
     try:
         if path.is_dir():  # a diffusers Wan-VACE folder: its cheap checks (files, configs), no weights read
@@ -239,12 +237,7 @@ def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok
 
             check_folder(path.resolve())
             return None
-        if path.suffix.lower() == ".safetensors":
-            header, _ = safetensors_header(path, "copy or export it again.")
-            other = next((OTHER_KINDS[k] for k in OTHER_KINDS if k in header), None)
-            if other is not None:
-                raise CheckpointError(f"{path.name} is {other}, not a diffusion model; pass {wanted}")
-        meta = read_metadata(path)
+        meta = read_metadata(path, wanted)
     except CheckpointError as exc:
         raise CheckpointError(f"{flag}: {exc}") from exc
     stage = meta.get("stage")

@@ -8,7 +8,6 @@ the old file or the new one, never half of one. Pickle files are refused without
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointError
+from ..errors import DISK_ERRORS, CheckpointError, DiskFullError
 from .pvtt_model import build_model
 from .schedule import FlowSchedule
 
@@ -50,16 +49,6 @@ class LoadedModel:
         return self.metadata["video"]
 
 
-class DiskFullError(OSError):
-    """A write that failed for lack of disk space, quota or file-size limit; the message names the file
-    and what to do. The original error is its ``__cause__``; ``errno`` is the original's."""
-
-
-_DISK_ERRORS = {code: text for code, text in (
-    (errno.ENOSPC, "no space left on the device"),
-    (getattr(errno, "EDQUOT", None), "the disk quota is exceeded"),
-    (errno.EFBIG, "the file is larger than the file system or the process's file-size limit (ulimit -f) allows"),
-) if code is not None}
 #: safetensors' Rust writer reports I/O errors as text only: "... (os error 28)".
 _OS_ERROR_TEXT = re.compile(r"os error (\d+)")
 
@@ -69,10 +58,10 @@ def _disk_errno(exc: BaseException | None) -> int | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
             return exc.errno
         if not isinstance(exc, OSError) and (m := _OS_ERROR_TEXT.search(str(exc))) \
-                and int(m.group(1)) in _DISK_ERRORS:
+                and int(m.group(1)) in DISK_ERRORS:
             return int(m.group(1))
         exc = exc.__cause__ or exc.__context__
     return None
@@ -126,7 +115,7 @@ def write_atomic(path: Path, write) -> None:
         code = _disk_errno(exc) if isinstance(exc, Exception) else None
         if code is not None:
             raise DiskFullError(code, (
-                f"could not write {path}: {_DISK_ERRORS[code]}. The previous {path.name}, if any, is untouched "
+                f"could not write {path}: {DISK_ERRORS[code]}. The previous {path.name}, if any, is untouched "
                 f"and nothing half-written was left. Free space on the disk holding {path.parent} (or raise the "
                 f"quota / file-size limit), or write elsewhere (for training: another --run-dir or --models-dir), "
                 f"then run again (training continues from its last saved state with --resume).")) from exc
@@ -178,8 +167,15 @@ def safetensors_header(path: Path, fix: str) -> tuple[dict, list[str]]:
                               f"or corrupt: {fix}") from exc
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The PVTT metadata of a checkpoint, validated, without loading any weight."""
+#: Header keys of PVTT's other safetensors files (encoders, LoRAs), so passing one where a model
+#: belongs is named for what it is rather than "no metadata" (nodes/paths.py hides the encoders).
+OTHER_FORMATS = {"pvtt_identity_encoder": "a PVTT identity encoder", "pvtt_video_encoder": "a PVTT video encoder",
+                 "pvtt_lora": "a PVTT LoRA"}
+
+
+def read_metadata(path: str | Path, wanted: str | None = None) -> dict:
+    """The PVTT metadata of a checkpoint, validated, without loading any weight. ``wanted`` says what
+    the caller needs (e.g. "a teacher checkpoint ...") when the file turns out to be another PVTT file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Put .safetensors files in models/pvtt/ "
@@ -190,6 +186,10 @@ def read_metadata(path: str | Path) -> dict:
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path.name}: expected a .safetensors file")
     header, _ = safetensors_header(path, "copy or export it again.")
+    other = next((kind for key, kind in OTHER_FORMATS.items() if key in header), None)
+    if FORMAT not in header and other is not None:
+        raise CheckpointError(f"{path.name} is {other}, not a diffusion model; pass "
+                              f"{wanted or 'a PVTT teacher or student checkpoint'}")
     if FORMAT not in header:
         raise CheckpointError(f"{path.name} has no PVTT metadata, so PVTT cannot tell how to rebuild it. "
                               f"Use a checkpoint written by pvtt_train (teacher, distill or demo).")
