@@ -78,14 +78,7 @@ class PVTTAccelerate:
             check_interrupted()
             bar.update_absolute(1 + i, 1 + total)
 
-        try:  # warm-up: compile (and check) at the exact shapes Template Transfer will use
-            sample_synthetic(fast, 1, callback=on_step)
-        except Exception as exc:
-            if compile != "off" and type(exc).__module__.startswith("torch._"):
-                raise RuntimeError(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}). On a CPU it needs "
-                                   f"a C++ compiler (g++ or clang on Linux/macOS, MSVC on Windows); install one or "
-                                   f"set compile to off (bf16 alone is still faster).") from exc
-            raise
+        sample_synthetic(fast, 1, callback=on_step)  # warm-up: compile at the exact shapes Template Transfer uses
         record = fast.metadata["acceleration"]
         log.info("accelerated %s: %s (attention %s: %s) in %.1f s", model.path.name, options.label(),
                  record["attention_used"], record["attention_reason"], time.perf_counter() - started)

@@ -29,6 +29,10 @@ MODES = {
 }
 
 
+class CompileFailed(RuntimeError):
+    """torch.compile could not build or run the denoiser; the message says what to install or switch off."""
+
+
 class CompiledDenoiser(nn.Module):
     """A denoiser run through its own compiled entry function.
 
@@ -63,8 +67,15 @@ class CompiledDenoiser(nn.Module):
         return self.inner.dtype
 
     def forward(self, **inputs):
-        with _freezing(self.freezing):
-            out = self.compiled(**inputs)
+        try:
+            with _freezing(self.freezing):
+                out = self.compiled(**inputs)
+        except Exception as exc:
+            if type(exc).__module__.startswith("torch._"):  # dynamo/inductor, not the model
+                raise CompileFailed(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}). On a CPU it "
+                                    f"needs a C++ compiler (g++ or clang on Linux/macOS, MSVC on Windows); install "
+                                    f"one or set compile to off (bf16 alone is still faster).") from exc
+            raise
         return tuple(t.clone() for t in out) if self.copy_outputs else out
 
 

@@ -250,3 +250,24 @@ def test_compiled_models_in_one_process_each_sample_their_own_weights(student, c
     for loaded, own in ((student, eager_frames), (other, other_eager), (student, eager_frames)):
         fast = accelerate(loaded, AccelerationOptions(precision="bf16", compile="default"))
         assert psnr(sample(fast, clips), own) > 50
+
+
+def test_a_compiler_failure_says_what_to_install_or_switch_off(monkeypatch):
+    """Errors raised by dynamo/inductor (not by the model) become CompileFailed with the fix, for every
+    caller (node, CLI, bench); a model's own error passes through unchanged."""
+    from pvtt_accel.compile import CompiledDenoiser, CompileFailed
+
+    class InductorError(RuntimeError):
+        __module__ = "torch._inductor.exc"
+
+    denoiser = CompiledDenoiser(torch.nn.Identity(), {}, freezing=False)
+
+    def fail(**_):
+        raise InductorError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(denoiser, "compiled", fail)
+    with pytest.raises(CompileFailed, match=r"InductorError: InvalidCxxCompiler.*C\+\+ compiler.*set compile to off"):
+        denoiser(x=torch.zeros(1))
+    monkeypatch.setattr(denoiser, "compiled", lambda **_: (_ for _ in ()).throw(ValueError("model's own")))
+    with pytest.raises(ValueError, match="model's own"):
+        denoiser(x=torch.zeros(1))
