@@ -64,7 +64,7 @@ def _torch_variant(name: str, description: str, **options) -> Variant:
 
 def _ort_variant() -> Variant:
     def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
-        return accel_module("ort_backend").ort_accelerate(loaded, cache / "onnx")
+        return accel_module("ort_backend").ort_accelerate(loaded, accel_module("onnx_export").onnx_dir(cache))
 
     return Variant("onnxruntime", build, "ONNX (dynamo export) in ONNX Runtime, CPU execution provider")
 
@@ -191,14 +191,16 @@ class Runner:
             self.sample(self.clips[0])
         self.counter.evaluations = 0
 
-    def round(self) -> None:
-        """Every clip once, timed; the first round's outputs are kept for the fidelity numbers."""
+    def round(self, timed: bool = True) -> None:
+        """Every clip once (timed unless ``timed`` is False); the first round's outputs are kept for the
+        fidelity numbers."""
         for clip in self.clips:
             _sync(self.device)
             t0 = time.perf_counter()
             out = self.sample(clip)
             _sync(self.device)
-            self.times.append(time.perf_counter() - t0)
+            if timed:
+                self.times.append(time.perf_counter() - t0)
             if len(self.outputs) < len(self.clips):
                 self.outputs.append(out.float().cpu())
 
@@ -216,13 +218,13 @@ def measure_against(baseline: Runner, runner: Runner, repeats: int, memory: Peak
     mark, clips = len(baseline.times), len(runner.clips)
     ratios = []
     for _ in range(repeats):
-        baseline.round()
+        if runner is not baseline:  # the baseline timed against itself runs once per round
+            baseline.round()
         runner.round()
         ratios.append(statistics.median(baseline.times[-clips:]) / statistics.median(runner.times[-clips:]))
     stats = runner.stats()
     memory.reset()
-    runner.round()
-    runner.times = runner.times[:-clips]  # the memory round is not a timed one
+    runner.round(timed=False)
     return {**stats, "peak_memory_mb": memory.peak_mb(),
             "eager_paired_ms": 1000 * statistics.median(baseline.times[mark:]),
             "speedup_round_min": min(ratios), "speedup_round_max": max(ratios)}
@@ -273,9 +275,10 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
     memory.reset()
     for _ in range(teacher_repeats):
         teacher_run.round()
-    teacher_ms = teacher_run.stats()["latency_ms"]
+    teacher_stats = teacher_run.stats()
+    teacher_ms = teacher_stats["latency_ms"]
     rows.append({**_row(teacher_path.stem, teacher.sampler["steps"], "eager", "teacher, Euler + CFG"),
-                 **teacher_run.stats(), "peak_memory_mb": memory.peak_mb(), "product_psnr": quality(teacher_run.outputs),
+                 **teacher_stats, "peak_memory_mb": memory.peak_mb(), "product_psnr": quality(teacher_run.outputs),
                  "speedup_vs_teacher": 1.0})
     del teacher_run, teacher
     for path in student_paths:
@@ -309,8 +312,9 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
             progress(f"  {row['latency_ms']:.2f} ms/clip, ×{row['speedup_vs_eager']:.2f} vs eager in alternating "
                      f"rounds, {row['psnr_vs_eager']:.1f} dB vs eager")
         if eager is not None:  # its latency over every round it ran in
-            eager_row.update(latency_ms=1000 * statistics.median(eager.times), latency_min_ms=1000 * min(eager.times),
-                             speedup_vs_teacher=teacher_ms / (1000 * statistics.median(eager.times)))
+            overall = eager.stats()
+            eager_row.update(latency_ms=overall["latency_ms"], latency_min_ms=overall["latency_min_ms"],
+                             speedup_vs_teacher=teacher_ms / overall["latency_ms"])
     report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "clips": clips, "repeats": repeats, "seed": seed, "rows": rows, "best": best_rows(rows)}
     write_report(report, out_dir)
