@@ -205,7 +205,7 @@ class PVTTLoadImage:
     def load(self, image):
         import torch
 
-        from .video_io import read_image
+        from .image_decode import read_image
 
         pixels = read_image(paths.resolve_media(image))
         return (torch.from_numpy(pixels).float().div_(255.0)[None],)

@@ -1,26 +1,31 @@
-"""Reading and writing clips and product photos as uint8 RGB arrays (OpenCV and Pillow).
+"""Reading and writing clips as uint8 RGB arrays (OpenCV and Pillow); frames of a sequence are
+decoded by ``image_decode.read_image``, like product photos.
 
 Imported only when a node runs, so ComfyUI's start-up never pays for OpenCV. Frames stream out of
 the decoder one at a time and are kept only when selected, so skipping and sub-sampling long
 videos costs no memory; image sequences decode only the selected files. Before decoding, the size
 of the loaded clip is estimated from the container's metadata (or the file count) and refused
-when it would not fit in memory, so a 4K hour never takes ComfyUI down with it.
+when it would not fit in memory; while decoding, the kept frames are counted against the same
+budget, so a container that reports no frame count (or a false one) is stopped just as early, and
+a 4K hour never takes ComfyUI down with it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..pvtt_train.errors import InputError, shown_as_pvtt
 from ..pvtt_train.validation import MEMORY_FRACTION, available_memory, clip_bytes
 from ..pvtt_train.validation import check_memory as check_memory_for
+from .image_decode import read_image
 
 log = logging.getLogger("[PVTT]")
 
@@ -54,23 +59,41 @@ def select(items: Sequence[T], frame_load_cap: int, skip_first_frames: int, sele
     return kept[:frame_load_cap] if frame_load_cap else kept
 
 
-def check_memory(name: str, frame_count: int, height: int, width: int) -> None:
-    """Refuse, before decoding, a selection whose IMAGE would not fit in the safe share of free memory.
+def frames_that_fit(height: int, width: int, available: int) -> int:
+    """How many frames of this size the loaded clip may hold: the float32 IMAGE may take at most
+    MEMORY_FRACTION of the available memory."""
+    return int(MEMORY_FRACTION * available // clip_bytes(1, height, width))
 
-    Decoding first would swap or let the OOM killer end ComfyUI (and its queue); failing here
-    instead names the largest frame_load_cap that fits. The loaded clip may take at most
-    MEMORY_FRACTION of the available memory: its uint8 frames, the float32 IMAGE and the MASK all
-    exist at once while loading, and the models need room too.
+
+def check_memory(name: str, frame_count: int, height: int, width: int, available: int | None = None,
+                 counted: str = "") -> None:
+    """Refuse a selection whose IMAGE would not fit in the safe share of free memory.
+
+    Decoding it would swap or let the OOM killer end ComfyUI (and its queue); failing instead names
+    the largest frame_load_cap that fits. The loaded clip may take at most MEMORY_FRACTION of the
+    available memory: its uint8 frames, the float32 IMAGE and the MASK all exist at once while
+    loading, and the models need room too. ``counted`` says why the frames were counted while
+    decoding instead of taken from the container (the streaming guard).
     """
-    available = available_memory()  # this module's name, so tests can stand in for the free memory
+    available = available_memory() if available is None else available  # this module's name, for tests
     if available is None:
         return
-    per_frame = clip_bytes(1, height, width)
-    fits = int(MEMORY_FRACTION * available // per_frame)
+    fits = frames_that_fit(height, width, available)
     fix = (f"set frame_load_cap to {fits} or less, raise select_every_nth, or downscale the video" if fits
            else "downscale the video (not even one frame fits)")
-    check_memory_for(f"PVTT: loading {frame_count} frames of {name} at {width}x{height}", frame_count * per_frame,
-                     f"to load it, {fix}", available)
+    check_memory_for(f"PVTT: loading {frame_count} frames of {name} at {width}x{height}{counted}",
+                     clip_bytes(frame_count, height, width), f"to load it, {fix}", available)
+
+
+def container_frame_count(reported: float, file_bytes: int) -> int:
+    """The frame count a container reports, or 0 (unknown) when it cannot be true.
+
+    Raw streams (an MJPEG ``.avi`` of concatenated JPEGs) report a sentinel such as -9.2e18, and a
+    damaged header can report anything; every frame takes at least one byte of the file.
+    """
+    if not math.isfinite(reported) or reported < 1 or reported > file_bytes:
+        return 0
+    return int(reported)
 
 
 def _no_frame_error(name: str, total: int, skip_first_frames: int) -> VideoReadError:
@@ -83,23 +106,42 @@ def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, 
                on_frame: FrameCallback | None = None) -> tuple[np.ndarray, float]:
     """Decode the selected frames of a video: ([F,H,W,3] uint8 RGB, frames per second).
 
-    ``on_frame`` runs after each kept frame and every ``PROGRESS_EVERY`` decoded frames (progress
-    and Cancel, also while skipping).
+    Memory is guarded twice: before decoding from the container's frame count and size (when it
+    gives plausible ones), and while decoding by counting the kept frames, so a container that
+    reports no count, a wrong one or a wrong size still stops with the same message instead of
+    running out of memory. ``on_frame`` runs after each kept frame and every ``PROGRESS_EVERY``
+    decoded frames (progress and Cancel, also while skipping).
     """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise VideoReadError(f"PVTT: OpenCV cannot open {path.name} as a video. Convert it to MP4 (H.264) "
                              f"and load that instead.")
     try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) or 0.0
-        expected = _expected_frames(cap, path.name, frame_load_cap, skip_first_frames, select_every_nth)
-        frames, index = [], 0
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        total = container_frame_count(cap.get(cv2.CAP_PROP_FRAME_COUNT), path.stat().st_size)
+        expected = len(select(range(total), frame_load_cap, skip_first_frames, select_every_nth))
+        available = available_memory()
+        height, width = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        if expected and height > 0 and width > 0:
+            check_memory(path.name, expected, height, width, available)
+        counted = (" (more than its container reports)" if total
+                   else " (its container does not say how many frames it holds; counted while decoding)")
+        frames, fits, index = [], None, 0
         while frame_load_cap == 0 or len(frames) < frame_load_cap:
             ok, bgr = cap.read()
             if not ok:
                 break
             kept = index >= skip_first_frames and (index - skip_first_frames) % select_every_nth == 0
             if kept:
+                if not frames and available is not None:
+                    fits = frames_that_fit(*bgr.shape[:2], available)
+                elif frames and bgr.shape != frames[0].shape:
+                    raise VideoReadError(
+                        f"PVTT: {path.name} changes size at frame {index}, from {frames[0].shape[1]}x"
+                        f"{frames[0].shape[0]} to {bgr.shape[1]}x{bgr.shape[0]}. Re-encode it at one size "
+                        f"(e.g. ffmpeg -i in.mp4 -vf scale={frames[0].shape[1]}:{frames[0].shape[0]} out.mp4).")
+                if fits is not None and len(frames) >= fits:
+                    check_memory(path.name, len(frames) + 1, *bgr.shape[:2], available, counted)
                 frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             index += 1
             if on_frame is not None and (kept or index % PROGRESS_EVERY == 0):
@@ -108,19 +150,7 @@ def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, 
         cap.release()
     if not frames:
         raise _no_frame_error(path.name, index, skip_first_frames)
-    return np.stack(frames), (fps / select_every_nth if fps > 0 else 0.0)
-
-
-def _expected_frames(cap: cv2.VideoCapture, name: str, frame_load_cap: int, skip_first_frames: int,
-                     select_every_nth: int) -> int:
-    """Frames the selection will keep according to the container (0 when it does not say), after
-    checking that they fit in memory."""
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    if total <= 0:
-        return 0
-    expected = len(select(range(total), frame_load_cap, skip_first_frames, select_every_nth))
-    check_memory(name, expected, int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
-    return expected
+    return np.stack(frames), (fps / select_every_nth if math.isfinite(fps) and fps > 0 else 0.0)
 
 
 def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_frames: int = 0,
@@ -129,55 +159,30 @@ def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_fra
     """Decode the selected files of an image sequence (already in frame order) like a video:
     ([F,H,W,3] uint8 RGB, ``fps / select_every_nth``).
 
-    Only the selected files are opened; transparency becomes white as in ``read_image``. The first
-    frame is decoded before the memory check: it gives the size, and names an unreadable file.
+    Only the selected files are opened, each by ``read_image`` (real bit depth, PNG checksums,
+    transparency onto white). The first frame is decoded before the memory check: it gives the
+    size, and names an unreadable file. Frames of another size are refused, never stretched: which
+    frame the designer meant to be the reference size is theirs to say.
     """
     name = f"{files[0].parent.name}/"
     chosen = select(files, frame_load_cap, skip_first_frames, select_every_nth)
     if not chosen:
         raise _no_frame_error(name, len(files), skip_first_frames)
-    first = read_image(chosen[0])
+    first = read_image(chosen[0], label=f"frame {chosen[0].name} of {name}")
     check_memory(name, len(chosen), *first.shape[:2])
     frames = []
     for file in chosen:
-        frame = read_image(file, memory_check=False) if frames else first
+        frame = read_image(file, memory_check=False, label=f"frame {file.name} of {name}") if frames else first
         if frame.shape != first.shape:
             raise VideoReadError(
                 f"PVTT: frame {file.name} of {name} is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
-                f"{first.shape[1]}x{first.shape[0]}; every frame of a sequence must have the same size.")
+                f"{first.shape[1]}x{first.shape[0]} ({chosen[0].name}); every frame of a sequence must have the "
+                f"same size, and PVTT never stretches one to fit. Export all frames again at one size (or resize them all to "
+                f"{first.shape[1]}x{first.shape[0]}) and load the folder again.")
         frames.append(frame)
         if on_frame is not None:
             on_frame(len(frames), len(chosen))
     return np.stack(frames), fps / select_every_nth
-
-
-def read_image(path: Path, memory_check: bool = True) -> np.ndarray:
-    """A product photo as [H,W,3] uint8 RGB; transparency is flattened onto white.
-
-    White is what the conditioning expects around a product (a plain light backdrop), so a
-    cut-out PNG works as well as a studio shot.
-    """
-    try:
-        with Image.open(path) as img:  # reads the header only: the size is known before decoding
-            if memory_check:  # a sequence checks its whole selection once instead
-                check_image_memory(path.name, img.width, img.height)
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                flat.alpha_composite(rgba)
-                img = flat
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise VideoReadError(f"PVTT: cannot read {path.name} as an image ({exc}). Save it as PNG or JPEG "
-                             f"and load that instead.") from exc
-
-
-def check_image_memory(name: str, width: int, height: int) -> None:
-    """Refuse, before decoding, a photo whose IMAGE would not fit in the safe share of free memory
-    (a 20000 x 20000 PNG can be a few kilobytes on disk and 4.8 GB as an IMAGE)."""
-    check_memory_for(f"PVTT: loading {name} at {width}x{height}", clip_bytes(1, height, width),
-                     "downscale the photo (PVTT resizes it to the model's working size anyway, so 1024 px is plenty)")
 
 
 def _fourcc(path: Path, size: tuple[int, int], fps: float) -> cv2.VideoWriter:

@@ -53,17 +53,17 @@ def available_memory() -> int | None:
 def _check_numbers(t: torch.Tensor, name: str, producer_hint: str) -> torch.Tensor:
     """``t`` as float32, finite and clamped to 0..1, or an InputError naming what is off.
 
-    One min/max pass decides (NaN and Inf show up in it); the non-finite count and frames are only
+    One min/max pass, in the tensor's own dtype, decides (NaN and Inf show up in it; a float64 1e300
+    stays a number instead of becoming Inf in float32); the non-finite count and frames are only
     worked out for the error message.
     """
     if t.dtype == torch.bool:
         return t.float()
     if not (t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
         raise InputError(f"{name} has dtype {t.dtype}, which is not an image or mask type; {producer_hint}")
-    t = t.float()
     if t.numel() == 0:
-        return t
-    low, high = (float(v) for v in torch.aminmax(t))
+        return t.float()
+    low, high = (float(v) for v in torch.aminmax(t))  # before the cast: float64 1e300 would become Inf
     if not (math.isfinite(low) and math.isfinite(high)):
         bad = ~torch.isfinite(t)
         frames = sorted({int(i) for i in bad.nonzero()[:, 0].tolist()})[:5] if t.ndim >= 3 else []
@@ -71,11 +71,13 @@ def _check_numbers(t: torch.Tensor, name: str, producer_hint: str) -> torch.Tens
         raise InputError(f"{name} contains {int(bad.sum())} NaN or Inf values{where}; check the node that produced "
                          f"it (for example a math node dividing by zero) or load it again")
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-        scale = ("it looks like 8-bit values (0..255): divide by 255" if high > 2 and low >= -RANGE_TOLERANCE
-                 else "it looks like -1..1 values: map them with (x + 1) / 2" if low < -RANGE_TOLERANCE and high <= 1.5
+        scale = ("it looks like 8-bit values (0..255): divide by 255" if 2 < high <= 255 + 1 and low >= -RANGE_TOLERANCE
+                 else "it looks like -1..1 values: map them with (x + 1) / 2"
+                 if -1 - RANGE_TOLERANCE <= low < -RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE
                  else "rescale it to 0..1")
-        raise InputError(f"{name} has values {low:.3g}..{high:.3g}, but ComfyUI images and masks hold 0..1; "
-                         f"{scale}, or {producer_hint}")
+        raise InputError(f"{name} has values {low:.3g}..{high:.3g}, out of range: ComfyUI images and masks hold "
+                         f"0..1; {scale}, or {producer_hint}")
+    t = t.float()
     return t if 0 <= low and high <= 1 else t.clamp(0, 1)
 
 

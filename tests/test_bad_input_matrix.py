@@ -438,15 +438,15 @@ FILE_REFUSALS = {
                                      r"input folder"),
     "LoadVideo-sequence-mixed-sizes": ("PVTTLoadVideo", {"video": "mixed_sizes/"}, "VideoReadError",
                                        r"0002\.png .* is 10x8 but the first frame is 8x8", r"same size"),
-    "LoadVideo-sequence-broken-frame": ("PVTTLoadVideo", {"video": "bad_frame/"}, "VideoReadError",
-                                        r"cannot read 0002\.png as an image", r"Save it as PNG"),
+    "LoadVideo-sequence-broken-frame": ("PVTTLoadVideo", {"video": "bad_frame/"}, "ImageReadError",
+                                        r"cannot read frame 0002\.png of bad_frame/ as an image", r"Save it as PNG"),
     "LoadImage-missing": ("PVTTLoadImage", {"image": "nope.png"}, "ValidationFailed", r"not found", r"input folder"),
     "LoadImage-traversal": ("PVTTLoadImage", {"image": "../secret.png"}, "ValidationFailed", r"not found",
                             r"input folder"),
-    "LoadImage-garbage": ("PVTTLoadImage", {"image": "garbage.png"}, "VideoReadError",
+    "LoadImage-garbage": ("PVTTLoadImage", {"image": "garbage.png"}, "ImageReadError",
                           r"cannot read garbage\.png as an image", r"Save it as PNG"),
-    "LoadImage-truncated": ("PVTTLoadImage", {"image": "truncated.png"}, "VideoReadError",
-                            r"cannot read truncated\.png as an image", r"Save it as PNG"),
+    "LoadImage-truncated": ("PVTTLoadImage", {"image": "truncated.png"}, "ImageReadError",
+                            r"truncated\.png is damaged", r"Export it again"),
     "LoadImage-video-file": ("PVTTLoadImage", {"image": "samples/pvtt_template.mp4"}, "ValidationFailed",
                              r"not one of the supported file types", r"\.png"),
 }
@@ -483,7 +483,7 @@ def test_huge_photo_is_refused_by_the_ram_guard_before_decoding(folders, monkeyp
     with pytest.raises(errors.InputError) as excinfo:
         execute("PVTTLoadImage", image="huge.png")
     message = str(excinfo.value)
-    assert "loading huge.png at 4000x3000 needs about 0.1 GB" in message and "downscale the photo" in message
+    assert "loading huge.png at 4000x3000 needs about 0.1 GB" in message and "downscale the image" in message
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
