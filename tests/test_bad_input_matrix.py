@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from _comfy_pack import PACKAGE
+from _media_files import feathered_disk, flip_idat_bit, gradient_png, png_bomb, write_raw_mjpeg
 from _node_fixtures import TINY_NAME, nodes, run
 
 errors = importlib.import_module(f"{PACKAGE}.pvtt_train.errors")
 validation = importlib.import_module(f"{PACKAGE}.pvtt_train.validation")
 video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
+image_decode = importlib.import_module(f"{PACKAGE}.nodes.image_decode")
 checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
 pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
 optional = importlib.import_module(f"{PACKAGE}.pvtt_accel.optional")
@@ -89,6 +91,9 @@ BAD_IMAGES = [
     ("0-255-float", lambda v: v * 255, r"values .*\.\..*255|values 51", r"divide by 255"),
     ("uint8-0-255", lambda v: (v * 255).to(torch.uint8), r"ComfyUI images and masks hold 0\.\.1", r"divide by 255"),
     ("minus1-1", lambda v: v * 2 - 1, r"values -0\.\d+\.\.0\.\d+", r"\(x \+ 1\) / 2"),
+    ("float64-1e300", lambda v: with_value(v.double(), 5, 1e300), r"values 0\.\d+\.\.1e\+300, out of range",
+     r"rescale it to 0\.\.1"),
+    ("far-negative", lambda v: with_value(v, 5, -5.0), r"values -5\.\.0\.\d+, out of range", r"rescale it to 0\.\.1"),
     ("complex-dtype", lambda v: v.to(torch.complex64), r"dtype torch\.complex64", r"connect"),
     ("1d", lambda v: v.flatten(), r"must be an IMAGE batch", r"connect PVTT Load Video"),
 ]
@@ -400,6 +405,16 @@ def corrupt_inputs(inp):
     from PIL import Image
     Image.new("RGB", (8, 8), "red").save(seq / "0001.png")
     Image.new("RGB", (10, 8), "red").save(seq / "0002.png")
+    write_bytes(inp, "flipped.png", flip_idat_bit(gradient_png(), 60))
+    write_bytes(inp, "bomb.png", png_bomb())
+    import cv2
+    import numpy as np
+    cv2.imwrite(str(inp / "float_0_255.tiff"), np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8))
+    cv2.imwrite(str(inp / "float_nan.tiff"), np.full((8, 8), np.nan, np.float32))
+    damaged_seq = inp / "damaged_frame"
+    damaged_seq.mkdir()
+    write_bytes(damaged_seq, "0001.png", gradient_png(64))
+    write_bytes(damaged_seq, "0002.png", flip_idat_bit(gradient_png(64), 20))
     bad_seq = inp / "bad_frame"
     bad_seq.mkdir()
     Image.new("RGB", (8, 8), "red").save(bad_seq / "0001.png")
@@ -437,7 +452,9 @@ FILE_REFUSALS = {
     "LoadVideo-sequence-traversal": ("PVTTLoadVideo", {"video": "../"}, "ValidationFailed", r"not found",
                                      r"input folder"),
     "LoadVideo-sequence-mixed-sizes": ("PVTTLoadVideo", {"video": "mixed_sizes/"}, "VideoReadError",
-                                       r"0002\.png .* is 10x8 but the first frame is 8x8", r"same size"),
+                                       r"0002\.png .* is 10x8 but the first frame is 8x8", r"resize them all to 8x8"),
+    "LoadVideo-sequence-damaged-frame": ("PVTTLoadVideo", {"video": "damaged_frame/"}, "ImageReadError",
+                                         r"frame 0002\.png of damaged_frame/ is damaged", r"Export it again"),
     "LoadVideo-sequence-broken-frame": ("PVTTLoadVideo", {"video": "bad_frame/"}, "ImageReadError",
                                         r"cannot read frame 0002\.png of bad_frame/ as an image", r"Save it as PNG"),
     "LoadImage-missing": ("PVTTLoadImage", {"image": "nope.png"}, "ValidationFailed", r"not found", r"input folder"),
@@ -447,6 +464,14 @@ FILE_REFUSALS = {
                           r"cannot read garbage\.png as an image", r"Save it as PNG"),
     "LoadImage-truncated": ("PVTTLoadImage", {"image": "truncated.png"}, "ImageReadError",
                             r"truncated\.png is damaged", r"Export it again"),
+    "LoadImage-png-flipped-bit": ("PVTTLoadImage", {"image": "flipped.png"}, "ImageReadError",
+                                  r"flipped\.png is damaged .*checksum", r"Export it again"),
+    "LoadImage-png-bomb": ("PVTTLoadImage", {"image": "bomb.png"}, "ImageReadError",
+                           r"bomb\.png is 20000x20000 pixels, too large to load", r"downscale the image to at most"),
+    "LoadImage-float-0-255": ("PVTTLoadImage", {"image": "float_0_255.tiff"}, "ImageReadError",
+                              r"float image with values 0\.\.255", r"Rescale it to 0\.\.1"),
+    "LoadImage-float-nan": ("PVTTLoadImage", {"image": "float_nan.tiff"}, "ImageReadError",
+                            r"float image with 64 NaN or Inf pixels", r"16-bit PNG"),
     "LoadImage-video-file": ("PVTTLoadImage", {"image": "samples/pvtt_template.mp4"}, "ValidationFailed",
                              r"not one of the supported file types", r"\.png"),
 }
@@ -472,6 +497,37 @@ def test_huge_video_is_refused_by_the_ram_guard_before_decoding(folders, monkeyp
     assert re.search(r"loading 9 frames .* at 128x128 needs about", str(excinfo.value))
     assert "set frame_load_cap to 0 or less" not in str(excinfo.value)
     assert "downscale the video" in str(excinfo.value) and decoded == []
+
+
+def test_video_without_a_frame_count_is_stopped_by_the_ram_guard_while_decoding(folders, monkeypatch):
+    write_raw_mjpeg(folders / "input" / "raw.avi", frames=12, height=64, width=80)  # reports a negative count
+    monkeypatch.setattr(video_io, "available_memory", lambda: 2 * validation.clip_bytes(3, 64, 80) + 1)
+    with pytest.raises(errors.InputError) as excinfo:
+        execute("PVTTLoadVideo", video="raw.avi", **VIDEO_DEFAULTS)
+    assert re.search(r"loading 4 frames of raw\.avi at 80x64 \(its container does not say how many frames",
+                     str(excinfo.value))
+    assert "set frame_load_cap to 3 or less" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", ["grey16.png", "float.tiff", "mask16/"])
+def test_deep_image_files_load_by_their_real_range(name, folders):
+    import cv2
+    import numpy as np
+
+    inp = folders / "input"
+    levels = feathered_disk(32)
+    if name == "grey16.png":
+        cv2.imwrite(str(inp / name), levels)
+        loaded = execute("PVTTLoadImage", image=name)[0][0, ..., 1]
+    elif name == "float.tiff":
+        cv2.imwrite(str(inp / name), (levels / 65535.0).astype(np.float32))
+        loaded = execute("PVTTLoadImage", image=name)[0][0, ..., 1]
+    else:
+        (inp / name).mkdir()
+        for k in range(2):
+            cv2.imwrite(str(inp / name / f"{k}.png"), levels)
+        loaded = execute("PVTTLoadVideo", video=name, **VIDEO_DEFAULTS)[1][1]
+    assert float((loaded - torch.from_numpy(levels / 65535.0).float()).abs().max()) <= 0.5 / 255 + 1e-6
 
 
 def test_huge_photo_is_refused_by_the_ram_guard_before_decoding(folders, monkeypatch):
