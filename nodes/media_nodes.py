@@ -180,7 +180,9 @@ class PVTTLoadVideo:
 
 class PVTTLoadImage:
     DESCRIPTION = ("Loads the new product's photo from ComfyUI's input folder or the pack's samples. Best: the "
-                   "product alone on a plain light background, or a cut-out PNG (transparency becomes white).")
+                   "product alone on a plain light background, or a cut-out PNG (transparency becomes white). "
+                   "16-bit PNG/TIFF and 0..1 float TIFF load by their real range, rounded to 8 bits; damaged PNGs "
+                   "and images too large for memory are refused.")
     CATEGORY = "PVTT/loaders"
     FUNCTION = "load"
     RETURN_TYPES = ("IMAGE",)
@@ -213,7 +215,9 @@ class PVTTLoadImage:
 
 class PVTTSaveVideo:
     DESCRIPTION = ("Saves frames as an MP4 in ComfyUI's output folder and shows an animated preview "
-                   "(also saved: an animated WebP that holds the workflow, drop it on ComfyUI to reload; or a GIF).")
+                   "(also saved: an animated WebP that holds the workflow, drop it on ComfyUI to reload; or a GIF). "
+                   "Frames are rounded to 8 bits; the MP4 and WebP are lossy (the MP4 stores colour at half "
+                   "resolution) and the GIF has 256 colours, so none of them holds the exact frames.")
     CATEGORY = "PVTT/video"
     FUNCTION = "save"
     OUTPUT_NODE = True

@@ -88,6 +88,12 @@ def test_float_image_outside_0_to_1_is_refused_not_clipped(folders, values, prob
     assert re.search(r"16-bit PNG", str(excinfo.value))
 
 
+def test_32bit_integer_image_is_refused_as_of_unknown_range(folders):
+    Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 1000, "I").save(folders / "input" / "int32.tiff")
+    with pytest.raises(image_decode.ImageReadError, match=r"int32\.tiff has 32-bit integer pixels.*16-bit PNG"):
+        run("PVTTLoadImage", image="int32.tiff")
+
+
 def test_uint16_and_float_levels_round_to_the_nearest_8_bit_level():
     sixteen = np.arange(65536, dtype=np.uint16)
     assert np.array_equal(image_decode.to_uint8(sixteen), np.round(sixteen.astype(np.float64) * 255 / 65535).astype(np.uint8))
