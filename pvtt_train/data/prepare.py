@@ -89,8 +89,9 @@ def to_uint8(x: np.ndarray) -> torch.Tensor:
 def encode_example(model, example: Example, heldout: bool, height: int, width: int, dtype: torch.dtype,
                    prompt_embeds: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], slice]:
     """The stored fields of one window (see the module docstring) and the layout of its
-    ``Condition.features`` (the slice that holds the product reference)."""
-    canvas = letterbox(example.reference, height, width)
+    ``Condition.features`` (the slice that holds the product reference). The reference is rounded
+    to its stored uint8 values first, so the stored pixels give back exactly the stored condition."""
+    canvas = to_uint8(letterbox(example.reference, height, width)).numpy().astype(np.float32) / 255
     template, mask = torch.from_numpy(example.template)[None], torch.from_numpy(example.mask)[None]
     cond = model.condition(template, mask, torch.from_numpy(canvas)[None])
     tensors = {"background": cond.background[0].to(dtype), "region": cond.region[0].to(dtype),
