@@ -102,10 +102,11 @@ class GateEvaluator:
 
     def score_teacher(self, teacher: LoadedModel) -> dict:
         """The teacher's scores, from the cache when this teacher was scored on these clips before."""
-        key = json.dumps({"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
-                          "sampler": teacher.sampler, "offset": GATE_OFFSET,
-                          "chunk": CHUNK, **({"data": self.data_key} if self.data_key.get("kind") == "dataset" else {})},
-                         sort_keys=True)
+        signed = {"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
+                  "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK}
+        if self.data_key.get("kind") == "dataset":  # synthetic clips follow from the teacher; a dataset does not
+            signed["data"] = self.data_key
+        key = json.dumps(signed, sort_keys=True)
         path = None
         if self.cache_dir is not None:
             path = Path(self.cache_dir) / f"teacher-gate-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"

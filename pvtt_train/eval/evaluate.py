@@ -117,12 +117,13 @@ def save_grid(path, batch: dict, teacher: torch.Tensor, student: torch.Tensor, c
               frames: tuple[int, ...] | None = None, scale: int = 8) -> None:
     """PNG grid, one row per (clip, frame): template | mask | reference | teacher | student | truth."""
     f_total = batch["template"].shape[1]
+    truth = batch.get("target", batch["template"])  # real clips without ground truth show their template
     frames = frames or (0, f_total // 2, f_total - 1)
     rows = []
     for c in range(min(clips, batch["template"].shape[0])):
         for f in frames:
             cells = [batch["template"][c, f], batch["mask"][c, f][..., None].expand(-1, -1, 3),
-                     batch["reference"][c], teacher[c, f], student[c, f], batch["target"][c, f]]
+                     batch["reference"][c], teacher[c, f], student[c, f], truth[c, f]]
             gap = torch.ones(cells[0].shape[0], 1, 3)
             rows.append(torch.cat([t for cell in cells for t in (cell.float(), gap)][:-1], dim=1))
         rows.append(torch.ones(1, rows[-1].shape[1], 3))
