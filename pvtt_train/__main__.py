@@ -125,6 +125,7 @@ def cmd_distill(args) -> None:
     from .distill.report import side_by_side, write_report
     from .models.checkpoint import load_checkpoint
 
+    open_data(args.data)  # a wrong --data fails before the run folder is made
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,

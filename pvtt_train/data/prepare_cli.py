@@ -44,10 +44,12 @@ def cmd_prepare_data(args) -> None:
     import torch
 
     from ..models.loading import load_model
+    from .clips import discover_clips
     from .prepare import prepare_dataset
 
     torch.set_num_threads(args.threads)
     check_model_file(args.model, "--model", "model", folder_ok=True)
+    discover_clips(Path(args.clips))  # a wrong --clips fails before the model is loaded
     loaded = load_model(Path(args.model))
     encode_text = folder_text_encoder(Path(args.model))
     if encode_text is None and args.negative_prompt:
