@@ -120,20 +120,23 @@ def cmd_distill(args) -> None:
     _check_progressive_inputs(args)
 
     from .data.batches import training_data_config
+    from .data.dataset import open_data
     from .distill.progressive import make_accelerator, run_progressive
     from .distill.report import side_by_side, write_report
     from .models.checkpoint import load_checkpoint
 
+    open_data(args.data)  # a wrong --data fails before the run folder is made
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,
-                             accelerator=acc)
+                             accelerator=acc, data=args.data)
     if acc.is_main_process:
         for s in result["stages"]:
             print(f"{s['name']}: {s['export']}")
         if args.report_clips:
             teacher = load_checkpoint(Path(args.teacher))
-            report, _, _ = side_by_side(teacher, result, training_data_config(teacher), args.report_clips)
+            data = open_data(args.data) or training_data_config(teacher)
+            report, _, _ = side_by_side(teacher, result, data, args.report_clips)
             write_report(report, run_dir)
             print((run_dir / "report.md").read_text())
 
@@ -301,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resumable run folder: training states, caches, logs, strips, report")
     p.add_argument("--report-clips", type=whole(0, " (0 = skip the report)"), default=16,
                    help="held-out clips for the final side-by-side report; 0 = skip it")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (the teacher's generator) or a dataset folder written by prepare-data")
     _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_distill)
 
@@ -321,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .bench_cli import register as register_bench
+    from .data.prepare_cli import register as register_prepare_data
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
     from .models.lora_cli import register as register_lora
@@ -329,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_frechet(sub)
     register_lora(sub)
     register_bench(sub)
+    register_prepare_data(sub)
     return parser
 
 

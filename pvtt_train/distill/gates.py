@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data.batches import heldout_batch
+from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..eval.evaluate import generate, warm_up
 from ..eval.frechet import frechet_distance
-from ..eval.metrics import background_psnr, product_psnr, product_ssim
+from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_error
 from ..eval.video_encoder import load_video_encoder
 from ..models.checkpoint import LoadedModel, file_sha256, write_atomic
 from .config import GateConfig
@@ -43,6 +43,11 @@ class GateFailed(RuntimeError):
 
 
 def sample_metrics(raw: torch.Tensor, composited: torch.Tensor, batch: dict) -> dict:
+    """Product fidelity needs the ground truth; without one (real paired clips) only the background
+    (where the template is the truth) and, on real data, the temporal warp error are scored."""
+    if "target" not in batch:
+        return {"background_psnr_raw": background_psnr(raw, batch["template"], batch["mask"]),
+                "warp_error": warp_error(composited, batch["template"])}
     return {"product_psnr": product_psnr(raw, batch["target"], batch["mask"]),
             "product_ssim": product_ssim(raw, batch["target"], batch["mask"]),
             "background_psnr_raw": background_psnr(raw, batch["target"], batch["mask"])}
@@ -51,13 +56,17 @@ def sample_metrics(raw: torch.Tensor, composited: torch.Tensor, batch: dict) -> 
 class GateEvaluator:
     """Scores models on the gate clips; encodes the ground truth once."""
 
-    def __init__(self, data: SyntheticConfig, clips: int = 64, encoder: str | None = None,
+    def __init__(self, data: SyntheticConfig | EncodedDataset, clips: int = 64, encoder: str | None = None,
                  cache_dir: Path | None = None, seed: int = 0):
-        self.batch = heldout_batch(data, clips, offset=GATE_OFFSET)
+        self.batch = heldout_of(data, clips, offset=GATE_OFFSET)
+        self.data_key = data.to_dict()
         self.encoder = load_video_encoder(encoder)
         self.encoder_name = str(encoder) if encoder else "pvtt_video_encoder (shipped)"
-        self.cache_dir, self.seed, self.clips = cache_dir, seed, clips
-        self.truth = self._features(self.batch["target"])
+        # A dataset may hold fewer held-out clips than asked for: all of them are scored.
+        self.cache_dir, self.seed, self.clips = cache_dir, seed, self.batch["template"].shape[0]
+        # The distance is to the ground truth; real paired clips have none, so to the real template
+        # videos: the distribution of real footage the samples should stay in.
+        self.truth = self._features(self.batch["target"] if "target" in self.batch else self.batch["template"])
         self.videos: dict[str, torch.Tensor] = {}  # composited samples by model name, for strips
 
     @torch.no_grad()
@@ -83,14 +92,21 @@ class GateEvaluator:
         return self._summary(raw, comp, seconds)
 
     def _summary(self, raw, composited, seconds) -> dict:
-        return {"frechet_distance": frechet_distance(self._features(composited), self.truth),
-                **sample_metrics(raw, composited, self.batch), "seconds_per_clip": seconds / self.clips}
+        features = self._features(composited)
+        scores = {"frechet_distance": frechet_distance(features, self.truth),
+                  **sample_metrics(raw, composited, self.batch), "seconds_per_clip": seconds / self.clips}
+        if "teacher" in self.videos and self.data_key.get("kind") == "dataset":
+            # On real data the student is also compared with the teacher's own samples directly.
+            scores["frechet_to_teacher"] = frechet_distance(features, self._features(self.videos["teacher"]))
+        return scores
 
     def score_teacher(self, teacher: LoadedModel) -> dict:
         """The teacher's scores, from the cache when this teacher was scored on these clips before."""
-        key = json.dumps({"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
-                          "sampler": teacher.sampler, "offset": GATE_OFFSET,
-                          "chunk": CHUNK}, sort_keys=True)
+        signed = {"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
+                  "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK}
+        if self.data_key.get("kind") == "dataset":  # synthetic clips follow from the teacher; a dataset does not
+            signed["data"] = self.data_key
+        key = json.dumps(signed, sort_keys=True)
         path = None
         if self.cache_dir is not None:
             path = Path(self.cache_dir) / f"teacher-gate-{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"

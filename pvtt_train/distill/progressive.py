@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from ..data.batches import training_data_config
+from ..data.dataset import open_data
+from ..data.prepare import encoder_identity
 from ..errors import CheckpointError
 from ..eval.evaluate import save_grid
 from ..models.checkpoint import (
@@ -68,7 +70,8 @@ def student_file(stage: StageConfig) -> str:
 
 
 def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: RunConfig, scores: dict,
-                    gate: dict, stats: dict, real_score: str) -> dict:
+                    gate: dict, stats: dict, real_score: str, data: dict | None = None) -> dict:
+    """The student's metadata; ``data`` is what it trained on (default: the teacher's synthetic data)."""
     return {
         "stage": stage.name,
         "stage_index": index,
@@ -82,17 +85,19 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
             "teacher": teacher.path.name,
             "teacher_sha256": file_sha256(teacher.path),
             "real_score": real_score,
-            "data": teacher.metadata.get("provenance", {}).get("data"),
+            "data": data if data is not None else teacher.metadata.get("provenance", {}).get("data"),
             "config": {"stage": asdict(stage), "run": asdict(run)},
             **stats,
         },
     }
 
 
-def _run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha: str) -> str:
+def _run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha: str, data_sha: str | None = None) -> str:
     run_dict = {k: v for k, v in asdict(run).items() if k != "force"}
-    return json.dumps({"stages": [asdict(s) for s in stages], "run": run_dict, "teacher": teacher_sha},
-                      sort_keys=True)
+    signed = {"stages": [asdict(s) for s in stages], "run": run_dict, "teacher": teacher_sha}
+    if data_sha is not None:  # a dataset run; synthetic runs keep their signature
+        signed["data"] = data_sha
+    return json.dumps(signed, sort_keys=True)
 
 
 class ProgressLog:
@@ -126,9 +131,14 @@ def _losses_used(stages: list[StageConfig]) -> set[str]:
 
 
 def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path,
-                    models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None) -> dict:
-    """Train, gate and export every stage; returns {teacher: scores, stages: [...]} for the report."""
+                    models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None,
+                    data: str | Path = "synthetic") -> dict:
+    """Train, gate and export every stage; returns {teacher: scores, stages: [...]} for the report.
+
+    ``data`` is 'synthetic' (the teacher's own generator settings, from its provenance) or a
+    ``prepare-data`` folder, which must have been encoded by this teacher's VAE."""
     check_config(stages, run)
+    dataset = open_data(data)  # a bad --data folder fails before anything is written
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     acc = accelerator or make_accelerator(run, run_dir)
     main = acc.is_main_process
@@ -148,8 +158,15 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
             _say(main, f"removed {len(stale)} temp file(s) of interrupted writes: "
                        + ", ".join(str(p) for p in stale[:5]))
     teacher = load_checkpoint(teacher_path)
-    data = training_data_config(teacher)
-    log = ProgressLog(progress_path, _run_signature(stages, run, file_sha256(teacher.path)), resume)
+    if dataset is None:
+        data, data_provenance = training_data_config(teacher), None
+    else:
+        dataset.check_model(encoder_identity(teacher.model), str(teacher_path))
+        data, data_provenance = dataset, dataset.provenance()
+        _say(main, f"training data: {dataset.folder} ({len(dataset.train)} training and {len(dataset.heldout)} "
+                   f"held-out clip windows, sha {dataset.sha256})")
+    log = ProgressLog(progress_path, _run_signature(stages, run, file_sha256(teacher.path),
+                                                    dataset.sha256 if dataset else None), resume)
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
     used = _losses_used(stages)
@@ -185,7 +202,7 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     evaluator = GateEvaluator(data, run.eval_clips, run.video_encoder, run_dir / "cache", seed=run.seed) \
         if main else None
     teacher_scores = evaluator.score_teacher(teacher) if main else None
-    _say(main, f"teacher on {run.eval_clips} gate clips: " + _fmt(teacher_scores or {}))
+    _say(main, f"teacher on {evaluator.clips if main else run.eval_clips} gate clips: " + _fmt(teacher_scores or {}))
     # The baseline distillation has to beat: the teacher itself with the last stage's few-step sampler.
     undistilled = evaluator.score(teacher_as_few_step(teacher, stages[-1].timesteps), "teacher_undistilled") \
         if main else None
@@ -230,7 +247,7 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
                 gate["forced"] = bool(not gate["passed"] and run.force)
                 target = out if gate["passed"] or run.force else run_dir / "failed" / out.name
                 save_checkpoint(target, student_model, export_metadata(teacher, stage, index, run, scores, gate,
-                                                                       result.stats, run.real_score))
+                                                                       result.stats, run.real_score, data_provenance))
                 entry.update(scores=scores, gate=gate, export=str(target), sha256=file_sha256(target),
                              train_minutes=round(result.stats["train_seconds"] / 60, 2))
                 log.record(entry)
@@ -246,7 +263,8 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
         if run.real_score == "previous":
             real, real_cfg = student_model, 1.0
     acc.end_training()
-    return {"teacher": teacher_scores, "undistilled": undistilled, "stages": results, "gate_clips": run.eval_clips,
+    return {"teacher": teacher_scores, "undistilled": undistilled, "stages": results,
+            "gate_clips": evaluator.clips if evaluator else run.eval_clips,
             "distance_encoder": evaluator.encoder_name if evaluator else None}
 
 

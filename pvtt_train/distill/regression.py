@@ -19,11 +19,13 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..data.batches import HELDOUT_SEED_BASE, condition_batch, make_batch
+from ..data.batches import HELDOUT_SEED_BASE, make_batch
+from ..data.dataset import EncodedDataset, condition_of
 from ..data.synthetic import SyntheticConfig, SyntheticVideoGenerator
 from ..models.checkpoint import LoadedModel, file_sha256, write_atomic
 from ..models.pvtt_model import Condition
@@ -69,20 +71,29 @@ def teacher_trajectory(teacher, cond: Condition, grid: list[tuple[float, int | N
 class TrajectoryCache:
     """Teacher ODE states at ``sigmas`` and final x0 for ``pool`` clips, generated once on disk."""
 
-    def __init__(self, folder: Path, teacher: LoadedModel, data: SyntheticConfig, sigmas: list[float],
-                 cfg: float, pool: int = 64, seed: int = 0, chunk: int = 16):
+    def __init__(self, folder: Path, teacher: LoadedModel, data: SyntheticConfig | EncodedDataset,
+                 sigmas: list[float], cfg: float, pool: int = 64, seed: int = 0, chunk: int = 16):
         self.teacher, self.data, self.cfg, self.chunk = teacher, data, cfg, chunk
         self.sigmas = sorted({round(float(s), 9) for s in sigmas}, reverse=True)
-        self.seeds = list(range(POOL_SEED_BASE + seed * pool, POOL_SEED_BASE + (seed + 1) * pool))
+        if isinstance(data, EncodedDataset):
+            # Pool clips are training examples (dataset indices), a seeded choice of the training split.
+            order = np.random.default_rng(seed).permutation(len(data.train))[:pool]
+            self.seeds = [data.train[int(i)] for i in order]
+            self._examples = data.load
+            seeds_key = self.seeds
+        else:
+            self.seeds = list(range(POOL_SEED_BASE + seed * pool, POOL_SEED_BASE + (seed + 1) * pool))
+            clips = SyntheticVideoGenerator(data)
+            self._examples = lambda seeds: make_batch(clips, seeds)
+            seeds_key = [self.seeds[0], pool]
         self.key = {"teacher_sha256": file_sha256(teacher.path), "sigmas": self.sigmas, "cfg": cfg,
-                    "schedule": teacher.schedule.to_dict(), "data": data.to_dict(), "seeds": [self.seeds[0], pool],
+                    "schedule": teacher.schedule.to_dict(), "data": data.to_dict(), "seeds": seeds_key,
                     "teacher_steps": teacher.sampler.get("steps", 50)}
         self.key_json = json.dumps(self.key, sort_keys=True)
         digest = hashlib.sha256(self.key_json.encode()).hexdigest()[:12]
         self.folder = Path(folder) / f"trajectories-{digest}"
         self._states: torch.Tensor | None = None
         self._x0: torch.Tensor | None = None
-        self._clips = SyntheticVideoGenerator(data)
 
     def _chunk_path(self, i: int) -> Path:
         return self.folder / f"chunk-{i:04d}.safetensors"
@@ -109,9 +120,9 @@ class TrajectoryCache:
             path = self._chunk_path(n)
             if not (path.exists() and self._complete(path)):
                 seeds = self.seeds[start:start + self.chunk]
-                batch = make_batch(self._clips, seeds)
-                cond = condition_batch(model, batch)
-                gen = torch.Generator().manual_seed(seeds[0])
+                batch = self._examples(seeds)
+                cond = condition_of(model, batch, self.data)
+                gen = torch.Generator().manual_seed(int(seeds[0]))
                 states, x0 = teacher_trajectory(model, cond, grid, len(self.sigmas), self.cfg, gen)
                 tensors = {"states": states.contiguous(), "x0": x0.contiguous(), "seeds": torch.tensor(seeds)}
                 write_atomic(path, lambda tmp, t=tensors: save_file(t, tmp, metadata={"key": self.key_json}))
@@ -135,7 +146,7 @@ class TrajectoryCache:
         idx = torch.randint(len(self.seeds), (count,), generator=generator)
         which = torch.randint(len(stage_sigmas), (count,), generator=generator)
         slots = torch.tensor([self.sigma_index(stage_sigmas[int(w)]) for w in which])
-        batch = make_batch(self._clips, [self.seeds[int(i)] for i in idx])
+        batch = self._examples([self.seeds[int(i)] for i in idx])
         batch["x_t"] = self._states[idx, slots]
         batch["x0_teacher"] = self._x0[idx]
         batch["sigma"] = torch.tensor([stage_sigmas[int(w)] for w in which])

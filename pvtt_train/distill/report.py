@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..data.dataset import EncodedDataset
 from ..data.synthetic import SyntheticConfig
 from ..eval.evaluate import evaluate, quality_retention
 from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
@@ -26,9 +27,10 @@ def teacher_as_few_step(teacher: LoadedModel, timesteps) -> LoadedModel:
     return dataclasses.replace(teacher, metadata=meta)
 
 
-def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig, clips: int = 16):
-    """Evaluate teacher and all stages together; returns (report, outputs, batch) of ``evaluate``
-    with a ``stages`` list (metrics, latency, speedup, retention, gate, training minutes)."""
+def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset, clips: int = 16):
+    """Evaluate teacher and all stages together on held-out clips (synthetic, or the dataset's held-out
+    split, where product metrics are NaN without ground truth); returns (report, outputs, batch) of
+    ``evaluate`` with a ``stages`` list (metrics, latency, speedup, retention, gate, training minutes)."""
     stages = progressive["stages"]
     loaded = {s["name"]: load_checkpoint(Path(s["export"])) for s in stages}
     final = stages[-1]["name"]
@@ -53,6 +55,8 @@ def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig,
     report["gate_teacher_scores"] = progressive.get("teacher")
     report["gate_undistilled_scores"] = progressive.get("undistilled")
     report["distance_encoder"] = progressive.get("distance_encoder")
+    report["data"] = data.provenance() if isinstance(data, EncodedDataset) else {"kind": "synthetic",
+                                                                                 **data.to_dict()}
     return report, outputs, batch
 
 

@@ -27,7 +27,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..data.batches import TrainingStream, condition_batch
+from ..data.dataset import EncodedDataset, condition_of, target_latents, training_stream
 from ..data.synthetic import SyntheticConfig
 from ..identity.loss import identity_loss
 from ..models.checkpoint import LoadedModel, write_atomic
@@ -75,7 +75,7 @@ class StageInputs:
     real_cfg: float
     student_init: torch.nn.Module
     critic_init: torch.nn.Module
-    data: SyntheticConfig
+    data: SyntheticConfig | EncodedDataset  # synthetic clips, or a prepare-data dataset
     trajectories: TrajectoryCache | None = None
     identity: torch.nn.Module | None = None
     perceptual: torch.nn.Module | None = None
@@ -173,7 +173,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
         head.to(acc.device)
     routed_student, routed_critic = Routed(student_w, student), Routed(critic_w, critic)
     real = inputs.real.to(acc.device).eval().requires_grad_(False)
-    stream = TrainingStream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
+    stream = training_stream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
     flows = FlowCache()
     config_json = json.dumps({"stage": asdict(stage), "run": asdict(run), "world": world}, sort_keys=True)
 
@@ -237,7 +237,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
             terms["background"] = background_loss(x0, cond)
         if "regression" in stage.losses or "perceptual" in stage.losses:
             reg = inputs.trajectories.sample(x0.shape[0], sigmas, gen)
-            reg_cond = condition_batch(student, {k: v.to(acc.device) for k, v in reg.items()})
+            reg_cond = condition_of(student, {k: v.to(acc.device) for k, v in reg.items()}, inputs.data)
             terms["regression"], x0_reg = regression_loss(routed_student, reg, reg_cond, s_schedule)
             if "perceptual" in stage.losses:
                 # Compared as decoded video in -1..1 ([B,3,F,H,W]): LPIPS needs pixels, and the
@@ -276,7 +276,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                 with sync_context(micro == run.grad_accumulation - 1):
                     with acc.autocast():
                         batch = {k: v.to(acc.device) for k, v in stream.next().items()}
-                        cond = condition_batch(student, batch)
+                        cond = condition_of(student, batch, inputs.data)
                         exit_step = int(torch.randint(len(sigmas), (1,), generator=sync_gen))
                         x0 = student_rollout(routed_student, cond, s_schedule, sigmas, exit_step, gen,
                                              grad_at_exit=generator_turn)
@@ -289,7 +289,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     with acc.autocast():
                         loss_c = critic_loss(routed_critic, x0, cond, schedule, gen)
                         if head is not None:
-                            real_x0 = student.encode(batch["target"])
+                            real_x0 = target_latents(student, batch)
                             loss_d, d_info = discriminator_loss(head, critic, real_x0, x0.detach(), cond, schedule,
                                                                 gen, stage.r1_weight, stage.r1_sigma)
                             loss_c = loss_c + loss_d

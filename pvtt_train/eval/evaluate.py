@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.batches import heldout_batch
+from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel
 from ..sampling.composite import composite
@@ -71,23 +71,35 @@ def quality_retention(teacher: dict, student: dict) -> dict:
     for key, t in teacher.items():
         s = student[key]
         ratios[key] = (t / s) if key in LOWER_IS_BETTER else (s / t)
-    ratios["min"] = min(ratios.values())
+    ratios["min"] = min(v for v in ratios.values() if v == v)  # NaN (a metric without ground truth) is skipped
     return ratios
 
 
-def evaluate(teacher: LoadedModel, student: LoadedModel, data: SyntheticConfig, count: int = 16,
+def scored(raw: torch.Tensor, composited: torch.Tensor, batch: dict) -> dict[str, float]:
+    """``all_metrics``; clips without a ground truth (real paired clips) are scored outside the
+    product against the template (the truth there) and their product metrics are NaN (unknown)."""
+    if "target" in batch:
+        return all_metrics(raw, composited, batch)
+    metrics = all_metrics(raw, composited, {**batch, "target": batch["template"]})
+    metrics["product_psnr"] = metrics["product_ssim"] = float("nan")
+    return metrics
+
+
+def evaluate(teacher: LoadedModel, student: LoadedModel, data: SyntheticConfig | EncodedDataset, count: int = 16,
              seed: int = 0, extra: dict[str, LoadedModel] | None = None) -> tuple[dict, dict[str, Generated], dict]:
-    """Run teacher, student (and any ``extra`` models) on ``count`` held-out clips; returns
-    (report, outputs by name, batch)."""
-    batch = heldout_batch(data, count)
+    """Run teacher, student (and any ``extra`` models) on ``count`` held-out clips (synthetic, or a
+    dataset's held-out split); returns (report, outputs by name, batch)."""
+    batch = heldout_of(data, count)
+    count = batch["template"].shape[0]
+    frames, height, width = batch["template"].shape[1:4]
     models = {"teacher": teacher, "student": student, **(extra or {})}
     for loaded in models.values():
         warm_up(loaded, batch)
     outputs = {name: generate(loaded, batch, seed) for name, loaded in models.items()}
-    metrics = {name: all_metrics(g.raw, g.composited, batch) for name, g in outputs.items()}
+    metrics = {name: scored(g.raw, g.composited, batch) for name, g in outputs.items()}
     report = {
         "clips": count,
-        "video": {"frames": data.frames, "height": data.height, "width": data.width},
+        "video": {"frames": frames, "height": height, "width": width},
         "speedup": outputs["teacher"].seconds / outputs["student"].seconds,
         "seconds": {name: round(g.seconds, 3) for name, g in outputs.items()},
         "model_calls_per_clip": {name: g.model_calls for name, g in outputs.items()},
@@ -105,12 +117,13 @@ def save_grid(path, batch: dict, teacher: torch.Tensor, student: torch.Tensor, c
               frames: tuple[int, ...] | None = None, scale: int = 8) -> None:
     """PNG grid, one row per (clip, frame): template | mask | reference | teacher | student | truth."""
     f_total = batch["template"].shape[1]
+    truth = batch.get("target", batch["template"])  # real clips without ground truth show their template
     frames = frames or (0, f_total // 2, f_total - 1)
     rows = []
     for c in range(min(clips, batch["template"].shape[0])):
         for f in frames:
             cells = [batch["template"][c, f], batch["mask"][c, f][..., None].expand(-1, -1, 3),
-                     batch["reference"][c], teacher[c, f], student[c, f], batch["target"][c, f]]
+                     batch["reference"][c], teacher[c, f], student[c, f], truth[c, f]]
             gap = torch.ones(cells[0].shape[0], 1, 3)
             rows.append(torch.cat([t for cell in cells for t in (cell.float(), gap)][:-1], dim=1))
         rows.append(torch.ones(1, rows[-1].shape[1], 3))
