@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def encoder_identity(folder: Path) -> tuple:
     """What makes two encoders the same: the resolved folder and the size and time of every file in it."""
     if not has_text_encoder(folder):
         raise CheckpointError(f"{folder} has no {TOKENIZER_DIR}/ and {TEXT_ENCODER_DIR}/ (the UMT5 text encoder), so "
-                              f"it cannot encode a prompt. Use the complete Wan-VACE diffusers folder.")
+                              f"it cannot encode a prompt. Point PVTT to the complete Wan-VACE diffusers folder the "
+                              f"model came from (sample --text-encoder FOLDER).")
     files = sorted(p for d in (TOKENIZER_DIR, TEXT_ENCODER_DIR) for p in (folder / d).iterdir() if p.is_file())
     return (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
@@ -147,3 +148,44 @@ def _remember(key: tuple, embeds: torch.Tensor) -> None:
     _cache[key] = embeds
     while len(_cache) > CACHE_ENTRIES:
         _cache.popitem(last=False)
+
+
+#: CFG's unconditional branch: the negative prompt (reference kept), or the prompt without the reference.
+GUIDANCE_MODES = ("prompt", "reference")
+
+
+def text_encoder_folder(metadata: dict, override: str | Path | None = None) -> Path | None:
+    """Where a checkpoint's text encoder is: ``override``, else the folder its conditioning metadata
+    names (a student carries its teacher's), else None (a model that takes no text)."""
+    if override is not None:
+        return Path(override)
+    folder = (metadata.get("conditioning", {}).get("text_encoder") or {}).get("folder")
+    return Path(folder) if folder else None
+
+
+def guidance_mode(metadata: dict, override: str | None = None) -> str:
+    """``override`` or the checkpoint's own: prompt guidance for models conditioned on UMT5 prompts."""
+    if override is not None:
+        if override not in GUIDANCE_MODES:
+            raise InputError(f"guidance mode must be one of {GUIDANCE_MODES}, got {override!r}")
+        return override
+    return "prompt" if metadata.get("conditioning", {}).get("uncond") == "negative_prompt" else "reference"
+
+
+def prompt_embeddings(metadata: dict, prompt: str | None, negative_prompt: str | None, guidance: str | None = None,
+                      text_encoder: str | Path | None = None, device: str | torch.device = "cpu"):
+    """(context [1,L,D], negative context [1,L,D] or None) for ``Condition.with_prompts``, or (None, None)
+    for a model that takes no text (it keeps its own context, and the text is ignored).
+
+    As in WanVACEPipeline, a missing prompt or negative prompt is the empty string. With reference
+    guidance there is no negative branch, so the negative prompt is not encoded.
+    """
+    folder = text_encoder_folder(metadata, text_encoder)
+    if folder is None:
+        return None, None
+    mode = guidance_mode(metadata, guidance)
+    length = (metadata.get("conditioning", {}).get("text_encoder") or {}).get("max_sequence_length",
+                                                                              MAX_SEQUENCE_LENGTH)
+    texts = [prompt or ""] + ([negative_prompt or ""] if mode == "prompt" else [])
+    embeds = encode_prompts(folder, texts, device, length)
+    return embeds[:1], (embeds[1:] if mode == "prompt" else None)
