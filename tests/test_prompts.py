@@ -128,3 +128,25 @@ def test_the_embedded_model_ignores_the_prompt_and_says_so_once(tmp_path, caplog
         transfer(teacher, template, mask, reference, steps=1, prompt=PROMPT)
     assert torch.equal(with_prompt, transfer(teacher, template, mask, reference, steps=1))
     assert sum("takes no text prompt" in r.message for r in caplog.records) == 1
+
+
+def test_template_transfer_node_takes_the_prompts_as_optional_last_inputs(folder):
+    import importlib
+
+    from _comfy_pack import PACKAGE
+
+    nodes = importlib.import_module(f"{PACKAGE}.nodes.sampling_nodes")
+    loading = importlib.import_module(f"{PACKAGE}.pvtt_train.models.loading")
+    schema = nodes.PVTTTemplateTransfer.INPUT_TYPES()
+    assert list(schema["optional"]) == ["prompt", "negative_prompt"]
+    assert all(spec[1]["tooltip"] and spec[1]["multiline"] for spec in schema["optional"].values())
+    model = loading.load_model(folder)
+    template, mask, reference = designer_inputs()
+    node = nodes.PVTTTemplateTransfer()
+
+    def run(*prompts):
+        return node.transfer(model, template, mask, reference[None], 2, 0, True, *prompts)[0]
+
+    assert torch.equal(run(PROMPT, NEGATIVE), run(PROMPT, NEGATIVE))
+    assert (run(PROMPT, NEGATIVE) - run("a white coffee cup", NEGATIVE)).abs().max() > 1e-4
+    assert torch.equal(run(), run("", ""))  # a saved workflow without the new widgets: the empty prompts
