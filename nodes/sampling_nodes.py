@@ -44,9 +44,19 @@ class PVTTTemplateTransfer:
             "preserve_background": ("BOOLEAN", {"default": True,
                                                 "tooltip": "Keep the model's view of the background tied to the "
                                                            "template at every step (recommended)."}),
+        }, "optional": {  # appended after the original widgets, so saved workflows keep their values
+            "prompt": ("STRING", {"default": "", "multiline": True,
+                                  "tooltip": "What the clip should show, for a model with a text encoder (a Wan-VACE "
+                                             "folder and its students), as in the stock Wan pipeline. The embedded "
+                                             "PVTT model has none and ignores the text."}),
+            "negative_prompt": ("STRING", {"default": "", "multiline": True,
+                                           "tooltip": "What to steer away from (e.g. blurry, static, watermark): "
+                                                      "guidance pushes a teacher's result from this toward the "
+                                                      "prompt. Ignored by models without a text encoder."}),
         }}
 
-    def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background):
+    def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background, prompt="",
+                 negative_prompt=""):
         from ..pvtt_train.pipeline import transfer
 
         trained = model.sampler.get("steps")
@@ -60,7 +70,8 @@ class PVTTTemplateTransfer:
             bar.update_absolute(i, total, preview(model, x0))
 
         out = transfer(model, template_video, mask, product_image, steps=steps or None,
-                       seed=seed, preserve_background=preserve_background, callback=on_step)
+                       seed=seed, preserve_background=preserve_background, callback=on_step,
+                       prompt=prompt or None, negative_prompt=negative_prompt or None)
         return (out,)
 
 

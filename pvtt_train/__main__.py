@@ -330,12 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
     from .models.lora_cli import register as register_lora
+    from .sample_cli import register as register_sample
 
     register_identity(sub)
     register_frechet(sub)
     register_lora(sub)
     register_bench(sub)
     register_prepare_data(sub)
+    register_sample(sub)
     return parser
 
 

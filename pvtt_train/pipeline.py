@@ -3,10 +3,15 @@
 Inputs may have any size and length. They are resized to the checkpoint's trained resolution,
 processed in windows of its trained frame count (the last window is aligned to the clip's end),
 and the result is resized back, so the caller composites at full resolution.
+
+A model with a text encoder (Wan-VACE) is prompted like the stock pipeline: the prompt and the
+negative prompt are encoded once (cached) and CFG guides on one against the other; a model
+without one (the embedded model) ignores the text and says so once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -14,8 +19,12 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .models.checkpoint import LoadedModel
+from .models.text_encoder import prompt_embeddings
 from .sampling.samplers import sample_from_metadata
 from .validation import check_output_memory, clip_and_mask, product_photo
+
+logger = logging.getLogger(__name__)
+_told_no_text: set[str] = set()
 
 
 def check_inputs(template, mask, reference) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,10 +57,15 @@ def frame_windows(frames: int, window: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
              steps: int | None = None, seed: int = 0, preserve_background: bool = True,
-             callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+             callback: Callable[[int, int, torch.Tensor], None] | None = None, prompt: str | None = None,
+             negative_prompt: str | None = None, guidance: float | None = None, guidance_mode: str | None = None,
+             text_encoder=None) -> torch.Tensor:
     """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size.
 
     ``reference`` is the product photo [H,W,3] (or an IMAGE batch, whose first image is used).
+    ``guidance`` is the CFG scale (None: the checkpoint's); ``guidance_mode`` "prompt" or
+    "reference" picks CFG's unconditional branch (None: the checkpoint's); ``text_encoder`` is the
+    Wan-VACE folder holding it when the checkpoint's recorded one has moved.
     """
     template, mask, reference = check_inputs(template, mask, reference)
     check_output_memory(template)
@@ -59,6 +73,11 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         mask = mask.expand(template.shape[0], -1, -1)
     model = loaded.model
     device = next(model.parameters()).device
+    context, negative = prompt_embeddings(loaded.metadata, prompt, negative_prompt, guidance_mode, text_encoder,
+                                          device)
+    if context is None and (prompt or negative_prompt) and str(loaded.path) not in _told_no_text:
+        _told_no_text.add(str(loaded.path))
+        logger.info("%s takes no text prompt (it has no text encoder); the prompt is ignored", loaded.path.name)
     h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
     tmpl = resize_video(template, h, w)
     msk = (resize_video(mask[..., None], h, w)[..., 0] > 0.5).float()
@@ -74,12 +93,13 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         pad = window - (end - start)
         idx = torch.cat([torch.arange(start, end), torch.full((max(pad, 0),), end - 1)])
         cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device),
-                               reference[None].to(device))  # models fit the photo themselves (aspect kept)
+                               reference[None].to(device)).with_prompts(context, negative)  # photo fit by the model
 
         def step_cb(i, n, x0, wi=wi):
             if callback is not None:
                 callback(wi * n + i, len(windows) * n, x0)
 
-        x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb)
+        x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb,
+                                  guidance)
         out[start:end] = model.decode(x0)[0, : end - start].cpu()
     return resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

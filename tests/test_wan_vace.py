@@ -142,7 +142,7 @@ def test_velocity_uses_reference_only_in_the_conditional_branch(loaded, inputs, 
 
 
 def test_training_step_updates_transformer_and_context_never_the_vae(loaded, inputs):
-    model = copy.deepcopy(loaded.model).train().requires_grad_(True)  # as the distillation trainer does
+    model = copy.deepcopy(loaded.model).train().requires_grad_(True)  # everything differentiable, to see the graph
     template, mask, reference = inputs
     cond = model.condition(template, mask, reference)
     x0 = model.encode(template.flip(1))

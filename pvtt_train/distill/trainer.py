@@ -139,6 +139,20 @@ def _trim_log(log_path: Path, g_steps: int) -> None:
     write_atomic(log_path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
+def trainable_copy(model: torch.nn.Module, device) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """A training copy of ``model`` and the parameters training may update (``model.trainable_parameters()``).
+
+    Everything else (a Wan VAE, a fixed prompt context) is frozen: ``requires_grad`` False, so it
+    is in no optimizer, EMA or gradient clip, and pixel-space losses backpropagate through the
+    decoder without updating it.
+    """
+    copy_ = copy.deepcopy(model).to(device).train().requires_grad_(False)
+    params = list(copy_.trainable_parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return copy_, params
+
+
 def _make_discriminator(critic, stage: StageConfig):
     if "adversarial" not in stage.losses:
         return None, None
@@ -157,18 +171,21 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     s_schedule = student_schedule(schedule, stage)
     sigmas = s_schedule.student_sigmas(stage.timesteps)
 
-    student = copy.deepcopy(inputs.student_init).to(acc.device).train().requires_grad_(True)
-    critic = copy.deepcopy(inputs.critic_init).to(acc.device).train().requires_grad_(True)
+    student, student_params = trainable_copy(inputs.student_init, acc.device)
+    critic, critic_params = trainable_copy(inputs.critic_init, acc.device)
     if run.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         critic.enable_gradient_checkpointing()
     head, opt_d = _make_discriminator(critic, stage)
-    opt_g = torch.optim.AdamW(student.parameters(), lr=stage.lr_student, weight_decay=0.0)
-    opt_c = torch.optim.AdamW(critic.parameters(), lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
-    ema = EMAModel(student.parameters(), decay=run.ema_decay) if run.ema_decay > 0 else None
+    opt_g = torch.optim.AdamW(student_params, lr=stage.lr_student, weight_decay=0.0)
+    opt_c = torch.optim.AdamW(critic_params, lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
+    ema = EMAModel(student_params, decay=run.ema_decay) if run.ema_decay > 0 else None
     # The discriminator head is small and used through the critic's hooked features, so it is not
     # DDP-wrapped; its gradients are averaged across ranks by hand before each step.
     student_w, critic_w, opt_g, opt_c = acc.prepare(student, critic, opt_g, opt_c)
+    # A sharding wrapper may replace parameter objects; what clipping and EMA see is re-read from the module.
+    student_params = [p for p in student.parameters() if p.requires_grad]
+    critic_params = [p for p in critic.parameters() if p.requires_grad]
     if head is not None:
         head.to(acc.device)
     routed_student, routed_critic = Routed(student_w, student), Routed(critic_w, critic)
@@ -241,9 +258,11 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
             terms["regression"], x0_reg = regression_loss(routed_student, reg, reg_cond, s_schedule)
             if "perceptual" in stage.losses:
                 # Compared as decoded video in -1..1 ([B,3,F,H,W]): LPIPS needs pixels, and the
-                # latent alternative re-encodes them with the model's own encoder.
-                pixels = [student.decode(x).permute(0, 4, 1, 2, 3) * 2 - 1
-                          for x in (x0_reg, reg["x0_teacher"].to(x0_reg))]
+                # latent alternative re-encodes them with the model's own encoder. The teacher's
+                # side needs no gradient, so it is decoded without one.
+                with torch.no_grad():
+                    target = student.decode(reg["x0_teacher"].to(x0_reg))
+                pixels = [v.permute(0, 4, 1, 2, 3) * 2 - 1 for v in (student.decode(x0_reg), target)]
                 terms["perceptual"] = inputs.perceptual(*pixels)
         if "adversarial" in stage.losses:
             terms["adversarial"] = generator_adversarial_loss(head, critic, x0, cond, schedule, gen)
@@ -298,10 +317,10 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
             finite_g, finite_c = _all_ranks(acc, finite_g), _all_ranks(acc, finite_c)
             if generator_turn:
                 if finite_g:
-                    g_norm = acc.clip_grad_norm_(student.parameters(), run.grad_clip)
+                    g_norm = acc.clip_grad_norm_(student_params, run.grad_clip)
                     opt_g.step()
                     if ema is not None:
-                        ema.step(student.parameters())
+                        ema.step(student_params)
                     nonfinite_run = 0
                     g_steps += 1
                     bar.update(1)
@@ -327,7 +346,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     if p.grad is not None:
                         p.grad = acc.reduce(p.grad, "mean")
             if finite_c:
-                c_norm = acc.clip_grad_norm_(critic.parameters(), run.grad_clip)
+                c_norm = acc.clip_grad_norm_(critic_params, run.grad_clip)
                 opt_c.step()
                 if opt_d is not None:
                     opt_d.step()
@@ -360,7 +379,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     if state_dir is not None and g_steps % run.save_every != 0:
         save_state_now()  # the stage's end, so a resume never retrains it
     if ema is not None:
-        ema.copy_to(student.parameters())
+        ema.copy_to(student_params)
     spread = _rank_spread(acc, student)
     if spread > 1e-5:
         raise DistillationAborted(f"stage {stage.name}: the student's weights differ across the {world} processes "

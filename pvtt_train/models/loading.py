@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from .checkpoint import FORMAT, FORMAT_VERSION, PICKLE_SUFFIXES, CheckpointError, LoadedModel, load_checkpoint, \
     save_checkpoint
 from .schedule import FlowSchedule
+from .text_encoder import conditioning_metadata
 from .wan_vace import WanVACEPVTT, check_clip_shape
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
         "schedule": schedule.to_dict(),
         "sampler": {**DEFAULT_SAMPLER, **settings.get("sampler", {})},
         "video": video,
-        "conditioning": {"reference": "vace_reference_frame", "uncond": "no_reference_frame"},
+        "conditioning": conditioning_metadata(folder),
         "provenance": {"source": "diffusers_folder", "path": str(folder), "context": context_source},
     }
     model.to(device).eval().requires_grad_(False)

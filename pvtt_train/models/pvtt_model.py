@@ -9,7 +9,8 @@ nodes never branch on the model type:
 - ``encode`` / ``decode`` map clips in 0..1 to model space and back;
 - ``config()`` is the JSON that rebuilds the model from a checkpoint;
 - ``forward`` is ``velocity`` (so distributed wrappers see the calls) and
-  ``enable_gradient_checkpointing()`` trades compute for memory in training.
+  ``enable_gradient_checkpointing()`` trades compute for memory in training;
+- ``trainable_parameters()`` is what training may update (frozen parts such as a VAE are left out).
 
 ``WanConcatPVTT`` is the embedded tiny default: pixel space, conditioning concatenated to the
 noisy input of a ``WanTransformer3DModel``. The production Wan 2.1 VACE model lives in
@@ -40,21 +41,45 @@ class Condition:
     network consumes. ``reference_slice`` marks the part of ``features`` that carries the product:
     channels for ``wan_concat`` (the aligned paste), the leading reference frame for ``wan_vace``.
     Only the model that built a Condition interprets it.
+
+    ``context`` is the per-clip prompt embedding [B, L, text_dim] for models that take text
+    (``wan_vace``; None: the model's own fixed context). ``negative_context`` is the negative
+    prompt's; when it is set, CFG guides on prompt vs negative prompt with the reference in both
+    branches, as ``WanVACEPipeline`` does; when it is None, CFG drops the reference instead
+    (``sampling.samplers.guided_velocity``). The embedded ``wan_concat`` model ignores both: its
+    learned context token is its prompt.
     """
 
     background: torch.Tensor  # [B, C, F, h, w]
     region: torch.Tensor  # [B, 1, F, h, w]
     features: torch.Tensor  # [B, K, F, h, w]
     reference_slice: slice
+    context: torch.Tensor | None = None  # [B, L, text_dim]
+    negative_context: torch.Tensor | None = None  # [B, L, text_dim]
 
     def to(self, device=None, dtype=None) -> "Condition":
-        return replace(self, background=self.background.to(device, dtype), region=self.region.to(device, dtype),
-                       features=self.features.to(device, dtype))
+        move = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
+        return replace(self, background=move(self.background), region=move(self.region), features=move(self.features),
+                       context=move(self.context), negative_context=move(self.negative_context))
 
     def repeat(self, n: int) -> "Condition":
         """The batch tiled n times (order: the whole batch, then again), to match ``torch.cat([x] * n)``."""
-        tile = lambda t: torch.cat([t] * n)  # noqa: E731
-        return replace(self, background=tile(self.background), region=tile(self.region), features=tile(self.features))
+        tile = lambda t: None if t is None else torch.cat([t] * n)  # noqa: E731
+        return replace(self, background=tile(self.background), region=tile(self.region), features=tile(self.features),
+                       context=tile(self.context), negative_context=tile(self.negative_context))
+
+    def with_prompts(self, context: torch.Tensor | None, negative_context: torch.Tensor | None = None) -> "Condition":
+        """This condition with prompt embeddings ([B or 1, L, D]; one row is shared by the batch)."""
+        if negative_context is not None and context is None:
+            raise ValueError("a negative prompt embedding needs a prompt embedding to guide against")
+        b = self.background.shape[0]
+        fit = lambda t: None if t is None else t.to(self.background.device).expand(b, -1, -1)  # noqa: E731
+        return replace(self, context=fit(context), negative_context=fit(negative_context))
+
+    def prompt_pair(self) -> "Condition":
+        """The batch twice for one CFG call: first with the prompt, then with the negative prompt."""
+        pair = self.repeat(2)
+        return replace(pair, context=torch.cat([self.context, self.negative_context]), negative_context=None)
 
 
 def video_to_model(video: torch.Tensor) -> torch.Tensor:
@@ -87,6 +112,10 @@ class WanConcatPVTT(nn.Module):
 
     def config(self) -> dict:
         return {"arch": self.arch, "backbone_config": self._backbone_config, "context_tokens": self._context_tokens}
+
+    def trainable_parameters(self):
+        """What distillation trains: everything (the backbone and its learned context token)."""
+        return self.parameters()
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         return video_to_model(video)

@@ -13,15 +13,18 @@ It implements the same interface as ``WanConcatPVTT``, with the conditioning lai
 
 The reference frame lives inside ``velocity`` rather than in model space, so ``encode`` and
 ``decode`` stay inverse to each other and ``x0 = encode(target)`` has the shape of
-``Condition.background``, as the trainers, samplers and DMD losses expect. The unconditional (CFG)
-branch runs without the reference frame at all, which is exactly ``WanVACEPipeline`` without
-``reference_images``.
+``Condition.background``, as the trainers, samplers and DMD losses expect.
+
+The text prompt is the Condition's per-clip ``context`` (UMT5 embeddings from ``text_encoder``);
+a Condition without one uses the model's fixed ``context`` (zeros, or a folder's
+prompt_embeds.safetensors). CFG has two unconditional branches (``samplers.guided_velocity``):
+the negative prompt with the reference and control kept, exactly as ``WanVACEPipeline``, or, for a
+model without a text encoder, the same prompt without the reference frame at all
+(``keep_reference`` below), which is ``WanVACEPipeline`` without ``reference_images``.
 
 ``WanVACEPipeline``'s own helpers (``prepare_video_latents``, ``prepare_masks``) cannot be called
-here: they refuse batches larger than one, and the pipeline module needs ``transformers`` (for its
-UMT5 text encoder), which PVTT does not use. The few lines of packing are therefore mirrored below,
-batched; ``tests/test_wan_vace.py`` checks them against the pipeline whenever ``transformers`` is
-installed.
+here: they refuse batches larger than one. The few lines of packing are therefore mirrored below,
+batched; ``tests/test_wan_vace.py`` checks them against the pipeline.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class WanVACEPVTT(nn.Module):
         super().__init__()
         check_compatible(transformer, vae)
         self.transformer = transformer
-        # The VAE is the fixed coordinate system teacher, student and critic share; never trained.
+        # The VAE is the fixed coordinate system teacher, student and critic share; never trained
+        # (``trainable_parameters`` leaves it out, and the trainers freeze what it leaves out).
         self.vae = vae.requires_grad_(False)
         text_dim = transformer.config.text_dim
         if context is None:
@@ -118,8 +122,9 @@ class WanVACEPVTT(nn.Module):
         if context.ndim != 3 or context.shape[0] != 1 or context.shape[2] != text_dim:
             raise ValueError(f"context embedding must be [tokens, {text_dim}] or [1, tokens, {text_dim}] (the "
                              f"transformer's text_dim), got {tuple(context.shape)}")
-        # Stands in for the text prompt: PVTT is conditioned on video, mask and product, not text.
-        self.context = nn.Parameter(context.detach().float().clone())
+        # The prompt of a Condition that carries none (a folder without a text encoder). Fixed: the
+        # trainers train the transformer only.
+        self.context = nn.Parameter(context.detach().float().clone(), requires_grad=False)
 
     @classmethod
     def from_config(cls, config: dict) -> "WanVACEPVTT":
@@ -130,6 +135,10 @@ class WanVACEPVTT(nn.Module):
     def config(self) -> dict:
         return {"arch": self.arch, "transformer": plain_config(self.transformer), "vae": plain_config(self.vae),
                 "context_tokens": self.context.shape[1]}
+
+    def trainable_parameters(self):
+        """What distillation trains: the transformer. The VAE and the fixed context stay frozen."""
+        return self.transformer.parameters()
 
     def check_clip(self, frames: int, height: int, width: int) -> None:
         """Raise a clear error for a clip shape the VAE or the transformer patches cannot take."""
@@ -170,11 +179,13 @@ class WanVACEPVTT(nn.Module):
         b = x_t.shape[0]
         sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device).expand(b)
         keep = torch.as_tensor(keep_reference, device=x_t.device).float().expand(b) > 0.5
+        context = cond.context if cond.context is not None else self.context.expand(b, -1, -1)
         outs, order = [], []
         for with_reference in (True, False):
             idx = torch.nonzero(keep == with_reference).flatten()
             if idx.numel():
-                outs.append(self._run(x_t[idx], sigma[idx], cond.features[idx], cond.reference_slice, with_reference))
+                outs.append(self._run(x_t[idx], sigma[idx], cond.features[idx], context[idx], cond.reference_slice,
+                                      with_reference))
                 order.append(idx)
         return torch.cat(outs)[torch.argsort(torch.cat(order))]
 
@@ -186,8 +197,8 @@ class WanVACEPVTT(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
 
-    def _run(self, x: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor, reference: slice,
-             with_reference: bool) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor, context: torch.Tensor,
+             reference: slice, with_reference: bool) -> torch.Tensor:
         """One transformer call, with or without the reference frame in front of the sequence."""
         control = features if with_reference else features[:, :, reference.stop:]
         hidden = x
@@ -197,7 +208,7 @@ class WanVACEPVTT(nn.Module):
         out = self.transformer(
             hidden_states=hidden.to(dtype),
             timestep=sigma * 1000,
-            encoder_hidden_states=self.context.to(dtype).expand(x.shape[0], -1, -1),
+            encoder_hidden_states=context.to(dtype),
             control_hidden_states=control.to(dtype),
             return_dict=False,
         )[0]

@@ -2,6 +2,7 @@
 
 - Teacher: diffusers' Euler flow-matching scheduler, N steps, classifier-free guidance in the
   standard form ``v = v_uncond + cfg * (v_cond - v_uncond)`` (cfg 1 = no guidance, one call/step).
+  Every CFG in PVTT (samplers, DMD's real score, regression trajectories) is ``guided_velocity``.
 - Student: the few-step sampler of the DMD anchors: predict x0 at each listed sigma, then re-noise
   that x0 with fresh noise to the next sigma; the last prediction is the output.
 
@@ -36,14 +37,20 @@ def guided_velocity(model, x: torch.Tensor, sigma: float | torch.Tensor, cond: C
                     cfg: float) -> torch.Tensor:
     """Velocity with standard-form CFG; one batched call for both branches when cfg != 1.
 
+    The unconditional branch is the negative prompt, with the reference, control and mask kept,
+    when the condition carries a ``negative_context`` (as ``WanVACEPipeline`` guides); otherwise it
+    is the same prompt without the product reference (the embedded model's guidance).
     ``sigma`` is one value for the batch or a [B] tensor (DMD scores each sample at its own sigma).
     """
     sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
     if cfg == 1.0:
         return model.velocity(x, sig, cond)
-    keep = torch.cat([torch.ones(x.shape[0]), torch.zeros(x.shape[0])]).to(x)
-    v_cond, v_uncond = model.velocity(torch.cat([x, x]), torch.cat([sig, sig]), cond.repeat(2),
-                                      keep_reference=keep).chunk(2)
+    x2, sig2 = torch.cat([x, x]), torch.cat([sig, sig])
+    if cond.negative_context is not None:
+        v_cond, v_uncond = model.velocity(x2, sig2, cond.prompt_pair()).chunk(2)
+    else:
+        keep = torch.cat([torch.ones(x.shape[0]), torch.zeros(x.shape[0])]).to(x)
+        v_cond, v_uncond = model.velocity(x2, sig2, cond.repeat(2), keep_reference=keep).chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)
 
 
@@ -109,13 +116,18 @@ def sample_student(model, cond: Condition, schedule: FlowSchedule, sigmas: list[
 
 def sample_from_metadata(model, cond: Condition, metadata: dict, steps: int | None = None,
                          generator: torch.Generator | None = None, preserve_background: bool = True,
-                         callback: StepCallback | None = None) -> torch.Tensor:
-    """Sample the way a checkpoint says it should be sampled (teacher Euler+CFG or student list)."""
+                         callback: StepCallback | None = None, guidance: float | None = None) -> torch.Tensor:
+    """Sample the way a checkpoint says it should be sampled (teacher Euler+CFG or student list).
+
+    ``guidance`` overrides the teacher's CFG scale (None: the checkpoint's); a distilled student
+    has guidance built in and samples without CFG.
+    """
     schedule = FlowSchedule(**metadata["schedule"])
     sampler = metadata["sampler"]
     if sampler["kind"] == "euler_cfg":
-        return sample_teacher(model, cond, schedule, steps or sampler["steps"], sampler.get("cfg", 1.0),
-                              generator, preserve_background, callback)
+        cfg = sampler.get("cfg", 1.0) if guidance is None else guidance
+        return sample_teacher(model, cond, schedule, steps or sampler["steps"], cfg, generator, preserve_background,
+                              callback)
     if sampler["kind"] == "few_step":
         from ..models.schedule import uniform_timesteps
 
