@@ -14,6 +14,8 @@ The held-out split is what gates and reports score, from its stored pixels throu
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 from pathlib import Path
@@ -104,6 +106,11 @@ class EncodedDataset:
         with safe_open(str(self.folder / name), framework="pt") as fh:
             return fh.get_tensor("prompt_embeds").float()
 
+    @functools.cached_property
+    def negative_context(self) -> torch.Tensor | None:
+        """The negative prompt's embedding, read once (every training batch guides against it)."""
+        return self.negative_prompt_embeds()
+
     def heldout_batch(self, count: int) -> dict[str, torch.Tensor]:
         """Up to ``count`` held-out examples, in manifest order, with their pixels (``target`` only
         when every one of them has a ground truth)."""
@@ -111,13 +118,22 @@ class EncodedDataset:
             raise InputError(f"--data {self.folder} has {len(self.heldout)} held-out clip window(s); gates and the "
                              f"report need at least 2 (a Fréchet distance needs a covariance). Run prepare-data "
                              f"with --heldout 2 or more.")
-        return self.load(self.heldout[:count])
+        batch = self.load(self.heldout[:count])
+        if self.negative_context is not None:
+            batch["negative_prompt_embeds"] = self.negative_context.expand(len(batch["seed"]), -1, -1)
+        return batch
 
 
-def dataset_condition(batch: dict[str, torch.Tensor], reference_slice: slice) -> Condition:
-    """The stored Condition of a dataset batch."""
-    return Condition(background=batch["background"], region=batch["region"], features=batch["features"],
+def dataset_condition(batch: dict[str, torch.Tensor], reference_slice: slice,
+                      negative: torch.Tensor | None = None) -> Condition:
+    """The stored Condition of a dataset batch, with its clips' prompt embeddings (and the dataset's
+    negative prompt, which makes CFG guide on prompt vs negative prompt as WanVACEPipeline does)."""
+    cond = Condition(background=batch["background"], region=batch["region"], features=batch["features"],
                      reference_slice=reference_slice)
+    if "prompt_embeds" not in batch:
+        return cond
+    return cond.with_prompts(batch["prompt_embeds"], negative[None] if negative is not None and negative.ndim == 2
+                             else negative)
 
 
 class DatasetStream:
@@ -152,7 +168,7 @@ def training_stream(data, batch_size: int, seed: int):
 def condition_of(model, batch: dict[str, torch.Tensor], data) -> Condition:
     """A batch's Condition: stored in a dataset batch, built from pixels for synthetic clips."""
     if "features" in batch:
-        return dataset_condition(batch, data.reference_slice)
+        return dataset_condition(batch, data.reference_slice, data.negative_context)
     return condition_batch(model, batch)
 
 

@@ -14,30 +14,14 @@ from pathlib import Path
 
 from ..cli_args import SEED, check_model_file, out_folder, whole
 
-#: WanVACEPipeline's prompt length.
-MAX_PROMPT_TOKENS = 512
+def folder_text_encoder(folder: Path) -> Callable | None:
+    """``encode_text(prompts) -> [B, 512, dim]``: the folder's UMT5 through the shared text encoder
+    (cleaned, padded and masked as WanVACEPipeline does, cached), or None when it has none."""
+    from ..models.text_encoder import encode_prompts, has_text_encoder
 
-
-def folder_text_encoder(folder: Path, max_length: int = MAX_PROMPT_TOKENS) -> Callable | None:
-    """``encode_text(prompts) -> [B, max_length, dim]`` from a model folder's UMT5 and tokenizer, or
-    None when the folder has none (or the model is a single file)."""
-    if not (folder.is_dir() and (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir()):
+    if not (folder.is_dir() and has_text_encoder(folder)):
         return None
-    import torch
-    from transformers import AutoTokenizer, UMT5EncoderModel
-
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                               use_safetensors=True).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def encode(prompts: list[str]) -> torch.Tensor:
-        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                           add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        hidden = encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state.float()
-        return hidden * tokens.attention_mask[..., None].to(hidden)  # zeros past each prompt, as the pipeline pads
-
-    return encode
+    return lambda prompts: encode_prompts(folder, prompts)
 
 
 def cmd_prepare_data(args) -> None:

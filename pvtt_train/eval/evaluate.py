@@ -50,6 +50,8 @@ def generate(loaded: LoadedModel, batch: dict, seed: int, dilate_px: int = 1, fe
     start = time.perf_counter()
     with torch.no_grad():
         cond = model.condition(batch["template"], batch["mask"], batch["reference"])
+        if "prompt_embeds" in batch:  # held-out dataset clips are sampled with their own prompts
+            cond = cond.with_prompts(batch["prompt_embeds"], batch.get("negative_prompt_embeds"))
         x0 = sample_from_metadata(model, cond, loaded.metadata, generator=torch.Generator().manual_seed(seed))
         raw = model.decode(x0)
         comp = composite(raw, batch["template"], batch["mask"], dilate_px, feather_px)
