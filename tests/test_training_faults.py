@@ -64,7 +64,7 @@ sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
-_TEMP = re.compile(r"^\..+\.tmp$|^\.tmp[A-Za-z0-9]{6}$")  # write_atomic's, and safetensors' own
+_TEMP = re.compile(r"^\.pvtt-tmp-.+\.[a-z0-9_]{8}$")  # write_atomic's private temp folders
 
 
 def _is_temp(rel: str) -> bool:
@@ -77,6 +77,8 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d != "tensorboard"]
         for name in files + [d for d in dirs if _TEMP.match(d)]:
+            if ".pvtt-run" in name:  # the run folder's marker and lock (and their temps): bookkeeping, not results
+                continue
             path = os.path.join(folder, name)
             try:
                 st = os.stat(path)
@@ -105,9 +107,9 @@ def _phase(snap, before) -> str:
     temps = sorted(p for p in changed if _is_temp(p))
     if temps:
         name = next(part for part in temps[0].split("/") if _TEMP.match(part))
-        kind = {".state-": "state save", ".pvtt_student_": "student export", ".chunk-": "trajectory caching",
-                ".teacher-gate-": "teacher gate scoring", ".progress": "progress record"}
-        what = next((v for k, v in kind.items() if name.startswith(k)), "other write")
+        kind = {"state-": "state save", "pvtt_student_": "student export", "chunk-": "trajectory caching",
+                "teacher-gate-": "teacher gate scoring", "progress": "progress record"}
+        what = next((v for k, v in kind.items() if name.startswith(".pvtt-tmp-" + k)), "other write")
         return f"{what} (write in flight)"
     if not changed:
         return "start-up"
@@ -127,7 +129,7 @@ def _phase(snap, before) -> str:
 
 def _new_temp(prefix):
     return lambda snap, before: any(
-        _is_temp(p) and any(part.startswith(prefix) and _TEMP.match(part) for part in p.split("/"))
+        _is_temp(p) and any(part.startswith(".pvtt-tmp-" + prefix) and _TEMP.match(part) for part in p.split("/"))
         for p in _changed(snap, before))
 
 
@@ -232,7 +234,8 @@ def test_repeated_sigkills_then_resume_lose_nothing_saved_and_match_an_uninterru
         assert snap is not None, f"launch {n} ended before its kill ({aim}): " + \
             (tmp_path / f"launch-{n}.err").read_text()[-2000:]
         phase = _phase(snap, before)
-        in_flight = {p: snap[p][2] for p in _changed(snap, before) if _is_temp(p) and not p.endswith(".tmp")}
+        in_flight = {p: snap[p][2] for p in _changed(snap, before)
+                     if _is_temp(p) and not _TEMP.match(p.split("/")[-1])}
         saved = _check_nothing_lost(root, snap, before, previously)
         kills.append({"aimed": aim, "phase": phase, "half_written": in_flight, **saved})
 
