@@ -41,8 +41,7 @@ def read_owner(folder: Path) -> dict | None:
 def describe_owner(owner: dict | None) -> str:
     if owner is None:
         return "another process"
-    return (f"PID {owner['pid']} on {owner.get('host', '?')} (started {owner.get('started', '?')}, "
-            f"command: {owner.get('command', '?')})")
+    return f"PID {owner['pid']} on {owner.get('host', '?')} (started {owner.get('started', '?')})"
 
 
 class RunLock:
