@@ -6,6 +6,7 @@ import logging
 import weakref
 from pathlib import Path
 
+from ..pvtt_train.errors import InputError
 from . import paths
 from .runtime import torch_device
 
@@ -66,6 +67,8 @@ class PVTTLoadModel:
                 found = paths.model_path(model_name)
             except FileNotFoundError:
                 return paths.missing_model_message(model_name)
+            except InputError as exc:  # it exists but cannot be loaded: say why
+                return str(exc)
             if paths.is_helper_network(found):
                 return (f"PVTT: {model_name!r} is one of PVTT's encoders (identity or video encoder, used by "
                         f"training and scoring), not a model to sample with; pick pvtt_teacher.safetensors or a "
@@ -77,7 +80,7 @@ class PVTTLoadModel:
     def IS_CHANGED(cls, model_name):
         try:
             return paths.model_path(model_name).stat().st_mtime
-        except FileNotFoundError:
+        except (FileNotFoundError, InputError):
             return float("nan")
 
     def load(self, model_name):

@@ -4,14 +4,20 @@ Inside ComfyUI, ``folder_paths`` is already imported, so asking it is free; outs
 it does not exist and the pack falls back to ``PVTT_MODELS_DIR`` / ``PVTT_INPUT_DIR`` /
 ``PVTT_OUTPUT_DIR``, or ``models/pvtt``, ``input`` and ``output`` in the repo. Media names are
 resolved only to files directly inside the allowed folders, so a crafted widget value cannot
-read arbitrary files (``../../etc/passwd``).
+read arbitrary files (``../../etc/passwd``). The model list holds only what can be loaded: regular
+files, not hidden (an in-flight write's temp lives in a hidden ``.pvtt-tmp-`` folder), whose real path
+stays inside a model folder; a name that exists but is refused is told its true reason.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
+import stat
+from pathlib import Path, PurePosixPath
+
+from ..pvtt_train.errors import InputError
+from ..pvtt_train.paths import TEMP_PREFIX
 
 FOLDER_KEY = "pvtt"
 MODEL_EXTENSIONS = {".safetensors"}
@@ -104,34 +110,98 @@ def _header_names_helper(path: str, _size: int, _mtime_ns: int) -> bool:
 
 
 def model_names() -> list[str]:
-    """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates), without
-    PVTT's encoders."""
+    """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates): only files
+    ``model_path`` can load, and not PVTT's encoders."""
     fp = _folder_paths()
     if fp is not None:
         register_model_folder()
-        return [name for name in fp.get_filename_list(FOLDER_KEY)
-                if not is_helper_network(Path(fp.get_full_path(FOLDER_KEY, name)))]
+        listed = ((name, fp.get_full_path(FOLDER_KEY, name)) for name in fp.get_filename_list(FOLDER_KEY))
+        return [name for name, full in listed if full and _refusal(name, Path(full)) is None
+                and not is_helper_network(Path(full))]
     names = set()
     for folder in model_dirs():
-        if folder.is_dir():
-            names.update(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS and not is_helper_network(p))
+        names.update(name for name, path in _model_files(folder) if not is_helper_network(path))
     return sorted(names)
 
 
+def _model_files(folder: Path):
+    """(name, path) of the loadable model files under ``folder``. Hidden folders are not entered, so a
+    write in flight (inside ``.pvtt-tmp-...``) or a ``.git`` is never walked."""
+    if not folder.is_dir():
+        return
+    root = folder.resolve()
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for leaf in files:
+            path = Path(here) / leaf
+            name = path.relative_to(root).as_posix()
+            if path.suffix.lower() in MODEL_EXTENSIONS and _refusal(name, path, root) is None:
+                yield name, path
+
+
+def _refusal(name: str, path: Path, root: Path | None = None) -> str | None:
+    """Why the existing entry ``path`` (listed as ``name``) cannot be loaded, or None when it can. ``root``
+    (standalone folders) also refuses a symlink that leads out of it; inside ComfyUI its own rules on
+    links apply."""
+    parts = PurePosixPath(name).parts
+    if any(part.startswith(TEMP_PREFIX) for part in parts):
+        return ("is a temporary file of a checkpoint write that is still in progress (or was interrupted): PVTT "
+                f"writes each file inside a hidden {TEMP_PREFIX}... folder and moves it into place when it is "
+                "complete. Wait for the write to finish, then pick the finished file.")
+    if any(part.startswith(".") for part in parts):
+        return ("is hidden (its name, or a folder on its path, starts with '.'), so it is not listed; rename it "
+                "without the leading dot to load it.")
+    try:
+        real = path.resolve(strict=True)
+        mode = real.stat().st_mode
+    except (OSError, RuntimeError):
+        return (f"is a symlink to {os.readlink(path) if path.is_symlink() else path}, which does not exist; fix "
+                f"or remove the link.")
+    if root is not None and not real.is_relative_to(root):
+        return (f"is a symlink to {real}, outside the models folder {root}; PVTT loads only files inside its "
+                f"model folders. Copy or move the file itself into {root}.")
+    if not stat.S_ISREG(mode):
+        return (f"is not a regular file but a {_kind(mode)}; PVTT loads checkpoint files only. Put the "
+                f".safetensors file itself there.")
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+
+
 def model_path(name: str) -> Path:
-    """Full path of a checkpoint name from the dropdown; FileNotFoundError says where to put it."""
+    """Full path of a checkpoint name from the dropdown. A name that does not exist raises
+    FileNotFoundError saying where to put checkpoints; one that exists but cannot be loaded (see
+    ``_refusal``) raises InputError with its true reason."""
     fp = _folder_paths()
+    refusals = []
     if fp is not None:
         register_model_folder()
         found = fp.get_full_path(FOLDER_KEY, name)
         if found:
-            return Path(found)
+            reason = _refusal(name, Path(found))
+            if reason is None:
+                return Path(found)
+            refusals.append(f"{found} {reason}")
     else:
         for folder in model_dirs():
-            candidate = _inside(folder, name)
-            if candidate is not None and candidate.is_file():
-                return candidate
+            root = folder.resolve()
+            candidate = Path(os.path.normpath(root / name))
+            if not candidate.is_relative_to(root) or candidate == root or not os.path.lexists(candidate):
+                continue
+            reason = _refusal(candidate.relative_to(root).as_posix(), candidate, root)
+            if reason is None:
+                return candidate.resolve()
+            refusals.append(f"{name!r} in {folder} {reason}")
+    if refusals:
+        raise InputError(f"PVTT: {refusals[0]}")
     raise FileNotFoundError(missing_model_message(name))
 
 

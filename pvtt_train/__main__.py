@@ -129,7 +129,7 @@ def cmd_distill(args) -> None:
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,
-                             accelerator=acc, data=args.data)
+                             accelerator=acc, data=args.data, overwrite=args.overwrite)
     if acc.is_main_process:
         for s in result["stages"]:
             print(f"{s['name']}: {s['export']}")
@@ -196,7 +196,7 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), clips=args.clips,
-                      resume=args.resume)
+                      resume=args.resume, overwrite=args.overwrite)
     final = report["stages"][-1]
     ok = all(s["gate"]["passed"] for s in report["stages"]) and final["quality_retention"]["min"] >= 0.9
     print("PASS" if ok else "BELOW TARGET", "(every gate passed and the last student's quality_retention.min "
@@ -252,6 +252,8 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> N
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete the run saved in the run folder and start again (only a folder PVTT created)")
 
 
 def build_parser() -> argparse.ArgumentParser:

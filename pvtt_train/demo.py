@@ -5,11 +5,14 @@ progressive run: states, caches, logs, per-stage strips), ``report.json`` / ``re
 ``quality_speed.png`` (every stage side by side with the teacher) and ``grid.png``
 (template | mask | reference | teacher | 4-step student | ground truth); and into ``models_dir``:
 the 16-, 8- and 4-step students (and a copy of the teacher) so the ComfyUI loader lists them.
+
+An existing ``run/`` is continued with ``resume`` or, with ``overwrite``, emptied only if PVTT created
+it; otherwise the demo stops before doing anything (``run_folder``). Nothing the user put in the models
+folder is overwritten.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,31 +22,30 @@ from .distill.config import RunConfig, StageConfig
 from .distill.progressive import run_progressive
 from .distill.report import side_by_side, write_report
 from .eval.evaluate import format_table, save_grid
-from .models.checkpoint import load_checkpoint
+from .models.checkpoint import copy_atomic, file_sha256, load_checkpoint, remove_stale_temps
 from .paths import SHIPPED_TEACHER
+from .run_folder import check_run_folder
 
 
 def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunConfig,
              teacher_path: Path = SHIPPED_TEACHER, clips: int = 16, export_count: int = 4, resume: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, overwrite: bool = False) -> dict:
     started = time.monotonic()
+    run_dir = out / "run"
+    check_run_folder(run_dir, resume, overwrite)  # before any work; run_progressive checks again under its lock
     out.mkdir(parents=True, exist_ok=True)
     models_dir.mkdir(parents=True, exist_ok=True)
     teacher = load_checkpoint(teacher_path)
     data = training_data_config(teacher)
-    run_dir = out / "run"
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # a fresh demo: the demo's own run folder only
 
     print(f"[1/4] exporting {export_count} held-out examples to {out / 'data'}")
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))
 
     path = " -> ".join(["50"] + [str(s.steps) for s in stages])
     print(f"[2/4] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
-    progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress)
-    teacher_copy = models_dir / teacher.path.name
-    if teacher_copy.resolve() != teacher.path.resolve():
-        shutil.copyfile(teacher.path, teacher_copy)
+    progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress,
+                                  overwrite=overwrite)
+    install_teacher(teacher.path, models_dir)
 
     print(f"[3/4] teacher (50 steps, CFG) and every stage side by side on {clips} held-out clips")
     report, outputs, batch = side_by_side(teacher, progressive, data, clips)
@@ -59,3 +61,23 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     print(f"report: {out / 'report.json'} ({out / 'report.md'}, {out / 'quality_speed.png'})  grid: "
           f"{out / 'grid.png'}  students: {', '.join(s['export'] for s in report['stages'])}")
     return report
+
+
+def install_teacher(teacher: Path, models_dir: Path) -> Path:
+    """Put a copy of the teacher beside its students, so the ComfyUI loader lists it too; returns its path.
+
+    The copy is atomic (``copy_atomic``): a kill mid-copy leaves no partial file, and a full disk is
+    an error naming the copy. A different file of the same name already in the models folder is not
+    PVTT's to replace: it is kept, and a warning says so."""
+    dest = models_dir / teacher.name
+    if dest.resolve() == teacher.resolve():
+        return dest
+    remove_stale_temps(models_dir, teacher.name)  # of a copy a kill interrupted
+    if dest.exists() or dest.is_symlink():
+        if not (dest.is_file() and dest.stat().st_size == teacher.stat().st_size
+                and file_sha256(dest, 64) == file_sha256(teacher, 64)):
+            print(f"warning: {dest} already exists and is not a copy of the teacher {teacher}; it was kept. The "
+                  f"teacher the students were distilled from is {teacher} (move the other file away to have the "
+                  f"demo copy it there).")
+        return dest
+    return copy_atomic(teacher, dest)

@@ -60,6 +60,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
         (root / name).write_bytes(pickle.dumps(_MakesADirWhenUnpickled(marker)))
     (root / "a_file.txt").write_text("not a folder\n")
     (root / "folder").mkdir()
+    for out in ("user_out", "user_run"):  # a user's folders in the way of a run: never deleted
+        run = root / out / "run" if out == "user_out" else root / out
+        run.mkdir(parents=True)
+        (run / "thesis.tex").write_text("\\chapter{One}")
     (root / "empty_videos").mkdir()
     (root / "broken_videos").mkdir()
     for name in ("a.mp4", "b.mp4"):
@@ -186,6 +190,13 @@ CASES = [
     ("distill-ema-decay-one", ["distill", "--ema-decay", "1"], ["--ema-decay"], ["< 1"]),
     ("distill-teacher-cfg-below-one", ["distill", "--teacher-cfg", "0.9"], ["--teacher-cfg"], [">= 1"]),
     ("distill-critic-ratio-zero", ["distill", "--critic-ratio", "0"], ["--critic-ratio"], [">= 1"]),
+    ("distill-run-dir-not-empty", ["distill", "--teacher", "{teacher}", "--run-dir", "{user_run}"],
+     ["run folder", "user_run is not empty (thesis.tex)"], ["Add --resume", "or --overwrite"]),
+    ("distill-overwrite-a-users-folder", ["distill", "--teacher", "{teacher}", "--run-dir", "{user_run}",
+                                          "--overwrite"], ["was not created by PVTT", ".pvtt-run marker"],
+     ["Delete or move it yourself"]),
+    ("distill-resume-and-overwrite", ["distill", "--teacher", "{teacher}", "--resume", "--overwrite"],
+     ["--resume continues the run", "--overwrite deletes it"], ["pass one of them"]),
     ("distill-run-dir-is-file", ["distill", "--run-dir", "{a_file.txt}"], ["--run-dir", "existing file"],
      ["pass a folder path"]),
     ("distill-teacher-missing", ["distill", "--teacher", "{work}/missing.safetensors"], ["not found"],
@@ -220,6 +231,8 @@ CASES = [
      ["--teacher", "identity encoder"], ["pass a teacher checkpoint"]),
     ("demo-models-dir-is-file", ["demo", "--out", "{work}/demo", "--models-dir", "{a_file.txt}"],
      ["--models-dir", "existing file"], ["pass a folder path"]),
+    ("demo-existing-run-folder", ["demo", "--out", "{user_out}", "--teacher", "{teacher}"],
+     ["run folder", "is not empty (thesis.tex)"], ["Add --resume", "or --overwrite"]),
     ("demo-clips-zero", ["demo", "--out", "{work}/demo", "--clips", "0"], ["--clips"], [">= 1"]),
     # --- identity-encoder / identity-eval
     ("identity-encoder-out-folder", ["identity-encoder", "--out", "{folder}"], ["is a folder"],

@@ -64,7 +64,7 @@ sys.argv = sys.argv[1:]
 runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
-_TEMP = re.compile(r"^\..+\.tmp$|^\.tmp[A-Za-z0-9]{6}$")  # write_atomic's, and safetensors' own
+_TEMP = re.compile(r"^\.pvtt-tmp-.+\.[a-z0-9_]{8}$")  # write_atomic's private temp folders
 
 
 def _is_temp(rel: str) -> bool:
@@ -77,6 +77,8 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d != "tensorboard"]
         for name in files + [d for d in dirs if _TEMP.match(d)]:
+            if ".pvtt-run" in name:  # the run folder's marker and lock (and their temps): bookkeeping, not results
+                continue
             path = os.path.join(folder, name)
             try:
                 st = os.stat(path)
@@ -105,9 +107,9 @@ def _phase(snap, before) -> str:
     temps = sorted(p for p in changed if _is_temp(p))
     if temps:
         name = next(part for part in temps[0].split("/") if _TEMP.match(part))
-        kind = {".state-": "state save", ".pvtt_student_": "student export", ".chunk-": "trajectory caching",
-                ".teacher-gate-": "teacher gate scoring", ".progress": "progress record"}
-        what = next((v for k, v in kind.items() if name.startswith(k)), "other write")
+        kind = {"state-": "state save", "pvtt_student_": "student export", "chunk-": "trajectory caching",
+                "teacher-gate-": "teacher gate scoring", "progress": "progress record"}
+        what = next((v for k, v in kind.items() if name.startswith(".pvtt-tmp-" + k)), "other write")
         return f"{what} (write in flight)"
     if not changed:
         return "start-up"
@@ -127,7 +129,7 @@ def _phase(snap, before) -> str:
 
 def _new_temp(prefix):
     return lambda snap, before: any(
-        _is_temp(p) and any(part.startswith(prefix) and _TEMP.match(part) for part in p.split("/"))
+        _is_temp(p) and any(part.startswith(".pvtt-tmp-" + prefix) and _TEMP.match(part) for part in p.split("/"))
         for p in _changed(snap, before))
 
 
@@ -232,7 +234,8 @@ def test_repeated_sigkills_then_resume_lose_nothing_saved_and_match_an_uninterru
         assert snap is not None, f"launch {n} ended before its kill ({aim}): " + \
             (tmp_path / f"launch-{n}.err").read_text()[-2000:]
         phase = _phase(snap, before)
-        in_flight = {p: snap[p][2] for p in _changed(snap, before) if _is_temp(p) and not p.endswith(".tmp")}
+        in_flight = {p: snap[p][2] for p in _changed(snap, before)
+                     if _is_temp(p) and not _TEMP.match(p.split("/")[-1])}
         saved = _check_nothing_lost(root, snap, before, previously)
         kills.append({"aimed": aim, "phase": phase, "half_written": in_flight, **saved})
 
@@ -473,3 +476,38 @@ def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(teacher
     sa, sb = (load_state(state_files(tmp_path / n)[-1]) for n in ("a", "b"))
     assert _same(sa["opt_g"]["state"][0], sb["opt_g"]["state"][0]) and torch.equal(sa["rng"], sb["rng"])
     assert sa["stream_position"] == sb["stream_position"] > 0
+
+
+# --- two runs on one run folder ----------------------------------------------------------------------------
+
+def test_a_second_run_on_a_busy_run_folder_is_refused_with_the_pid_and_the_first_finishes_intact(tmp_path):
+    """Defect 4: without a lock, two runs in one --run-dir swept each other's in-flight temps. The first run
+    is paused (SIGSTOP) while it holds the folder, so the second certainly meets it there."""
+    run_dir, models = tmp_path / "run", tmp_path / "models"
+    tiny = ("--path", "2", "--generator-steps", "2")
+    first = subprocess.Popen(_cli(tmp_path, run_dir, models, *tiny), env=_env(), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    owner = run_dir / ".pvtt-run.owner.json"
+    deadline = time.monotonic() + 240
+    while not (owner.exists() and json.loads(owner.read_text() or "{}").get("pid") == first.pid):
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the first run never took the run folder"
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        before = _snapshot(tmp_path)
+        second = subprocess.run(_cli(tmp_path, run_dir, models, *tiny, "--resume"), env=_env(), cwd=ROOT,
+                                capture_output=True, text=True, timeout=240)
+        assert _snapshot(tmp_path) == before, "the refused run changed the first run's files"
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 2, second.stderr[-2000:]
+    lines = [line for line in second.stderr.splitlines() if line.startswith("python -m pvtt_train distill: ")]
+    assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert f"error: run folder {run_dir} is in use by PID {first.pid} on " in lines[0], lines[0]
+    assert "wait for that run to finish, or use another run folder" in lines[0]
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+    student = load_checkpoint(models / "pvtt_student_2step.safetensors")
+    assert student.sampler["steps"] == 2
+    assert json.loads((run_dir / "progress.json").read_text())["stages"][0]["name"] == "student_2step"
+    assert not owner.exists()  # released at the end: nothing left for the next run to take over

@@ -25,7 +25,7 @@ import torch
 from ..data.batches import training_data_config
 from ..data.dataset import open_data
 from ..data.prepare import encoder_identity
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from ..eval.evaluate import save_grid
 from ..models.checkpoint import (
     LoadedModel,
@@ -35,6 +35,8 @@ from ..models.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
+from ..run_folder import open_run_folder
+from ..run_lock import RunLock, describe_owner
 from .config import RunConfig, StageConfig, check_config
 from .gates import GateEvaluator, GateFailed, as_few_step, check_gate
 from .regression import TrajectoryCache
@@ -132,31 +134,70 @@ def _losses_used(stages: list[StageConfig]) -> set[str]:
 
 def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path,
                     models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None,
-                    data: str | Path = "synthetic") -> dict:
+                    data: str | Path = "synthetic", overwrite: bool = False) -> dict:
     """Train, gate and export every stage; returns {teacher: scores, stages: [...]} for the report.
 
     ``data`` is 'synthetic' (the teacher's own generator settings, from its provenance) or a
-    ``prepare-data`` folder, which must have been encoded by this teacher's VAE."""
+    ``prepare-data`` folder, which must have been encoded by this teacher's VAE. The run folder is
+    locked for the whole run, so a second run on it is refused instead of sweeping this one's temps;
+    an existing run in it is resumed (``resume``), emptied (``overwrite``, only a folder PVTT created)
+    or refused (``run_folder``)."""
     check_config(stages, run)
     dataset = open_data(data)  # a bad --data folder fails before anything is written
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     acc = accelerator or make_accelerator(run, run_dir)
+    lock = _lock_run_folder(acc, run_dir, stages, resume, overwrite)
+    try:
+        if acc.is_main_process:
+            _sweep_interrupted_writes(run_dir, models_dir, stages)
+        return _run_stages(teacher_path, stages, run, run_dir, models_dir, resume, progress, acc, dataset)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run_folder(acc, run_dir: Path, stages: list[StageConfig], resume: bool, overwrite: bool) -> RunLock | None:
+    """On the main process: create, lock and check the run folder (``run_folder.open_run_folder``).
+    Every rank learns whether the main process may go on, so a refusal never leaves the others waiting."""
+    main = acc.is_main_process
+    lock, refusal = None, None
+    if main:
+        if resume and not (run_dir / "progress.json").exists() \
+                and not any(state_files(run_dir / "state" / stage.name) for stage in stages):
+            _say(main, f"--resume: nothing saved in {run_dir} yet, so the run starts from the beginning")
+        try:
+            lock = open_run_folder(run_dir, resume, overwrite)
+        except InputError as exc:
+            refusal = exc
+    if not _broadcast_flag(acc, refusal is None):
+        raise refusal or InputError(f"run folder {run_dir} was refused by the main process (see its message)")
+    if not main:
+        return None
+    if lock.took_over is not None:
+        _say(main, f"run folder {run_dir} was last held by {describe_owner(lock.took_over)}, which ended "
+                   f"without releasing it (killed?): this run takes it over")
+    return lock
+
+
+def _sweep_interrupted_writes(run_dir: Path, models_dir: Path, stages: list[StageConfig]) -> None:
+    """Remove the temps of writes a kill interrupted (as big as a checkpoint), under the run folder's
+    lock. Only PVTT's ``.pvtt-tmp-`` folders go, and only in the folders PVTT writes into: the run
+    folder's own, and in the models folder only this run's exports'."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    cache = run_dir / "cache"
+    folders = [run_dir, run_dir / "failed", cache, *sorted(cache.glob("trajectories-*")),
+               *(run_dir / "state" / stage.name for stage in stages)]
+    stale = [p for folder in folders for p in remove_stale_temps(folder)]
+    for stage in stages:
+        stale += remove_stale_temps(models_dir, student_file(stage))
+    if stale:
+        _say(True, f"removed {len(stale)} temp file(s) of interrupted writes: " + ", ".join(str(p) for p in stale[:5]))
+
+
+def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path, models_dir: Path,
+                resume: bool, progress: bool, acc, dataset) -> dict:
     main = acc.is_main_process
     progress_path = run_dir / "progress.json"
-    if main and resume and not progress_path.exists() \
-            and not any(state_files(run_dir / "state" / stage.name) for stage in stages):
-        _say(main, f"--resume: nothing saved in {run_dir} yet, so the run starts from the beginning")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        models_dir.mkdir(parents=True, exist_ok=True)
-        # Writes a kill interrupted leave temp files (as big as a checkpoint); the run folder is
-        # this run's, but in the models folder only this run's own exports' are touched.
-        stale = remove_stale_temps(run_dir, recursive=True)
-        for stage in stages:
-            stale += remove_stale_temps(models_dir, student_file(stage))
-        if stale:
-            _say(main, f"removed {len(stale)} temp file(s) of interrupted writes: "
-                       + ", ".join(str(p) for p in stale[:5]))
     teacher = load_checkpoint(teacher_path)
     if dataset is None:
         data, data_provenance = training_data_config(teacher), None

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import DISK_ERRORS, CheckpointError, DiskFullError
+from ..paths import TEMP_PREFIX
 from .pvtt_model import build_model
 from .schedule import FlowSchedule
 
@@ -67,42 +68,49 @@ def _disk_errno(exc: BaseException | None) -> int | None:
     return None
 
 
-#: Leftovers of writes killed mid-way: write_atomic's ``.<name>.<random>.tmp`` (a folder; a file in
-#: older versions) and the ``.tmpXXXXXX`` file safetensors' own writer uses next to its target.
-_RUST_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
+#: Every temp entry PVTT writes is a private folder ``.pvtt-tmp-<target>.<random>`` (``TEMP_PREFIX``)
+#: beside the target. Sweeps remove only such folders, so a user's ``.tmpAb12Cd``, ``.report.final.tmp``
+#: or ``.thesis.v3.tmp/`` that merely looks like a temp is never touched. ``tempfile.mkdtemp`` ends the
+#: name with 8 characters from this alphabet.
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r".+\.[a-z0-9_]{8}$")
 
 
-def remove_stale_temps(folder: str | Path, name: str = "*", recursive: bool = False) -> list[Path]:
-    """Delete what ``write_atomic`` calls that were killed mid-write left in ``folder``: the temp
-    entries of targets matching the glob ``name`` (with ``"*"`` also safetensors' own temp files).
-    Only for folders this process owns: a concurrent writer's temp file would go too. Returns them."""
+def is_pvtt_temp(name: str) -> bool:
+    """Whether a file or folder name is one of PVTT's temp folders (of a write in flight or killed)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def _temp_folder(target: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=target.parent))
+
+
+def remove_stale_temps(folder: str | Path, name: str = "*") -> list[Path]:
+    """Delete the temp folders that ``write_atomic`` calls killed mid-write left directly in ``folder``
+    (of targets matching the glob ``name``); returns them. Only PVTT's own ``.pvtt-tmp-`` folders go:
+    nothing else is touched and no subfolder is searched. A concurrent writer's temp would go too,
+    which is why a run folder is locked (``run_lock``) before its folders are swept."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = list((folder.rglob if recursive else folder.glob)(f".{name}.*.tmp"))
-    if name == "*":
-        found += [p for p in (folder.rglob if recursive else folder.glob)(".tmp*") if _RUST_TEMP.match(p.name)]
     removed = []
-    for stale in sorted(set(found)):
-        if stale.is_dir() and not stale.is_symlink():
+    for stale in sorted(folder.glob(f"{TEMP_PREFIX}{name}.*")):
+        if is_pvtt_temp(stale.name) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-        removed.append(stale)
+            removed.append(stale)
     return removed
 
 
 def write_atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then move the finished file into place (fsync'd, same folder).
 
-    ``tmp_path`` has the target's name inside a private ``.<name>.<random>.tmp`` folder next to it,
-    so whatever the writer itself puts beside its file (safetensors writes through its own temp
+    ``tmp_path`` has the target's name inside a private ``.pvtt-tmp-<name>.<random>`` folder next to
+    it, so whatever the writer itself puts beside its file (safetensors writes through its own temp
     file) is removed with it, and a kill leaves one entry that ``remove_stale_temps`` recognises.
     A write that fails for lack of space (ENOSPC, EDQUOT, EFBIG) raises ``DiskFullError``, which
     says which file and what to do; either way the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_dir = _temp_folder(path)
     tmp = os.path.join(tmp_dir, path.name)
     try:
         write(tmp)
@@ -122,6 +130,13 @@ def write_atomic(path: Path, write) -> None:
         raise
     shutil.rmtree(tmp_dir, ignore_errors=True)
     _fsync_folder(path.parent)
+
+
+def copy_atomic(source: str | Path, dest: str | Path) -> Path:
+    """Copy ``source`` to ``dest`` through ``write_atomic``: a kill mid-copy leaves ``dest`` as it was
+    (never truncated, never half a file), and a full disk is a ``DiskFullError`` naming ``dest``."""
+    write_atomic(Path(dest), lambda tmp: shutil.copyfile(source, tmp))
+    return Path(dest)
 
 
 def _fsync_folder(folder: Path) -> None:
