@@ -103,20 +103,42 @@ def _header_names_helper(path: str, _size: int, _mtime_ns: int) -> bool:
     return any(key in metadata for key in HELPER_NETWORK_KEYS)
 
 
+def _in_model_folder(path: Path) -> bool:
+    """Whether ``path`` is a part of a diffusers model folder (listed as the folder, not file by file)."""
+    return any((parent / "model_index.json").is_file() for parent in path.parents)
+
+
+def model_folder_names() -> list[str]:
+    """Diffusers Wan-VACE model folders (a ``model_index.json`` inside) directly in the models folders."""
+    return sorted({p.parent.name for folder in model_dirs() if folder.is_dir()
+                   for p in folder.glob("*/model_index.json")})
+
+
+def vae_dirs() -> list[Path]:
+    """Where the VAE of a ComfyUI-native diffusion model is looked for: ComfyUI's ``models/vae``."""
+    fp = _folder_paths()
+    if fp is not None:
+        return [Path(p) for p in fp.get_folder_paths("vae")]
+    return [models_root() / "vae"]
+
+
 def model_names() -> list[str]:
     """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates), without
-    PVTT's encoders."""
+    PVTT's encoders; diffusers model folders are listed by their folder name."""
     fp = _folder_paths()
     if fp is not None:
         register_model_folder()
-        return [name for name in fp.get_filename_list(FOLDER_KEY)
-                if not is_helper_network(Path(fp.get_full_path(FOLDER_KEY, name)))]
+        files = {name for name in fp.get_filename_list(FOLDER_KEY)
+                 if not is_helper_network(path := Path(fp.get_full_path(FOLDER_KEY, name)))
+                 and not _in_model_folder(path)}
+        return sorted(files | set(model_folder_names()))
     names = set()
     for folder in model_dirs():
         if folder.is_dir():
             names.update(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS and not is_helper_network(p))
-    return sorted(names)
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS and not is_helper_network(p)
+                         and not _in_model_folder(p))
+    return sorted(names | set(model_folder_names()))
 
 
 def model_path(name: str) -> Path:
@@ -127,11 +149,12 @@ def model_path(name: str) -> Path:
         found = fp.get_full_path(FOLDER_KEY, name)
         if found:
             return Path(found)
-    else:
-        for folder in model_dirs():
-            candidate = _inside(folder, name)
-            if candidate is not None and candidate.is_file():
-                return candidate
+    for folder in model_dirs():
+        candidate = _inside(folder, name)
+        if candidate is None:
+            continue
+        if (fp is None and candidate.is_file()) or (candidate / "model_index.json").is_file():
+            return candidate
     raise FileNotFoundError(missing_model_message(name))
 
 

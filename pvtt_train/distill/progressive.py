@@ -25,6 +25,7 @@ import torch
 from ..data.batches import training_data_config
 from ..errors import CheckpointError
 from ..eval.evaluate import save_grid
+from ..models.loading import load_model, source_sha256
 from ..models.checkpoint import (
     LoadedModel,
     file_sha256,
@@ -80,7 +81,7 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
         "provenance": {
             "trainer": "pvtt_train distill (progressive DMD2)",
             "teacher": teacher.path.name,
-            "teacher_sha256": file_sha256(teacher.path),
+            "teacher_sha256": source_sha256(teacher.path),
             "real_score": real_score,
             "data": teacher.metadata.get("provenance", {}).get("data"),
             "config": {"stage": asdict(stage), "run": asdict(run)},
@@ -147,9 +148,9 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
         if stale:
             _say(main, f"removed {len(stale)} temp file(s) of interrupted writes: "
                        + ", ".join(str(p) for p in stale[:5]))
-    teacher = load_checkpoint(teacher_path)
+    teacher = load_model(teacher_path)  # a PVTT file, a diffusers Wan-VACE folder or a ComfyUI-native file
     data = training_data_config(teacher)
-    log = ProgressLog(progress_path, _run_signature(stages, run, file_sha256(teacher.path)), resume)
+    log = ProgressLog(progress_path, _run_signature(stages, run, source_sha256(teacher.path)), resume)
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
     used = _losses_used(stages)

@@ -41,6 +41,11 @@ PIPELINE_CLASS = "WanVACEPipeline"
 COMPONENT_CLASSES = {"transformer": WanVACETransformer3DModel, "vae": AutoencoderKLWan}
 #: Flow-matching schedulers a Wan folder may ship, and the config key that holds their shift.
 SCHEDULER_SHIFT_KEYS = {FlowMatchEulerDiscreteScheduler: "shift", UniPCMultistepScheduler: "flow_shift"}
+#: model_index.json entries of a Wan-VACE folder besides the pipeline class and scheduler (no text encoder:
+#: PVTT's context embedding stands in for the prompt).
+MODEL_INDEX_COMPONENTS = {"text_encoder": [None, None], "tokenizer": [None, None],
+                          "transformer": ["diffusers", "WanVACETransformer3DModel"], "transformer_2": [None, None],
+                          "vae": ["diffusers", "AutoencoderKLWan"], "boundary_ratio": None}
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 PVTT_SETTINGS_FILE = "pvtt.json"
 #: Wan 2.1's native clip: 81 frames at 480x832 (height x width).
@@ -56,14 +61,15 @@ VAE_SEARCH = (".", "../vae")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
-               vae: str | Path | None = None) -> LoadedModel:
+               vae: str | Path | None = None, vae_dirs=()) -> LoadedModel:
     """A PVTT checkpoint file, a diffusers Wan-VACE folder or a ComfyUI-native Wan-VACE file (``vae``:
-    its VAE, else found beside it), in ``dtype``, ready for sampling (eval, no grad)."""
+    its VAE, else found in ``vae_dirs``, beside it or in ComfyUI's models/vae), in ``dtype``, ready for
+    sampling (eval, no grad)."""
     path = Path(path)
     if path.is_dir():
         return load_diffusers_folder(path, device, dtype)
     if native_wan.is_native_file(path):
-        return load_native_file(path, device, dtype, vae=vae)
+        return load_native_file(path, device, dtype, vae=vae, vae_dirs=vae_dirs)
     return load_checkpoint(path, device, dtype=dtype)
 
 
@@ -94,7 +100,7 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu",
 
 
 def load_native_file(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
-                     vae: str | Path | None = None, shift: float | None = None) -> LoadedModel:
+                     vae: str | Path | None = None, shift: float | None = None, vae_dirs=()) -> LoadedModel:
     """Load a ComfyUI-native Wan-VACE diffusion model (file or safetensors index) with its VAE, and
     describe it like a PVTT checkpoint: a PVTT export's own metadata, else a Wan-VACE teacher's
     defaults (shift ``shift`` or 3.0, WanVACEPipeline's sampler, 81 frames at 480x832)."""
@@ -102,7 +108,7 @@ def load_native_file(path: Path, device: str | torch.device = "cpu", dtype: torc
     source = _native_model_source(path)
     stored = native_wan.header_json(source, native_wan.MODEL_HEADER)
     hint = (stored or {}).get("model", {}).get("transformer")
-    vae_path = Path(vae) if vae is not None else find_vae(path, stored)
+    vae_path = Path(vae) if vae is not None else find_vae(path, stored, vae_dirs)
     transformer = native_wan.load_transformer(source, dtype, device, hint)
     vae_model = load_vae_source(vae_path, dtype, device)
     context = None

@@ -28,8 +28,7 @@ from ..errors import CheckpointError
 from .meta_loading import TensorSource, assign_weights, build_empty
 from .wan_keys import (
     NATIVE_VACE_KEY,
-    NATIVE_VAE_KEY,
-    NATIVE_WAN_KEY,
+    native_kind,
     strip_comfy_prefix,
     transformer_key_to_diffusers,
     transformer_key_to_native,
@@ -46,18 +45,6 @@ CONTEXT_KEY = "pvtt_context"
 COMFY_HEAD_DIM = 128
 NATIVE_FIX = ("use a Wan 2.1 VACE diffusion model as ComfyUI loads it (e.g. wan2.1_vace_1.3B_fp16.safetensors), or "
               "re-export it with `python -m pvtt_train export --format comfy`.")
-
-
-def native_kind(keys) -> str | None:
-    """``"vace"`` for a native Wan-VACE diffusion model, ``"wan"`` for a native Wan without VACE,
-    ``"vae"`` for a native Wan VAE, else None (judged by keys only, like ComfyUI)."""
-    prefix, bare = strip_comfy_prefix(keys)
-    bare = set(bare)
-    if NATIVE_WAN_KEY in bare:
-        return "vace" if NATIVE_VACE_KEY in bare else "wan"
-    if NATIVE_VAE_KEY in bare:
-        return "vae"
-    return None
 
 
 def header_json(source: TensorSource, key: str) -> dict | None:

@@ -100,6 +100,17 @@ def strip_comfy_prefix(keys) -> tuple[str, list[str]]:
     return "", keys
 
 
+def native_kind(keys) -> str | None:
+    """``"vace"`` for a native Wan-VACE diffusion model, ``"wan"`` for a native Wan without VACE,
+    ``"vae"`` for a native Wan VAE, else None (judged by keys only, like ComfyUI)."""
+    bare = set(strip_comfy_prefix(keys)[1])
+    if NATIVE_WAN_KEY in bare:
+        return "vace" if NATIVE_VACE_KEY in bare else "wan"
+    if NATIVE_VAE_KEY in bare:
+        return "vae"
+    return None
+
+
 # --- VAE ---------------------------------------------------------------------------------------------------
 
 #: Residual block members, diffusers -> native (``residual`` is Sequential(norm, SiLU, conv, norm, SiLU,
