@@ -275,6 +275,15 @@ CASES = [
     ("export-lora-student-no-metadata", ["export-lora", "--teacher", "{teacher}", "--student", "{plain}", "--out",
                                          "{work}/l.safetensors"], ["--student", "no PVTT metadata"],
      ["Use a checkpoint written by pvtt_train"]),
+    # --- export
+    ("export-out-not-safetensors", ["export", "--model", "{teacher}", "--out", "{work}/x.ckpt", "--format", "comfy"],
+     ["--out", "writes one .safetensors file"], ["x.safetensors"]),
+    ("export-model-pickle", ["export", "--model", "{model.pt}", "--out", "{work}/x.safetensors"],
+     ["--model", "pickle-format"], ["Convert it with safetensors"]),
+    ("export-embedded-model-as-comfy", ["export", "--model", "{teacher}", "--out", "{work}/x.safetensors",
+                                        "--format", "comfy"], ["only Wan-VACE models have"], ["Use --format pvtt"]),
+    ("export-vae-out-without-comfy", ["export", "--model", "{teacher}", "--out", "{work}/x.safetensors",
+                                      "--vae-out", "{work}/v.safetensors"], ["--vae-out is for --format comfy"], []),
     # --- bench / bench-attention
     ("bench-device-unknown", ["bench", "--device", "gpu"], ["--device", "unknown device 'gpu'"],
      ["cpu, cuda or cuda:N"]),
@@ -399,7 +408,7 @@ def test_a_failed_gate_exits_1_with_its_report(files, work, monkeypatch, capsys)
 def test_ctrl_c_exits_130_with_how_to_continue(argv, hint, files, work, monkeypatch, capsys):
     from pvtt_train.data import export
     from pvtt_train.distill import progressive
-    from pvtt_train.models import checkpoint
+    from pvtt_train.models import checkpoint, loading
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -408,6 +417,7 @@ def test_ctrl_c_exits_130_with_how_to_continue(argv, hint, files, work, monkeypa
     monkeypatch.setattr(progressive, "make_accelerator", lambda *a, **k: None)
     monkeypatch.setattr(progressive, "run_progressive", interrupted)
     monkeypatch.setattr(checkpoint, "load_checkpoint", interrupted)
+    monkeypatch.setattr(loading, "load_model", interrupted)
     argv = fill(argv, files, work)
     code, stderr = run_main(argv, capsys)
     assert code == 130 and "Traceback" not in stderr

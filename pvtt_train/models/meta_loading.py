@@ -136,9 +136,12 @@ def cast_for(model: torch.nn.Module, dtype: torch.dtype | None) -> Callable[[str
     fp32 = keep_fp32(model) if dtype is not None and dtype != torch.float32 else set()
 
     def cast(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if dtype is None or not tensor.is_floating_point():
-            return tensor
-        return tensor.to(torch.float32 if name in fp32 else dtype)
+        target = tensor.dtype if dtype is None or not tensor.is_floating_point() else \
+            torch.float32 if name in fp32 else dtype
+        out = tensor.to(target)
+        # A tensor of the file's own dtype may still share the file's buffer (alignment as stored): give
+        # the model memory of its own, allocated like any weight, so kernels see what they would otherwise.
+        return out.clone() if out.data_ptr() == tensor.data_ptr() else out
 
     return cast
 
@@ -153,8 +156,9 @@ def assign_weights(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Te
     state = {}
     for name, tensor in tensors:
         if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{what}: tensor {name} has shape {tuple(tensor.shape)}, the architecture needs "
-                                  f"{tuple(expected[name].shape)}; {fix}")
+            raise CheckpointError(f"{what}: weights do not match the architecture: tensor {name} has shape "
+                                  f"{tuple(tensor.shape)}, the architecture needs {tuple(expected[name].shape)}; "
+                                  f"{fix}")
         state[name] = cast(name, tensor)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
