@@ -225,7 +225,8 @@ def test_loading_initialises_nothing_randomly(wan, monkeypatch):
 
 def test_loading_in_bfloat16_reads_straight_into_bfloat16(wan):
     stored = load_file(wan / "wan_vace_pvtt.safetensors")
-    for path in (wan / "wan_vace_pvtt.safetensors", wan / "diffusion_models" / "wan_vace.safetensors", wan / "wan_vace"):
+    for path in (wan / "wan_vace_pvtt.safetensors", wan / "diffusion_models" / "wan_vace.safetensors",
+                 wan / "wan_vace"):
         loaded = load_model(path, dtype=torch.bfloat16)
         weights = state(loaded)
         kept = {k for k, v in weights.items() if v.dtype == torch.float32}
