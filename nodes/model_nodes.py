@@ -20,7 +20,8 @@ _CACHE: weakref.WeakValueDictionary[tuple[str, float, str], object] = weakref.We
 
 
 def load_model_cached(path: Path):
-    """``pvtt_train.models.loading.load_model`` (PVTT file or diffusers Wan-VACE folder) behind the
+    """``pvtt_train.models.loading.load_model`` (PVTT file, diffusers Wan-VACE folder or ComfyUI-native
+    Wan-VACE file, whose VAE is looked for beside it and in ComfyUI's models/vae) behind the
     weak (path, mtime, device) cache; logs when the model is released."""
     from ..pvtt_train.models.loading import load_model
 
@@ -29,7 +30,7 @@ def load_model_cached(path: Path):
     loaded = _CACHE.get(key)
     if loaded is not None:
         return loaded
-    loaded = load_model(path, device=device)
+    loaded = load_model(path, device=device, vae_dirs=paths.vae_dirs())  # vae_dirs: for a ComfyUI-native file
     _CACHE[key] = loaded
     weakref.finalize(loaded, log.info, "released %s (%s)", path.name, device)
     return loaded
@@ -45,7 +46,8 @@ def describe(loaded) -> str:
 class PVTTLoadModel:
     DESCRIPTION = ("Loads a PVTT checkpoint (.safetensors) from the models/pvtt folder. The file describes itself "
                    "(architecture, resolution, frame count, sampler and steps), so there is nothing to set but "
-                   "the file name.")
+                   "the file name. A diffusers Wan2.1-VACE folder or a ComfyUI-native Wan2.1-VACE file placed "
+                   "there loads too (its VAE from models/vae).")
     CATEGORY = "PVTT/loaders"
     FUNCTION = "load"
     RETURN_TYPES = ("PVTT_MODEL",)

@@ -109,19 +109,40 @@ def _header_names_helper(path: str, _size: int, _mtime_ns: int) -> bool:
     return any(key in metadata for key in HELPER_NETWORK_KEYS)
 
 
+def _in_model_folder(path: Path) -> bool:
+    """Whether ``path`` is a part of a diffusers model folder (listed as the folder, not file by file)."""
+    return any((parent / "model_index.json").is_file() for parent in path.parents)
+
+
+def model_folder_names() -> list[str]:
+    """Diffusers Wan-VACE model folders (a ``model_index.json`` inside) directly in the models folders."""
+    return sorted({p.parent.name for folder in model_dirs() if folder.is_dir()
+                   for p in folder.glob("*/model_index.json")})
+
+
+def vae_dirs() -> list[Path]:
+    """Where the VAE of a ComfyUI-native diffusion model is looked for: ComfyUI's ``models/vae``."""
+    fp = _folder_paths()
+    if fp is not None:
+        return [Path(p) for p in fp.get_folder_paths("vae")]
+    return [models_root() / "vae"]
+
+
 def model_names() -> list[str]:
     """Checkpoint names for the loader's dropdown (relative paths, sorted, no duplicates): only files
-    ``model_path`` can load, and not PVTT's encoders."""
+    ``model_path`` can load, not PVTT's encoders; diffusers model folders are listed by their folder name."""
     fp = _folder_paths()
     if fp is not None:
         register_model_folder()
         listed = ((name, fp.get_full_path(FOLDER_KEY, name)) for name in fp.get_filename_list(FOLDER_KEY))
-        return [name for name, full in listed if full and _refusal(name, Path(full)) is None
-                and not is_helper_network(Path(full))]
+        files = {name for name, full in listed if full and _refusal(name, Path(full)) is None
+                 and not is_helper_network(Path(full)) and not _in_model_folder(Path(full))}
+        return sorted(files | set(model_folder_names()))
     names = set()
     for folder in model_dirs():
-        names.update(name for name, path in _model_files(folder) if not is_helper_network(path))
-    return sorted(names)
+        names.update(name for name, path in _model_files(folder)
+                     if not is_helper_network(path) and not _in_model_folder(path))
+    return sorted(names | set(model_folder_names()))
 
 
 def _model_files(folder: Path):
@@ -190,7 +211,11 @@ def model_path(name: str) -> Path:
             if reason is None:
                 return Path(found)
             refusals.append(f"{found} {reason}")
-    else:
+    for folder in model_dirs():  # a diffusers model folder, listed by its name
+        candidate = _inside(folder, name)
+        if candidate is not None and (candidate / "model_index.json").is_file():
+            return candidate
+    if fp is None:
         for folder in model_dirs():
             root = folder.resolve()
             candidate = Path(os.path.normpath(root / name))

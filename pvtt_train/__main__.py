@@ -108,22 +108,23 @@ def _progressive_from_args(args):
     return stages, run
 
 
-def _check_progressive_inputs(args) -> None:
-    """Everything a distillation reads, checked before it creates a folder or trains a step."""
-    check_model_file(args.teacher, "--teacher", "teacher")
+def _check_progressive_inputs(args, any_form: bool = False) -> None:
+    """Everything a distillation reads, checked before it creates a folder or trains a step; ``any_form``:
+    the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the demo's is PVTT's)."""
+    check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
     check_encoders(args.identity_encoder, args.video_encoder)
 
 
 def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
-    _check_progressive_inputs(args)
+    _check_progressive_inputs(args, any_form=True)
 
     from .data.batches import training_data_config
     from .data.dataset import open_data
     from .distill.progressive import make_accelerator, run_progressive
     from .distill.report import side_by_side, write_report
-    from .models.checkpoint import load_checkpoint
+    from .models.loading import load_model
 
     open_data(args.data)  # a wrong --data fails before the run folder is made
     run_dir = Path(args.run_dir)
@@ -134,7 +135,7 @@ def cmd_distill(args) -> None:
         for s in result["stages"]:
             print(f"{s['name']}: {s['export']}")
         if args.report_clips:
-            teacher = load_checkpoint(Path(args.teacher))
+            teacher = load_model(Path(args.teacher))
             data = open_data(args.data) or training_data_config(teacher)
             report, _, _ = side_by_side(teacher, result, data, args.report_clips)
             write_report(report, run_dir)
@@ -142,15 +143,15 @@ def cmd_distill(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    check_model_file(args.teacher, "--teacher", "teacher")
-    check_model_file(args.student, "--student", "student")
+    check_model_file(args.teacher, "--teacher", "teacher", folder_ok=True)
+    check_model_file(args.student, "--student", "student", folder_ok=True)
 
     from .data.batches import training_data_config
     from .eval.evaluate import evaluate, format_table, save_grid
-    from .models.checkpoint import load_checkpoint
+    from .models.loading import load_model
 
     _threads(args)
-    teacher, student = load_checkpoint(args.teacher), load_checkpoint(args.student)
+    teacher, student = load_model(args.teacher), load_model(args.student)
     report, outputs, batch = evaluate(teacher, student, training_data_config(teacher), count=args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.prepare_cli import register as register_prepare_data
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
+    from .models.export_cli import register as register_export
     from .models.lora_cli import register as register_lora
     from .sample_cli import register as register_sample
 
@@ -340,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_prepare_data(sub)
     register_sample(sub)
+    register_export(sub)
     return parser
 
 

@@ -212,16 +212,19 @@ def attention_layouts(text: str) -> list[tuple[int, int, int]]:
 #: Header keys of PVTT's other safetensors files, and what to call them when one is passed as a model.
 WANTED = {
     "teacher": "a teacher checkpoint (.safetensors written by `python -m pvtt_train teacher`; default "
-               "models_shipped/pvtt_teacher.safetensors)",
+               "models_shipped/pvtt_teacher.safetensors), a diffusers Wan2.1-VACE folder or a ComfyUI-native "
+               "Wan2.1-VACE .safetensors",
     "student": "a distilled student (.safetensors written by `python -m pvtt_train distill` or `demo`)",
     "model": "a PVTT teacher or student checkpoint (.safetensors)",
 }
 
 
-def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok: bool = False) -> dict | None:
-    """Refuse, with the fix, a ``flag`` value that is not the kind of PVTT checkpoint ``want`` names
-    (teacher, student or either); reads only the header. Returns the PVTT metadata, or None for a
-    diffusers Wan-VACE folder (accepted when ``folder_ok``; its files and configs are checked)."""
+def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok: bool = False,
+                     vae: str | Path | None = None) -> dict | None:
+    """Refuse, with the fix, a ``flag`` value that is not the kind of model ``want`` names (teacher,
+    student or either); reads only headers and configs. With ``folder_ok`` a Wan-VACE model may also
+    come as a diffusers folder or a ComfyUI-native file (its VAE: ``vae``, else found beside it).
+    Returns the PVTT metadata, or None for a source that carries none (folder, foreign native file)."""
     from .errors import CheckpointError, InputError
 
     path, wanted = Path(path), WANTED[want]
@@ -232,14 +235,16 @@ def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok
     from .models.checkpoint import read_metadata
 
     try:
-        if path.is_dir():  # a diffusers Wan-VACE folder: its cheap checks (files, configs), no weights read
-            from .models.loading import check_folder
+        if folder_ok:  # a diffusers folder, a ComfyUI-native file or a PVTT file: their cheap checks, no weights
+            from .models.loading import check_model_source
 
-            check_folder(path.resolve())
-            return None
-        meta = read_metadata(path, wanted)
+            meta = check_model_source(path, vae, wanted)
+        else:
+            meta = read_metadata(path, wanted)
     except CheckpointError as exc:
         raise CheckpointError(f"{flag}: {exc}") from exc
+    if meta is None:
+        return None
     stage = meta.get("stage")
     if want == "teacher" and stage != "teacher":
         raise CheckpointError(f"{flag}: {path.name} is a distilled student ({stage}), not a teacher; pass {wanted}")

@@ -300,6 +300,16 @@ CASES = [
     ("distill-data-not-a-dataset", ["distill", "--teacher", "{teacher}", "--data", "{folder}", "--run-dir",
                                     "{work}/r", "--models-dir", "{work}/m"], ["--data", "no manifest.json"],
      ["written by `python -m pvtt_train prepare-data`", "'synthetic'"]),
+    # --- export
+    ("export-out-not-safetensors", ["export", "--model", "{teacher}", "--out", "{work}/x.ckpt", "--format", "comfy"],
+     ["--out", "writes one .safetensors file"], ["x.safetensors"]),
+    ("export-model-pickle", ["export", "--model", "{model.pt}", "--out", "{work}/x.safetensors"],
+     ["--model", "pickle-format"], ["Convert it with safetensors"]),
+    ("export-embedded-model-as-comfy", ["export", "--model", "{teacher}", "--out", "{work}/x.safetensors",
+                                        "--format", "comfy"], ["only Wan-VACE models have"], ["Use --format pvtt"]),
+    ("export-vae-out-without-comfy", ["export", "--model", "{teacher}", "--out", "{work}/x.safetensors",
+                                      "--vae-out", "{work}/v.safetensors"], ["--vae-out is for --format comfy"], []),
+    # --- bench / bench-attention
     ("bench-device-unknown", ["bench", "--device", "gpu"], ["--device", "unknown device 'gpu'"],
      ["cpu, cuda or cuda:N"]),
     ("bench-clips-zero", ["bench", "--clips", "0"], ["--clips"], [">= 1"]),
@@ -423,7 +433,7 @@ def test_a_failed_gate_exits_1_with_its_report(files, work, monkeypatch, capsys)
 def test_ctrl_c_exits_130_with_how_to_continue(argv, hint, files, work, monkeypatch, capsys):
     from pvtt_train.data import export
     from pvtt_train.distill import progressive
-    from pvtt_train.models import checkpoint
+    from pvtt_train.models import checkpoint, loading
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -432,6 +442,7 @@ def test_ctrl_c_exits_130_with_how_to_continue(argv, hint, files, work, monkeypa
     monkeypatch.setattr(progressive, "make_accelerator", lambda *a, **k: None)
     monkeypatch.setattr(progressive, "run_progressive", interrupted)
     monkeypatch.setattr(checkpoint, "load_checkpoint", interrupted)
+    monkeypatch.setattr(loading, "load_model", interrupted)
     argv = fill(argv, files, work)
     code, stderr = run_main(argv, capsys)
     assert code == 130 and "Traceback" not in stderr

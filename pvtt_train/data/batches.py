@@ -21,8 +21,9 @@ def training_data_config(loaded: LoadedModel) -> SyntheticConfig:
     """The synthetic data a checkpoint was trained on, from its provenance (for distillation and evaluation)."""
     data = loaded.metadata.get("provenance", {}).get("data")
     if not data:
-        raise CheckpointError(f"{loaded.path.name} does not record the synthetic data it was trained on "
-                              f"(provenance.data); use a teacher written by `pvtt_train teacher`.")
+        raise CheckpointError(f"{loaded.path.name} does not record synthetic data it was trained on "
+                              f"(provenance.data), so there is no synthetic data to draw for it: pass --data "
+                              f"DATASET (made by prepare-data), or use a teacher written by `pvtt_train teacher`.")
     return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

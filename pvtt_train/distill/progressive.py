@@ -27,6 +27,7 @@ from ..data.dataset import open_data
 from ..data.prepare import encoder_identity
 from ..errors import CheckpointError, InputError
 from ..eval.evaluate import save_grid
+from ..models.loading import load_model, source_sha256
 from ..models.checkpoint import (
     LoadedModel,
     file_sha256,
@@ -85,7 +86,7 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
         "provenance": {
             "trainer": "pvtt_train distill (progressive DMD2)",
             "teacher": teacher.path.name,
-            "teacher_sha256": file_sha256(teacher.path),
+            "teacher_sha256": source_sha256(teacher.path),
             "real_score": real_score,
             "data": data if data is not None else teacher.metadata.get("provenance", {}).get("data"),
             "config": {"stage": asdict(stage), "run": asdict(run)},
@@ -198,7 +199,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
                 resume: bool, progress: bool, acc, dataset) -> dict:
     main = acc.is_main_process
     progress_path = run_dir / "progress.json"
-    teacher = load_checkpoint(teacher_path)
+    teacher = load_model(teacher_path)  # a PVTT file, a diffusers Wan-VACE folder or a ComfyUI-native file
     if dataset is None:
         data, data_provenance = training_data_config(teacher), None
     else:
@@ -206,7 +207,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
         data, data_provenance = dataset, dataset.provenance()
         _say(main, f"training data: {dataset.folder} ({len(dataset.train)} training and {len(dataset.heldout)} "
                    f"held-out clip windows, sha {dataset.sha256})")
-    log = ProgressLog(progress_path, _run_signature(stages, run, file_sha256(teacher.path),
+    log = ProgressLog(progress_path, _run_signature(stages, run, source_sha256(teacher.path),
                                                     dataset.sha256 if dataset else None), resume)
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})

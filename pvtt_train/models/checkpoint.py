@@ -223,29 +223,21 @@ def read_metadata(path: str | Path, wanted: str | None = None) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> LoadedModel:
+    """Rebuild the model a checkpoint describes, empty (meta device), and fill it strictly from the file,
+    tensor by tensor, in ``dtype`` (None: as stored) -- no random initialisation, no second copy."""
+    from .meta_loading import TensorSource, assign_weights, build_empty
+
     path = Path(path)
     meta = read_metadata(path)
     try:
-        model = build_model(meta["model"])
+        model = build_empty(lambda: build_model(meta["model"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.name}: cannot rebuild its model: {exc}") from exc
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device=str(device))
-    except Exception as exc:
-        raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatches raise even with strict=False
-        raise CheckpointError(f"{path.name}: weights do not match the architecture in its metadata ({exc}). "
-                              f"Re-export it with pvtt_train.") from exc
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path.name}: weights do not match the architecture in its metadata "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}). The file was edited or "
-            f"written by an incompatible tool; re-export it with pvtt_train.")
-    model.to(device).eval().requires_grad_(False)
+    source = TensorSource(path, fix="the file may be truncated; copy or export it again.")
+    fix = "the file was edited or written by an incompatible tool; re-export it with pvtt_train."
+    assign_weights(model, source.read({k: k for k in source.keys()}, device),
+                   f"{path.name} (architecture in its metadata)", fix, dtype, device)
+    model.eval().requires_grad_(False)
     return LoadedModel(model=model, metadata=meta, path=path)

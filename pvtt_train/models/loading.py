@@ -1,12 +1,20 @@
-"""Load a PVTT model from either of its two on-disk forms, and turn the second into the first.
+"""Load a PVTT model from any of its three on-disk forms, and turn them into one another.
 
 - a PVTT single-file ``.safetensors`` (weights + self-describing metadata): ``checkpoint.load_checkpoint``;
 - a diffusers Wan 2.1 VACE folder (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``),
   e.g. a downloaded ``Wan-AI/Wan2.1-VACE-1.3B-diffusers``: loaded from disk only, never downloaded,
-  and given the same metadata a PVTT checkpoint carries, so samplers and nodes treat both alike.
+  and given the same metadata a PVTT checkpoint carries, so samplers and nodes treat all alike;
+- a ComfyUI-native Wan2.1-VACE diffusion model (original Wan key names, ``native_wan``), one file or
+  a sharded ``*.safetensors.index.json``, with its VAE passed as ``vae=`` or found beside it (the
+  same folder, or ComfyUI's ``models/vae`` next to ``models/diffusion_models``).
+
+Every form is built on the meta device and filled straight from the files in the requested dtype
+(``meta_loading``; diffusers' ``from_pretrained`` with ``low_cpu_mem_usage`` does the same), so no
+weight is randomly initialised and then overwritten.
 
 ``export_single_file`` writes a loaded Wan-VACE model as one PVTT checkpoint (transformer, VAE and
-context in one state dict), which ``load_checkpoint`` rebuilds through ``build_model("wan_vace")``.
+context in one state dict), which ``load_checkpoint`` rebuilds through ``build_model("wan_vace")``;
+``export_cli`` writes the other two forms.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMu
     WanVACETransformer3DModel
 from safetensors.torch import load_file
 
-from .checkpoint import FORMAT, FORMAT_VERSION, PICKLE_SUFFIXES, CheckpointError, LoadedModel, load_checkpoint, \
-    save_checkpoint
+from . import native_wan
+from .checkpoint import FORMAT, FORMAT_VERSION, PICKLE_SUFFIXES, CheckpointError, LoadedModel, file_sha256, \
+    load_checkpoint, read_metadata, save_checkpoint
+from .meta_loading import INDEX_SUFFIX, TensorSource
 from .schedule import FlowSchedule
 from .text_encoder import conditioning_metadata
 from .wan_vace import WanVACEPVTT, check_clip_shape
@@ -32,39 +42,49 @@ PIPELINE_CLASS = "WanVACEPipeline"
 COMPONENT_CLASSES = {"transformer": WanVACETransformer3DModel, "vae": AutoencoderKLWan}
 #: Flow-matching schedulers a Wan folder may ship, and the config key that holds their shift.
 SCHEDULER_SHIFT_KEYS = {FlowMatchEulerDiscreteScheduler: "shift", UniPCMultistepScheduler: "flow_shift"}
+#: model_index.json entries of a Wan-VACE folder besides the pipeline class and scheduler (no text encoder:
+#: PVTT's context embedding stands in for the prompt).
+MODEL_INDEX_COMPONENTS = {"text_encoder": [None, None], "tokenizer": [None, None],
+                          "transformer": ["diffusers", "WanVACETransformer3DModel"], "transformer_2": [None, None],
+                          "vae": ["diffusers", "AutoencoderKLWan"], "boundary_ratio": None}
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 PVTT_SETTINGS_FILE = "pvtt.json"
 #: Wan 2.1's native clip: 81 frames at 480x832 (height x width).
 DEFAULT_VIDEO = {"frames": 81, "height": 480, "width": 832}
 #: How the Wan-VACE base model is meant to be sampled (WanVACEPipeline's defaults).
 DEFAULT_SAMPLER = {"kind": "euler_cfg", "steps": 50, "cfg": 5.0}
+#: Wan 2.1's flow shift at 480p (5.0 is for 720p), for a native file that does not say.
+DEFAULT_SHIFT = 3.0
+CONDITIONING = {"reference": "vace_reference_frame", "uncond": "no_reference_frame"}
+#: Where a native diffusion model's VAE is looked for when none is given: beside it, then ComfyUI's
+#: models/vae next to models/diffusion_models.
+VAE_SEARCH = (".", "../vae")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A PVTT checkpoint file or a diffusers Wan-VACE folder, ready for sampling (eval, no grad)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
+               vae: str | Path | None = None, vae_dirs=()) -> LoadedModel:
+    """A PVTT checkpoint file, a diffusers Wan-VACE folder or a ComfyUI-native Wan-VACE file (``vae``:
+    its VAE, else found in ``vae_dirs``, beside it or in ComfyUI's models/vae), in ``dtype``, ready for
+    sampling (eval, no grad)."""
     path = Path(path)
     if path.is_dir():
-        return load_diffusers_folder(path, device)
-    return load_checkpoint(path, device)
+        return load_diffusers_folder(path, device, dtype)
+    if native_wan.is_native_file(path):
+        return load_native_file(path, device, dtype, vae=vae, vae_dirs=vae_dirs)
+    return load_checkpoint(path, device, dtype=dtype)
 
 
-def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu",
+                          dtype: torch.dtype | None = torch.float32) -> LoadedModel:
     """Load a Wan-VACE diffusers folder from disk and describe it like a PVTT teacher checkpoint."""
     folder = Path(folder).resolve()
     check_folder(folder)  # the cheap checks first, so a broken folder fails before any weight is read
     schedule = read_schedule(folder)
     settings = read_settings(folder)
     context, context_source = read_prompt_embeds(folder)
-    components = {name: load_component(folder, name) for name in COMPONENT_CLASSES}
-    try:
-        model = WanVACEPVTT(components["transformer"], components["vae"], context=context)
-    except ValueError as exc:
-        raise CheckpointError(f"{folder.name}: cannot build a PVTT model from it ({exc})") from exc
-    video = {**DEFAULT_VIDEO, **settings.get("video", {})}
-    try:
-        check_clip_shape(model.transformer, model.vae, video["frames"], video["height"], video["width"])
-    except ValueError as exc:
-        raise CheckpointError(f"{folder / PVTT_SETTINGS_FILE}: video {video} does not fit the model ({exc})") from exc
+    components = {name: load_component(folder, name, dtype) for name in COMPONENT_CLASSES}
+    model = _assemble(folder, components["transformer"], components["vae"], context)
+    video = _check_video(model, {**DEFAULT_VIDEO, **settings.get("video", {})}, folder / PVTT_SETTINGS_FILE)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,8 +96,170 @@ def load_diffusers_folder(folder: Path, device: str | torch.device = "cpu") -> L
         "conditioning": conditioning_metadata(folder),
         "provenance": {"source": "diffusers_folder", "path": str(folder), "context": context_source},
     }
-    model.to(device).eval().requires_grad_(False)
+    _ready(model, device, dtype)
     return LoadedModel(model=model, metadata=metadata, path=folder)
+
+
+def load_native_file(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.float32,
+                     vae: str | Path | None = None, shift: float | None = None, vae_dirs=()) -> LoadedModel:
+    """Load a ComfyUI-native Wan-VACE diffusion model (file or safetensors index) with its VAE, and
+    describe it like a PVTT checkpoint: a PVTT export's own metadata, else a Wan-VACE teacher's
+    defaults (shift ``shift`` or 3.0, WanVACEPipeline's sampler, 81 frames at 480x832)."""
+    path = Path(path).resolve()
+    source = _native_model_source(path)
+    stored = native_wan.header_json(source, native_wan.MODEL_HEADER)
+    hint = (stored or {}).get("model", {}).get("transformer")
+    vae_path = Path(vae) if vae is not None else find_vae(path, stored, vae_dirs)
+    transformer = native_wan.load_transformer(source, dtype, device, hint)
+    vae_model = load_vae_source(vae_path, dtype, device)
+    context = None
+    if native_wan.CONTEXT_KEY in source.keys():
+        context = next(source.read({native_wan.CONTEXT_KEY: "context"}))[1].float()
+    model = _assemble(path, transformer, vae_model, context)
+    provenance = {"source": "comfy_native", "path": str(path), "vae": str(vae_path.resolve()),
+                  "context": "pvtt_context" if context is not None else "zeros"}
+    if stored:
+        metadata = {**stored, "model": model.config(),
+                    "provenance": {**stored.get("provenance", {}), "converted_from": provenance}}
+        if shift is not None:
+            metadata["schedule"] = {**metadata["schedule"], "shift": shift}
+    else:
+        metadata = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "model": model.config(), "stage": "teacher",
+            "schedule": FlowSchedule(shift=DEFAULT_SHIFT if shift is None else shift).to_dict(),
+            "sampler": dict(DEFAULT_SAMPLER), "video": dict(DEFAULT_VIDEO), "conditioning": dict(CONDITIONING),
+            "provenance": provenance,
+        }
+    metadata["video"] = _check_video(model, metadata["video"], path)
+    _ready(model, device, dtype)
+    return LoadedModel(model=model, metadata=metadata, path=path)
+
+
+def _native_model_source(path: Path) -> TensorSource:
+    """The tensors of a native file, refused with the fix when they are a VAE or Wan without VACE."""
+    source = TensorSource(path, fix="copy the model file again.")
+    kind = native_wan.native_kind(source.keys())
+    if kind == "vae":
+        raise CheckpointError(f"{path.name} is a Wan VAE, not a diffusion model; pass the Wan2.1-VACE diffusion "
+                              f"model and give this file as its VAE (--vae / vae=).")
+    if kind != "vace":
+        raise CheckpointError(f"{path.name} is a Wan 2.1 diffusion model without VACE (no "
+                              f"{native_wan.NATIVE_VACE_KEY}); PVTT needs Wan2.1-VACE, e.g. "
+                              f"wan2.1_vace_1.3B_fp16.safetensors.")
+    return source
+
+
+def find_vae(model_path: Path, stored: dict | None = None, extra_dirs=()) -> Path:
+    """The native Wan VAE for a native diffusion model: in ``extra_dirs``, beside it, or in ComfyUI's
+    ``models/vae``. The file a PVTT export names wins; otherwise there must be exactly one."""
+    model_path = Path(model_path)
+    folders = [*map(Path, extra_dirs), *((model_path.parent / d).resolve() for d in VAE_SEARCH)]
+    found = []
+    for folder in dict.fromkeys(folders):
+        if folder.is_dir():
+            found += [p for p in sorted(folder.glob("*.safetensors")) if native_wan.is_native_file(p) == "vae"]
+    wanted = ((stored or {}).get("provenance") or {}).get("vae_file")
+    named = [p for p in found if p.name == wanted]
+    if named or len(found) == 1:
+        return (named or found)[0]
+    where = ", ".join(str(f) for f in dict.fromkeys(folders))
+    if not found:
+        raise CheckpointError(f"{model_path.name} is a ComfyUI-native diffusion model, which holds no VAE, and no Wan "
+                              f"VAE file was found in {where}. Pass the Wan 2.1 VAE (--vae PATH, or vae=), e.g. "
+                              f"ComfyUI/models/vae/wan_2.1_vae.safetensors or a diffusers vae/ folder.")
+    raise CheckpointError(f"{model_path.name} holds no VAE and several Wan VAE files fit "
+                          f"({', '.join(p.name for p in found)}); say which with --vae PATH (or vae=).")
+
+
+def load_vae_source(path: Path, dtype: torch.dtype | None, device: str | torch.device = "cpu") -> AutoencoderKLWan:
+    """A Wan VAE from a native file, a diffusers ``vae/`` folder, or a diffusers model folder's ``vae/``."""
+    path = Path(path)
+    if path.is_dir() and (path / "model_index.json").is_file():
+        path = path / "vae"
+    if path.is_dir():
+        check_weights(path)
+        try:
+            return AutoencoderKLWan.from_pretrained(path, local_files_only=True, use_safetensors=True,
+                                                    torch_dtype=dtype, low_cpu_mem_usage=True).to(device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} could not be loaded as a Wan VAE ({exc}); {native_wan.VAE_FIX}") from exc
+    if not path.is_file():
+        raise CheckpointError(f"VAE not found: {path}; {native_wan.VAE_FIX}")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path.name} is a pickle-format file; PVTT loads only .safetensors (pickles can run "
+                              f"code). Use ComfyUI's wan_2.1_vae.safetensors.")
+    if native_wan.is_native_file(path) != "vae":
+        raise CheckpointError(f"{path.name} is not a Wan VAE file; {native_wan.VAE_FIX}")
+    return native_wan.load_vae(TensorSource(path), dtype, device)
+
+
+def _assemble(where: Path, transformer, vae, context) -> WanVACEPVTT:
+    try:
+        return WanVACEPVTT(transformer, vae, context=context)
+    except ValueError as exc:
+        raise CheckpointError(f"{where.name}: cannot build a PVTT model from it ({exc})") from exc
+
+
+def _check_video(model: WanVACEPVTT, video: dict, where: Path) -> dict:
+    try:
+        check_clip_shape(model.transformer, model.vae, video["frames"], video["height"], video["width"])
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: video {video} does not fit the model ({exc})") from exc
+    return video
+
+
+def _ready(model: WanVACEPVTT, device, dtype: torch.dtype | None) -> None:
+    """Device, eval mode and no gradients; the context embedding in ``dtype`` like the weights (the
+    components arrive in ``dtype`` already, with diffusers' float32 modules kept)."""
+    model.to(device)
+    if dtype is not None:
+        model.context.data = model.context.data.to(dtype)
+    model.eval().requires_grad_(False)
+
+
+def check_model_source(path: str | Path, vae: str | Path | None = None, wanted: str | None = None) -> dict | None:
+    """The cheap checks of any model form, before a weight is read: a folder's files and configs, a
+    native file's kind and VAE, a PVTT file's metadata. Returns the PVTT metadata where the source
+    carries it (a PVTT file or a PVTT native export), else None."""
+    path = Path(path)
+    if path.is_dir():
+        check_folder(path.resolve())
+        return None
+    kind = native_wan.is_native_file(path)
+    if kind is None:
+        return read_metadata(path, wanted)
+    source = _native_model_source(path)
+    stored = native_wan.header_json(source, native_wan.MODEL_HEADER)
+    vae_path = Path(vae) if vae is not None else find_vae(path, stored)
+    if not vae_path.exists():
+        raise CheckpointError(f"VAE not found: {vae_path}; {native_wan.VAE_FIX}")
+    return stored
+
+
+def source_sha256(path: str | Path, length: int = 16) -> str:
+    """A content hash of any model form: a file's SHA-256, or for a folder the SHA-256 over the files
+    that make the PVTT model (index, settings, prompt embeddings, transformer/, vae/, scheduler/)."""
+    path = Path(path)
+    if not path.is_dir():
+        if path.name.endswith(INDEX_SUFFIX):
+            files = [path, *sorted({path.parent / s for s in TensorSource(path).files.values()})]
+            return _hash_files(path.parent, files, length)
+        return file_sha256(path, length)
+    files = [p for p in (path / "model_index.json", path / PVTT_SETTINGS_FILE, path / PROMPT_EMBEDS_FILE)
+             if p.is_file()]
+    for name in (*COMPONENT_CLASSES, "scheduler"):
+        files += sorted(p for p in (path / name).glob("*") if p.is_file() and p.suffix.lower() in (".json",
+                                                                                                ".safetensors"))
+    return _hash_files(path, files, length)
+
+
+def _hash_files(root: Path, files: list[Path], length: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_sha256(p, 64)}\n".encode())
+    return h.hexdigest()[:length]
 
 
 def check_folder(folder: Path) -> None:
@@ -118,11 +300,13 @@ def check_weights(subfolder: Path) -> None:
     raise CheckpointError(f"{subfolder} has no .safetensors weights; copy the complete model folder.")
 
 
-def load_component(folder: Path, name: str):
-    """One model subfolder through diffusers' own ``from_pretrained``: from disk, safetensors only."""
+def load_component(folder: Path, name: str, dtype: torch.dtype | None = None):
+    """One model subfolder through diffusers' own ``from_pretrained``: from disk, safetensors only, built
+    empty and filled in ``dtype`` (``low_cpu_mem_usage``), sharded or not."""
     try:
         return COMPONENT_CLASSES[name].from_pretrained(folder, subfolder=name, local_files_only=True,
-                                                       use_safetensors=True)
+                                                       use_safetensors=True, torch_dtype=dtype,
+                                                       low_cpu_mem_usage=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{folder / name} could not be loaded ({exc}). The files may be incomplete or "
                               f"corrupt: copy the model folder again.") from exc

@@ -9,21 +9,21 @@ def cmd_export_lora(args) -> None:
     import torch
 
     from ..cli_args import check_model_file
-    from .checkpoint import file_sha256, load_checkpoint
+    from .loading import load_model, source_sha256
     from .lora import extract_lora, save_lora
 
-    check_model_file(args.teacher, "--teacher", "teacher")
-    check_model_file(args.student, "--student", "student")
+    check_model_file(args.teacher, "--teacher", "teacher", folder_ok=True)
+    check_model_file(args.student, "--student", "student", folder_ok=True)
     torch.set_num_threads(args.threads)
-    teacher, student = load_checkpoint(args.teacher), load_checkpoint(args.student)
+    teacher, student = load_model(args.teacher), load_model(args.student)
     state, report = extract_lora(teacher.model, student.model, args.rank)
     out = save_lora(args.out, state, {
         "rank": args.rank,
         "alpha": args.rank,
         "base": teacher.path.name,
-        "base_sha256": file_sha256(teacher.path, length=64),
+        "base_sha256": source_sha256(teacher.path, length=64),
         "student": student.path.name,
-        "student_sha256": file_sha256(student.path, length=64),
+        "student_sha256": source_sha256(student.path, length=64),
         "model": student.metadata["model"],
         "sampler": student.sampler,
         "report": report,
