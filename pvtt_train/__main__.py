@@ -118,6 +118,10 @@ def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
     _check_progressive_inputs(args)
+    if not args.skip_memory_check:
+        from .plan_cli import check_distill_memory
+
+        check_distill_memory(args.teacher, stages, run)
 
     from .data.batches import training_data_config
     from .distill.progressive import make_accelerator, run_progressive
@@ -246,7 +250,11 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> N
     g.add_argument("--ema-decay", type=number(0, 1, high_open=True), default=0.99)
     g.add_argument("--save-every", type=whole(1), default=25, help="student steps between training states")
     g.add_argument("--keep-states", type=whole(1), default=2, help="training states kept per stage")
-    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="default: accelerate's setting (its config file under `accelerate launch`, or "
+                        "ACCELERATE_MIXED_PRECISION; 'no' without either)")
+    g.add_argument("--skip-memory-check", action="store_true",
+                   help="run even when `plan` says the configuration does not fit the devices")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
 
@@ -323,12 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_cli import register as register_bench
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
+    from .gpu_check import register as register_gpu_check
     from .models.lora_cli import register as register_lora
+    from .plan_cli import register as register_plan
 
     register_identity(sub)
     register_frechet(sub)
     register_lora(sub)
     register_bench(sub)
+    register_plan(sub)
+    register_gpu_check(sub)
     return parser
 
 
