@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ TINY = {
         "vae": {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 4], "num_res_blocks": 1,
                 "temperal_downsample": [True, True], "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4},
     },
-    "video": {"frames": 9, "height": 32, "width": 32},
+    "video": {"frames": 5, "height": 16, "width": 16},
 }
 CONFIGS = ("wan2.1-vace-1.3b", "tiny")
 VARIANTS = ("flash", "math", "compile")
@@ -123,8 +124,8 @@ def _sdpa_backend(variant: str):
     return sdpa_kernel([SDPBackend.MATH if variant == "math" else SDPBackend.FLASH_ATTENTION])
 
 
-def measure_sampling(config: dict, video: dict, device: str, variants, repeats: int) -> list[dict]:
-    """A 4-step sample (conditioning, denoising, decoding) per variant, after one untimed warm-up run."""
+def measure_sampling(config: dict, video: dict, device: str, variants, repeats: int, warmup: int = 1) -> list[dict]:
+    """A 4-step sample (conditioning, denoising, decoding) per variant, after ``warmup`` untimed runs."""
     import torch
 
     from .models.schedule import FlowSchedule, uniform_timesteps
@@ -146,7 +147,8 @@ def measure_sampling(config: dict, video: dict, device: str, variants, repeats: 
                     return model.decode(sample_student(model, cond, schedule, sigmas,
                                                        torch.Generator(device).manual_seed(0)))
 
-                run()  # warm-up: kernels, and for compile the compilation itself
+                for _ in range(warmup):  # kernels, and for compile the compilation itself
+                    run()
                 times = []
                 for _ in range(repeats):
                     with Meter(device) as meter:
@@ -193,8 +195,8 @@ def shard_transformer(model, mesh, checkpointing: bool) -> None:
     fully_shard(transformer, mesh=mesh, mp_policy=policy)
 
 
-def measure_dmd_step(config: dict, video: dict, device: str) -> dict:
-    """One generator step (DMD loss, exit at the last step) and one critic step, after a warm-up pair."""
+def measure_dmd_step(config: dict, video: dict, device: str, warmup: int = 1) -> dict:
+    """One generator step (DMD loss, exit at the last step) and one critic step, after ``warmup`` such pairs."""
     import torch
 
     from .distill.dmd import critic_loss, dmd_loss
@@ -228,21 +230,21 @@ def measure_dmd_step(config: dict, video: dict, device: str) -> dict:
         loss_c.backward()
         opt_c.step()
         opt_c.zero_grad(set_to_none=True)
-        return float(loss_g), float(loss_c)
+        return loss_g.item(), loss_c.item()
 
-    step()
+    for _ in range(warmup):
+        step()
     with Meter(device) as meter:
         losses = step()
     return {"seconds": meter.seconds, "peak_bytes": meter.peak, "loss_generator": losses[0],
-            "loss_critic": losses[1], "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+            "loss_critic": losses[1], "finite": all(math.isfinite(v) for v in losses),
             "processes": mesh.size()}
 
 
 def planned_step(config_name: str, config: dict, video: dict, gpu_memory: int) -> dict:
     """``plan``'s estimate of the measured step: FSDP over the processes, teacher sharded in bf16,
     gradient checkpointing, no EMA, one student graph, no pixel-space losses."""
-    from .memory_plan import Planner, Setup, gib
-    from .memory_plan import ModelSpec
+    from .memory_plan import ModelSpec, Planner, Setup, gib
 
     planner = Planner(ModelSpec(config_name, config, video))
     plan = planner.plan(Setup(gpus=1, gpu_memory=gpu_memory, strategy="fsdp", mixed_precision="bf16",
@@ -289,7 +291,7 @@ def format_report(report: dict) -> str:
 
 
 def run_gpu_check(out: Path, config_name: str = "wan2.1-vace-1.3b", device: str = "cuda",
-                  variants=VARIANTS, repeats: int = 1, frames: int | None = None) -> dict:
+                  variants=VARIANTS, repeats: int = 1, frames: int | None = None, warmup: int = 1) -> dict:
     import datetime
 
     import diffusers
@@ -301,11 +303,12 @@ def run_gpu_check(out: Path, config_name: str = "wan2.1-vace-1.3b", device: str 
     if frames is not None:
         video["frames"] = frames
     report = {"config": config_name, "device": device, "device_name": device_name(device), "video": video,
+              "warmup": warmup,
               "torch": torch.__version__, "diffusers": diffusers.__version__,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    report["sampling"] = measure_sampling(config, video, device, variants, repeats)
+    report["sampling"] = measure_sampling(config, video, device, variants, repeats, warmup)
     try:
-        report["dmd_step"] = measure_dmd_step(config, video, device)
+        report["dmd_step"] = measure_dmd_step(config, video, device, warmup)
     except Exception as exc:  # reported next to the plan rather than lost
         report["dmd_step"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
     memory = torch.cuda.get_device_properties(torch.device(device)).total_memory if device.startswith("cuda") \
@@ -330,7 +333,8 @@ def cmd_gpu_check(args) -> None:
 
     torch.set_num_threads(args.threads)
     check_device(args.device, args.config)
-    report = run_gpu_check(Path(args.out), args.config, args.device, args.variants, args.repeats, args.frames)
+    report = run_gpu_check(Path(args.out), args.config, args.device, args.variants, args.repeats, args.frames,
+                           args.warmup)
     print(format_report(report))
     print(f"written: {args.out}/gpu_check.json, gpu_check.md")
 
@@ -347,5 +351,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), type=variant_list,
                    help="sampling variants: flash, math (SDPA kernels) and compile (torch.compile, flash)")
     p.add_argument("--repeats", type=whole(1), default=1, help="timed samples per variant (the fastest is kept)")
+    p.add_argument("--warmup", type=whole(0), default=1,
+                   help="untimed runs before each measurement (the first includes compilation)")
     p.add_argument("--frames", type=clip_frames, default=None, help="clip frames (1 + 4k); default: the config's")
     p.set_defaults(func=cmd_gpu_check)
