@@ -411,7 +411,7 @@ class Planner:
         result = Plan(model=self.spec.name, setup=asdict(s), parameters=asdict(c), tokens=tokens, video=video,
                       gpu=gpu, host=host, total=total, fits=total <= s.gpu_memory)
         if not result.fits and alternatives:
-            result.alternatives = self.what_fits(s)
+            result.alternatives = self.what_fits(setup)
         return result
 
     def what_fits(self, setup: Setup) -> list[tuple[str, int]]:
@@ -432,27 +432,33 @@ class Planner:
         if setup.pixel_losses:
             steps.append(("no pixel-space losses (temporal, identity, perceptual)", {"pixel_losses": False}))
         steps.append((f"{setup.gpus * 8} GPUs", {"gpus": setup.gpus * 8}))
-        found, cumulative, names = [], {}, []
+        found = []
         for name, change in steps:
             alone = self.plan(replace(setup, **change), alternatives=False)
             if alone.fits:
                 found.append((name, alone.total))
-        for name, change in steps:
-            cumulative.update(change)
-            names.append(name)
-            combined = self.plan(replace(setup, **cumulative), alternatives=False)
-            if combined.fits:
-                if len(names) > 1:
-                    found.append((" + ".join(names), combined.total))
-                break
         frames = self.spec.video["frames"] if setup.frames is None else setup.frames
-        for fewer in (49, 33, 17):
-            if fewer < frames:
-                shorter = self.plan(replace(setup, **cumulative, frames=fewer), alternatives=False)
-                if shorter.fits:
-                    found.append((" + ".join(names + [f"clips of {fewer} frames"]), shorter.total))
-                    break
+        lengths = [None] + [f for f in (49, 33, 17) if f < frames]
+        for length in lengths:  # all changes together (then shorter clips), pruned to the ones needed
+            chosen = list(steps) + ([(f"clips of {length} frames", {"frames": length})] if length else [])
+            if not self._fits(setup, chosen):
+                continue
+            for step in reversed(list(chosen)):  # the costliest changes (listed last) go first
+                if len(chosen) > 1 and self._fits(setup, [c for c in chosen if c is not step]):
+                    chosen.remove(step)
+            if len(chosen) > 1:
+                found.append((" + ".join(name for name, _ in chosen), self._combined(setup, chosen).total))
+            break
         return found
+
+    def _combined(self, setup: Setup, chosen) -> Plan:
+        changes = {}
+        for _, change in chosen:
+            changes.update(change)
+        return self.plan(replace(setup, **changes), alternatives=False)
+
+    def _fits(self, setup: Setup, chosen) -> bool:
+        return self._combined(setup, chosen).fits
 
 
 def plan_from_accelerate_yaml(planner: Planner, yaml_path: str | Path, **settings) -> Plan:
