@@ -119,6 +119,10 @@ def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
     _check_progressive_inputs(args, any_form=True)
+    if not args.skip_memory_check:
+        from .plan_cli import check_distill_memory
+
+        check_distill_memory(args.teacher, stages, run)
 
     from .data.batches import training_data_config
     from .data.dataset import open_data
@@ -250,7 +254,11 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> N
     g.add_argument("--ema-decay", type=number(0, 1, high_open=True), default=0.99)
     g.add_argument("--save-every", type=whole(1), default=25, help="student steps between training states")
     g.add_argument("--keep-states", type=whole(1), default=2, help="training states kept per stage")
-    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="default: accelerate's setting (its config file under `accelerate launch`, or "
+                        "ACCELERATE_MIXED_PRECISION; 'no' without either)")
+    g.add_argument("--skip-memory-check", action="store_true",
+                   help="run even when `plan` says the configuration does not fit the devices")
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
     g.add_argument("--overwrite", action="store_true",
@@ -332,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.prepare_cli import register as register_prepare_data
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
+    from .gpu_check import register as register_gpu_check
     from .models.export_cli import register as register_export
     from .models.lora_cli import register as register_lora
+    from .plan_cli import register as register_plan
     from .sample_cli import register as register_sample
 
     register_identity(sub)
@@ -343,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_prepare_data(sub)
     register_sample(sub)
     register_export(sub)
+    register_plan(sub)
+    register_gpu_check(sub)
     return parser
 
 

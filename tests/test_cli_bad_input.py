@@ -326,6 +326,12 @@ CASES = [
      ["TOKENSxHEADSxHEAD_DIM", "576x4x32"]),
     ("bench-attention-layout-zero", ["bench-attention", "--layouts", "0x4x32"], ["'0x4x32'"], [">= 1"]),
     ("bench-attention-repeats-zero", ["bench-attention", "--repeats", "0"], ["--repeats"], [">= 1"]),
+    ("plan-gpu-memory-unitless-word", ["plan", "--model", "wan2.1-vace-1.3b", "--gpu-memory", "lots"],
+     ["--gpu-memory", "'lots' is not a memory size"], ["80GiB"]),
+    ("plan-model-missing", ["plan", "--model", "{work}/nowhere"], ["--model", "not found"],
+     ["wan2.1-vace-1.3b"]),
+    ("gpu-check-real-model-on-cpu", ["gpu-check", "--out", "{work}/gc", "--device", "cpu"],
+     ["--device cpu runs only --config tiny"], ["add --config tiny"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("bench-no-cuda", ["bench", "--teacher", "{teacher}", "--students", "{student}", "--device", "cuda"],

@@ -63,6 +63,8 @@ def make_accelerator(run: RunConfig, run_dir: Path, trackers: bool = True):
             log_with = "tensorboard"
         except ImportError:
             print("tensorboard is not installed: logging to JSONL only (pip install tensorboard)")
+    # mixed_precision=None lets accelerate read its own setting (ACCELERATE_MIXED_PRECISION, which
+    # `accelerate launch` sets from its config file), so only an explicit --mixed-precision overrides it.
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=run.mixed_precision, log_with=log_with,
                        project_config=ProjectConfiguration(project_dir=str(run_dir),
                                                            logging_dir=str(run_dir / "tensorboard")))

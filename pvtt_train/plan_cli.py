@@ -1,0 +1,108 @@
+"""``python -m pvtt_train plan``: per-GPU memory of a distillation, from the model's config alone (``memory_plan.py``),
+and the check ``distill`` runs before it loads any weight."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def memory_size(text: str) -> int:
+    """argparse ``type``: "80GiB", "80GB", "81920MiB" -> bytes."""
+    from .memory_plan import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_plan(args) -> None:
+    from .errors import InputError
+    from .memory_plan import Planner, Setup, format_plan, model_spec
+
+    if args.strategy == "fsdp" and args.gpus == 1:
+        raise InputError("--strategy fsdp with --gpus 1 shards nothing; give the number of GPUs, e.g. --gpus 8")
+    planner = Planner(model_spec(args.model))
+    setup = Setup(gpus=args.gpus, gpu_memory=args.gpu_memory, strategy=args.strategy,
+                  mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                  batch_size=args.batch_size, frames=args.frames, height=args.height, width=args.width,
+                  teacher=args.teacher, teacher_half=True, ema=args.ema, offload=args.offload,
+                  regression=not args.no_regression, pixel_losses=not args.no_pixel_losses)
+    plan = planner.plan(setup)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
+
+
+def distributed_setup(gpu_memory: int | None = None) -> dict:
+    """Strategy, process count and per-device memory of this process, as ``accelerate launch`` set them up
+    (its environment: ACCELERATE_USE_FSDP, WORLD_SIZE) and as torch sees the device (CUDA memory, or
+    the machine's available RAM on CPU)."""
+    import psutil
+    import torch
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    offload = os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() in ("1", "true", "yes")
+    if gpu_memory is None:
+        if torch.cuda.is_available():
+            gpu_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        else:
+            gpu_memory = psutil.virtual_memory().available
+    return {"gpus": int(os.environ.get("WORLD_SIZE", "1")), "strategy": "fsdp" if fsdp else "ddp",
+            "offload": offload and fsdp, "gpu_memory": int(gpu_memory)}
+
+
+def check_distill_memory(teacher: str, stages, run) -> None:
+    """Refuse, before any weight is loaded, a distillation whose plan does not fit the devices.
+
+    Plans the trainer as it is built (``memory_plan.TRAINER_AS_BUILT``) at the teacher's clip size."""
+    import torch
+
+    from .errors import InputError
+    from .memory_plan import TRAINER_AS_BUILT, Planner, Setup, model_spec, refusal
+
+    mixed = run.mixed_precision
+    if mixed is None:  # accelerate's own setting (its config file or ACCELERATE_MIXED_PRECISION) decides
+        mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    losses = {loss for s in stages for loss in s.losses}
+    env = distributed_setup()
+    setup = Setup(**env, mixed_precision=mixed, gradient_checkpointing=run.gradient_checkpointing,
+                  batch_size=run.batch_size, regression="regression" in losses,
+                  pixel_losses=bool(losses & {"temporal", "identity", "perceptual"}),
+                  ema="off" if run.ema_decay <= 0 else TRAINER_AS_BUILT["ema"],
+                  teacher=TRAINER_AS_BUILT["teacher"], teacher_half=TRAINER_AS_BUILT["teacher_half"])
+    plan = Planner(model_spec(str(teacher))).plan(setup)
+    if not plan.fits:
+        device = "GPU" if torch.cuda.is_available() else "CPU (available RAM)"
+        raise InputError(f"not enough memory on this {device}: {refusal(plan)}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``plan`` to the ``python -m pvtt_train`` sub-commands."""
+    from .cli_args import whole
+
+    p = subparsers.add_parser("plan", help="per-GPU memory of a distillation, from the model config (no weights read)")
+    p.add_argument("--model", required=True,
+                   help="a Wan-VACE diffusers folder, a PVTT .safetensors file, wan2.1-vace-1.3b or wan2.1-vace-14b")
+    p.add_argument("--gpus", type=whole(1), default=1, help="processes (GPUs) in the run")
+    p.add_argument("--gpu-memory", type=memory_size, default=memory_size("80GiB"),
+                   help="memory of each GPU, e.g. 80GiB, 80GB or 81920MiB")
+    p.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                   help="ddp: every GPU holds every copy; fsdp: FULL_SHARD over the GPUs")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--mixed-precision", choices=("bf16", "fp16", "no"), default="bf16")
+    p.add_argument("--batch-size", type=whole(1), default=1, help="clips per GPU and micro-batch")
+    p.add_argument("--frames", type=whole(1), default=None, help="clip frames; default: the model's (81 for Wan)")
+    p.add_argument("--height", type=whole(16), default=None, help="clip height; default: the model's")
+    p.add_argument("--width", type=whole(16), default=None, help="clip width; default: the model's")
+    p.add_argument("--teacher", choices=("sharded", "replicated", "cpu"), default="sharded",
+                   help="frozen teacher: sharded by FSDP (replicated under DDP), a full copy per GPU, or on CPU")
+    p.add_argument("--ema", choices=("sharded", "replicated", "cpu", "off"), default="sharded",
+                   help="the student's EMA copy: sharded by FSDP (replicated under DDP), per GPU, on CPU, or none")
+    p.add_argument("--offload", action="store_true",
+                   help="FSDP parameter offload: sharded weights, gradients and AdamW states in host RAM")
+    p.add_argument("--no-regression", action="store_true", help="plan without the regression loss's student call")
+    p.add_argument("--no-pixel-losses", action="store_true",
+                   help="plan without the losses that decode the clip with gradients (temporal, identity, perceptual)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of markdown")
+    p.set_defaults(func=cmd_plan)

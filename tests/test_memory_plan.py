@@ -1,0 +1,184 @@
+"""`plan`: parameter counts of the published Wan2.1-VACE sizes, model-state bytes against an independent count,
+refusals, the shipped FSDP configs, size parsing, and accelerate's mixed precision surviving the CLI default."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from pvtt_train.memory_plan import GIB, Planner, Setup, model_spec, parse_size, plan_from_accelerate_yaml
+from pvtt_train.models.wan_configs import PUBLISHED_PARAMETERS, TRANSFORMERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def planners():
+    return {name: Planner(model_spec(name)) for name in TRANSFORMERS}
+
+
+def independent_parameters(cfg: dict) -> int:
+    """Wan-VACE transformer parameters from the config's dimensions alone (no module is built)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    ffn, text, freq = cfg["ffn_dim"], cfg["text_dim"], cfg["freq_dim"]
+    patch = cfg["patch_size"][0] * cfg["patch_size"][1] * cfg["patch_size"][2]
+    attention = 4 * (d * d + d) + 2 * d  # q, k, v, out with biases; RMS norms of q and k
+    block = 2 * attention + 2 * d + (d * ffn + ffn) + (ffn * d + d) + 6 * d  # + cross-attn norm, FFN, modulation
+    vace_block = block + 2 * (d * d + d)  # plus before/after projections (before only in the first; counted below)
+    vace = len(cfg["vace_layers"]) * vace_block - (len(cfg["vace_layers"]) - 1) * (d * d + d)
+    stem = (cfg["in_channels"] * patch * d + d) + (cfg["vace_in_channels"] * patch * d + d)  # patch embeddings
+    stem += (freq * d + d) + (d * d + d) + (d * 6 * d + 6 * d)  # time embedding and projection
+    stem += (text * d + d) + (d * d + d)  # text embedding
+    stem += d * cfg["out_channels"] * patch + cfg["out_channels"] * patch + 2 * d  # output head + its modulation
+    return cfg["num_layers"] * block + vace + stem
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMERS))
+def test_parameter_counts_match_the_published_sizes(planners, name):
+    counts = planners[name].counts
+    assert counts.trainable == pytest.approx(PUBLISHED_PARAMETERS[name], rel=0.01)
+    assert counts.trainable == pytest.approx(independent_parameters(TRANSFORMERS[name]), rel=0.001)
+    assert counts.vae == pytest.approx(127e6, rel=0.01)
+    assert counts.text_encoder == pytest.approx(5.7e9, rel=0.01)
+
+
+STATE = ("teacher", "student", "critic", "ema", "optimizer_states", "gradients", "working_buffers")
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMERS))
+def test_model_state_agrees_with_parameters_times_bytes_per_copy(planners, name):
+    params = independent_parameters(TRANSFORMERS[name])
+    # DDP, 8 GPUs, bf16: teacher 2 + student 4 + critic 4 + EMA 4 + AdamW 2 x 2 x 4 + gradients 2 x 4, twice
+    # (DDP buckets) + autocast's bf16 casts of student and critic 2 x 2 bytes per parameter.
+    ddp = planners[name].plan(Setup(gpus=8, strategy="ddp"), alternatives=False)
+    assert sum(ddp.gpu[k] for k in STATE) == pytest.approx(params * 50, rel=0.10)
+    # FSDP, 8 GPUs: everything but the working buffers divided by 8 (38 bytes per parameter in all).
+    fsdp = planners[name].plan(Setup(gpus=8, strategy="fsdp", gradient_checkpointing=True), alternatives=False)
+    assert sum(fsdp.gpu[k] for k in STATE if k != "working_buffers") == pytest.approx(params * 38 / 8, rel=0.10)
+    # The total is never below its parts: activations and the allowance come on top.
+    assert fsdp.total > sum(fsdp.gpu[k] for k in STATE)
+
+
+def test_14b_under_ddp_on_80gb_is_refused_with_settings_that_fit(planners):
+    plan = planners["wan2.1-vace-14b"].plan(Setup(gpus=8, gpu_memory=80 * GIB, strategy="ddp",
+                                                  gradient_checkpointing=True, pixel_losses=False))
+    assert not plan.fits and plan.total > 80 * GIB
+    assert plan.gpu["teacher"] + plan.gpu["student"] + plan.gpu["critic"] > 80 * GIB  # the weights alone
+    assert plan.alternatives, "a refusal names settings that would fit"
+    assert all("FSDP" in name or "GPUs" in name for name, _ in plan.alternatives)
+    assert all(total <= 80 * GIB for _, total in plan.alternatives)
+
+
+def test_gradient_checkpointing_and_pixel_losses_move_the_activations(planners):
+    planner = planners["wan2.1-vace-1.3b"]
+    base = Setup(gpus=8, strategy="fsdp", pixel_losses=False)
+    full = planner.plan(base, alternatives=False).gpu["activations"]
+    ckpt = planner.plan(Setup(**{**base.__dict__, "gradient_checkpointing": True}), alternatives=False)
+    pixels = planner.plan(Setup(**{**base.__dict__, "gradient_checkpointing": True, "pixel_losses": True}),
+                          alternatives=False)
+    assert ckpt.gpu["activations"] < full / 5
+    assert pixels.gpu["activations"] > 10 * ckpt.gpu["activations"]  # the whole clip decoded with gradients
+
+
+def test_activation_extrapolation_matches_a_direct_meta_count():
+    """The two-size, two-depth fit predicts what a deeper probe saves at a larger clip."""
+    import torch
+
+    from pvtt_train.memory_plan import ModelSpec, _probe_denoiser, _saved_bytes, measure_activations
+
+    config = {"arch": "wan_vace", "context_tokens": 8,
+              "transformer": {**TRANSFORMERS["wan2.1-vace-1.3b"], "num_layers": 6, "vace_layers": [0, 2, 4]},
+              "vae": {"z_dim": 16, "temperal_downsample": [False, True, True]}}
+    spec = ModelSpec("probe", config, {"frames": 81, "height": 480, "width": 832})
+    model = measure_activations(spec, half=True, checkpointing=False)
+    denoiser, built = _probe_denoiser(config, 6, torch.bfloat16)
+    frames, h, w = 6, 8, 12  # 144 tokens, outside the fitted sizes
+    cfg = denoiser.config
+    kwargs = {"hidden_states": torch.zeros(1, 16, frames, h, w, device="meta", dtype=torch.bfloat16),
+              "control_hidden_states": torch.zeros(1, 96, frames, h, w, device="meta", dtype=torch.bfloat16),
+              "encoder_hidden_states": torch.zeros(1, 8, cfg.text_dim, device="meta", dtype=torch.bfloat16),
+              "timestep": torch.zeros(1, device="meta"), "return_dict": False}
+    direct = _saved_bytes(lambda: denoiser(**kwargs), list(built.parameters()), (144, 8))
+    assert model.bytes(144) == pytest.approx(direct, rel=0.10)
+
+
+def _flags(yaml_path: Path) -> list[str]:
+    line = next(t for t in yaml_path.read_text().splitlines() if t.startswith("# pvtt plan:"))
+    return shlex.split(line.removeprefix("# pvtt plan:"))
+
+
+@pytest.mark.parametrize("name, config", [("wan2.1-vace-1.3b", "fsdp_wan_1.3b.yaml"),
+                                          ("wan2.1-vace-14b", "fsdp_wan_14b.yaml")])
+def test_shipped_fsdp_configs_fit_8_gpus_of_80gb(planners, name, config):
+    from pvtt_train.__main__ import build_parser
+
+    path = ROOT / "configs" / "accelerate" / config
+    args = build_parser().parse_args(["plan", "--model", name, *_flags(path)])
+    plan = plan_from_accelerate_yaml(planners[name], path, gradient_checkpointing=args.gradient_checkpointing,
+                                     batch_size=args.batch_size, teacher=args.teacher, ema=args.ema,
+                                     pixel_losses=not args.no_pixel_losses, gpu_memory=80 * GIB)
+    assert plan.setup["gpus"] == 8 and plan.setup["strategy"] == "fsdp" and plan.setup["mixed_precision"] == "bf16"
+    assert plan.fits, f"{config}: {plan.total / GIB:.1f} GiB per GPU"
+
+
+@pytest.mark.parametrize("text, value", [("80GiB", 80 * GIB), ("80GB", 80 * 10**9), ("81920MiB", 80 * GIB),
+                                         ("1.5 TiB", int(1.5 * 2**40)), ("1024", 1024)])
+def test_sizes_parse(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["eighty", "80XB", "-1GB", "0GiB", ""])
+def test_bad_sizes_are_refused_with_an_example(text):
+    with pytest.raises(ValueError, match="80GiB"):
+        parse_size(text)
+
+
+def test_plan_cli_prints_a_table_and_refuses_bad_input(capsys):
+    from pvtt_train.__main__ import main
+
+    main(["plan", "--model", "wan2.1-vace-1.3b", "--gpus", "8", "--strategy", "fsdp", "--gradient-checkpointing",
+          "--no-pixel-losses"])
+    out = capsys.readouterr().out
+    assert "| teacher |" in out and "| activations |" in out and "**FITS**" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "--model", "wan2.1-vace-1.3b", "--gpu-memory", "lots"])
+    assert exc.value.code == 2
+    assert "80GiB" in capsys.readouterr().err
+
+
+def test_distill_precheck_refuses_14b_here_and_passes_the_shipped_model(monkeypatch):
+    from pvtt_train.distill.config import RunConfig, build_stages
+    from pvtt_train.errors import InputError
+    from pvtt_train.paths import SHIPPED_TEACHER
+    from pvtt_train.plan_cli import check_distill_memory
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    stages = build_stages((8, 4), 2)
+    run = RunConfig(batch_size=1, mixed_precision="bf16", gradient_checkpointing=True)
+    with pytest.raises(InputError, match="Settings that would fit|No single change fits"):
+        check_distill_memory("wan2.1-vace-14b", stages, run)
+    check_distill_memory(str(SHIPPED_TEACHER), stages, run)  # the embedded model fits anywhere
+
+
+def test_accelerate_mixed_precision_survives_the_cli_default(monkeypatch, tmp_path):
+    """`accelerate launch` passes the YAML's mixed_precision as ACCELERATE_MIXED_PRECISION; the distill
+    CLI's default must leave it alone (it used to force 'no')."""
+    from accelerate.state import AcceleratorState
+
+    from pvtt_train.__main__ import _progressive_from_args, build_parser
+    from pvtt_train.distill.progressive import make_accelerator
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    args = build_parser().parse_args(["distill", "--generator-steps", "1"])
+    _, run = _progressive_from_args(args)
+    AcceleratorState._reset_state(True)
+    try:
+        assert make_accelerator(run, tmp_path, trackers=False).mixed_precision == "bf16"
+        AcceleratorState._reset_state(True)
+        explicit = build_parser().parse_args(["distill", "--generator-steps", "1", "--mixed-precision", "no"])
+        assert make_accelerator(_progressive_from_args(explicit)[1], tmp_path, trackers=False).mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(True)
