@@ -142,7 +142,7 @@ def measure_sampling(config: dict, video: dict, device: str, variants, repeats: 
         try:
             model.transformer = torch.compile(eager) if variant == "compile" else eager
             with torch.no_grad(), _sdpa_backend(variant):
-                def run():
+                def run(model=model):
                     cond = model.condition(*inputs)
                     return model.decode(sample_student(model, cond, schedule, sigmas,
                                                        torch.Generator(device).manual_seed(0)))
