@@ -91,17 +91,20 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
 
 
 class ProgressLog:
-    """``progress.json``: the run's signature (written before the first step, so every resume is checked
-    against it) and its finished stages (recorded atomically after each)."""
+    """``progress.json``: the run's signature and its finished stages (recorded atomically after each).
 
-    def __init__(self, path: Path, signature: dict, resume: bool, write: bool = True):
+    A new run records its signature before the first step (``record_now``), so a resume is checked
+    against it even before a stage finishes. A resume that finds training states but no progress.json
+    (moved aside) must not: the states' own signatures decide, and a refused resume leaves no record."""
+
+    def __init__(self, path: Path, signature: dict, resume: bool, record_now: bool = True):
         self.path, self.signature = path, signature
         self.stages: list[dict] = []
         if resume and path.exists():
             saved = _read_progress(path)
             check_signature(saved["signature"], signature, str(path))
             self.stages = saved["stages"]
-        if write:
+        elif record_now:
             self._write()
 
     def done(self, name: str) -> dict | None:
@@ -173,7 +176,8 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     data = training_data_config(teacher)
     # Checked against progress.json here and against each training state when its stage resumes.
     signature = run_signature(stages, run, teacher_fingerprint(teacher.path), acc.num_processes)
-    log = ProgressLog(progress_path, signature, resume, write=main)
+    saved_states = any(state_files(run_dir / "state" / stage.name) for stage in stages)
+    log = ProgressLog(progress_path, signature, resume, record_now=main and not (resume and saved_states))
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
     used = _losses_used(stages)
