@@ -55,12 +55,14 @@ def pending() -> int:
 @contextlib.contextmanager
 def handled():
     """For the duration of a CLI command: Ctrl-C and SIGTERM raise (or, in a training loop, ask for a
-    stop); the previous handlers are restored after. Only the main thread can install handlers."""
+    stop); the previous handlers are restored after. A signal the caller ignores (``nohup``, a shell's
+    background job) stays ignored. Only the main thread can install handlers."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

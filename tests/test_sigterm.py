@@ -35,6 +35,15 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture()
+def ctrl_c_as_in_a_terminal():
+    """A shell's background job (as this test may run in) starts with Ctrl-C ignored, and ``handled()``
+    leaves an ignored signal ignored; a terminal's foreground job has Python's own handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -60,7 +69,7 @@ def _signalling_rollout(monkeypatch, at_call: int, signum: int, times: int = 1) 
     (signal.SIGINT, KeyboardInterrupt, 3, 1),
 ], ids=["sigterm-critic-step", "sigterm-generator-step", "ctrl-c"])
 def test_a_first_signal_finishes_the_step_saves_it_and_resume_ends_where_a_straight_run_does(
-        teacher, tmp_path, monkeypatch, signum, stopped, at_call, g_steps):  # noqa: F811
+        teacher, tmp_path, monkeypatch, signum, stopped, at_call, g_steps, ctrl_c_as_in_a_terminal):  # noqa: F811
     stage = _stage(generator_steps=3, losses=("dmd", "background"))
     run = RunConfig(batch_size=1, save_every=100, log_every=1)  # no periodic state: only the stop saves
     inputs = _inputs(teacher, tmp_path, stage)
@@ -142,3 +151,19 @@ def test_sigterm_to_a_real_cli_run_saves_says_how_to_resume_and_exits_143(tmp_pa
     a, b = (load_checkpoint(tmp_path / name / "models" / "pvtt_student_2step.safetensors").model.state_dict()
             for name in ("straight", "killed"))
     assert _same(a, b)
+
+
+def test_handled_installs_for_the_command_only_and_leaves_an_ignored_signal_ignored():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. started by nohup
+    try:
+        with stop_signals.handled():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with stop_signals.handled():
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            with pytest.raises(stop_signals.Terminated):  # outside a training loop: at once
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
