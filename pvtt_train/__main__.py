@@ -2,7 +2,9 @@
 
 Bad input ends the command with ``python -m pvtt_train <command>: error: <what is wrong and how to fix
 it>`` on stderr and exit code 2, without a traceback; ``--debug`` (or ``PVTT_DEBUG=1``) shows the
-traceback instead. Anything else is a bug and keeps its traceback. Ctrl-C exits with 130.
+traceback instead. Anything else is a bug and keeps its traceback. Ctrl-C exits with 130; SIGTERM
+stops a command as Ctrl-C does and exits with 143 (``stop_signals``): training saves its state first,
+and the same hint says how to continue.
 
 Building the parser imports nothing heavy (no torch, diffusers or OpenCV): each command imports what
 it needs when it runs, so ``--help`` is fast and quiet.
@@ -17,12 +19,14 @@ import os
 import sys
 from pathlib import Path
 
+from . import stop_signals
 from .cli_args import (
     CFG,
     LEARNING_RATE,
     SEED,
     check_encoders,
     check_model_file,
+    check_output_folders,
     clip_frames,
     clip_side,
     loss_weight,
@@ -109,10 +113,14 @@ def _progressive_from_args(args):
 
 
 def _check_progressive_inputs(args, any_form: bool = False) -> None:
-    """Everything a distillation reads, checked before it creates a folder or trains a step; ``any_form``:
-    the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the demo's is PVTT's)."""
+    """Everything a distillation reads, checked before it creates a folder; then the folders it writes.
+    ``any_form``: the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the
+    demo's is PVTT's)."""
     check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
     check_encoders(args.identity_encoder, args.video_encoder)
+    check_output_folders({flag: getattr(args, name) for flag, name in (("--out", "out"), ("--run-dir", "run_dir"),
+                                                                        ("--models-dir", "models_dir"))
+                          if hasattr(args, name)})
 
 
 def cmd_distill(args) -> None:
@@ -402,17 +410,19 @@ def _is_gate_failure(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a user error exits 2 (a failed gate 1, Ctrl-C 130) with a one-line message."""
+    """Run one command; a user error exits 2 (a failed gate 1, Ctrl-C 130, SIGTERM 143) with a one-line message."""
     args = build_parser().parse_args(argv)
     command = f"{PROG} {args.command}"
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        args.func(args)
-    except KeyboardInterrupt:
+        with stop_signals.handled():
+            args.func(args)
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print(f"\n{command}: interrupted; {INTERRUPT_HINTS.get(args.command, INTERRUPTED)}", file=sys.stderr)
-        raise SystemExit(130) from None
+        stopped = "terminated (SIGTERM)" if isinstance(exc, stop_signals.Terminated) else "interrupted"
+        print(f"\n{command}: {stopped}; {INTERRUPT_HINTS.get(args.command, INTERRUPTED)}", file=sys.stderr)
+        raise SystemExit(stop_signals.exit_code(exc)) from None
     except SystemExit as exc:
         if debug or not isinstance(exc.code, str):  # raise SystemExit("message") is a user error too
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import tempfile
 from pathlib import Path
 
 # --- argument types: checked at parse time, each message names the value and what to write instead ----------
@@ -251,6 +252,32 @@ def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok
     if want == "student" and stage == "teacher":
         raise CheckpointError(f"{flag}: {path.name} is a teacher, not a distilled student; pass {wanted}")
     return meta
+
+
+#: Prefix of the empty file ``check_output_folders`` creates and removes at once (a PVTT temp by its name).
+WRITE_PROBE_PREFIX = ".pvtt-tmp-write-check-"
+
+
+def check_output_folders(folders: dict[str, str | Path]) -> None:
+    """Create each ``{flag: folder}`` if missing and prove it writable, before a command trains a step:
+    a read-only ``--models-dir`` must not be found when the first student is exported, after the
+    training. The proof is a real write (an empty PVTT-named temp file, removed at once), since
+    permission bits do not tell about read-only mounts, ACLs or immutable folders."""
+    from .errors import InputError
+
+    for flag, folder in folders.items():
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{flag} {path} cannot be created ({exc.strerror or exc}); create it with write "
+                             f"permission, or pass a folder you can write to") from exc
+        try:
+            with tempfile.NamedTemporaryFile(prefix=WRITE_PROBE_PREFIX, dir=path):
+                pass
+        except OSError as exc:
+            raise InputError(f"{flag} {path} is not writable ({exc.strerror or exc}); make it writable (e.g. "
+                             f"chmod u+w, or remount it read-write), or pass another folder with {flag}") from exc
 
 
 def check_encoders(identity: str | None, video: str | None) -> None:

@@ -245,7 +245,10 @@ def test_stage_resume_continues_exactly_where_it_stopped(teacher, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.stats["generator_steps"] == 4
 
-    with pytest.raises(DistillationAborted, match="another configuration"):
+    from pvtt_train.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="other settings: --lr-student/--lr-scale: 0.0001 in the saved run, "
+                                              "0.001 now; resume with the same options"):
         train_stage(acc, inputs, replace(stage, lr_student=1e-3), run, tmp_path / "s2", True, tmp_path / "c.jsonl",
                     progress=False)
 
@@ -306,7 +309,7 @@ def test_resume_skips_finished_stages_and_refuses_other_options(tmp_path):
     assert first.stat().st_mtime_ns == stamp and len(again["stages"]) == 2
     from pvtt_train.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="other options"):
+    with pytest.raises(CheckpointError, match="other settings: --batch-size: 1 in the saved run, 2 now; resume"):
         run_progressive(teacher, stages, replace(run, batch_size=2), tmp_path / "run", tmp_path / "models",
                         resume=True, progress=False)
 
@@ -321,7 +324,7 @@ def test_resume_says_when_there_is_nothing_to_resume_and_refuses_a_damaged_progr
     assert f"--resume: nothing saved in {tmp_path / 'run'} yet" in capsys.readouterr().out
     progress = tmp_path / "run" / "progress.json"
     progress.write_text(progress.read_text()[:40])  # damaged after it was written
-    with pytest.raises(CheckpointError, match="progress.json is damaged .* delete it to resume from the training"):
+    with pytest.raises(CheckpointError, match="progress.json is damaged .* to resume from the training states"):
         run_progressive(teacher, stages, run, tmp_path / "run", tmp_path / "models", resume=True, progress=False)
 
 

@@ -42,6 +42,7 @@ from .config import RunConfig, StageConfig, check_config
 from .gates import GateEvaluator, GateFailed, as_few_step, check_gate
 from .regression import TrajectoryCache
 from .report import teacher_as_few_step
+from .signature import check_signature, run_signature, teacher_fingerprint
 from .state import load_state, state_files
 from .trainer import StageInputs, student_schedule, train_stage
 
@@ -97,38 +98,60 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
     }
 
 
-def _run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha: str, data_sha: str | None = None) -> str:
-    run_dict = {k: v for k, v in asdict(run).items() if k != "force"}
-    signed = {"stages": [asdict(s) for s in stages], "run": run_dict, "teacher": teacher_sha}
-    if data_sha is not None:  # a dataset run; synthetic runs keep their signature
-        signed["data"] = data_sha
-    return json.dumps(signed, sort_keys=True)
-
-
 class ProgressLog:
-    """``progress.json``: finished stages of a run, written atomically after each."""
+    """``progress.json``: the run's signature and its finished stages (recorded atomically after each).
 
-    def __init__(self, path: Path, signature: str, resume: bool):
+    A new run records its signature before the first step (``record_now``), so a resume is checked
+    against it even before a stage finishes. A resume that finds training states but no progress.json
+    (moved aside) must not: the states' own signatures decide, and a refused resume leaves no record."""
+
+    def __init__(self, path: Path, signature: dict, resume: bool, record_now: bool = True):
         self.path, self.signature = path, signature
         self.stages: list[dict] = []
         if resume and path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{path} is damaged ({exc}); delete it to resume from the training states "
-                                      f"(finished stages are trained again), or use a fresh --run-dir.") from exc
-            if saved["signature"] != signature:
-                raise CheckpointError(f"{path} belongs to a run with other options or another teacher; resume "
-                                      f"with the same options, or use a fresh --run-dir.")
+            saved = _read_progress(path)
+            check_signature(saved["signature"], signature, str(path))
             self.stages = saved["stages"]
+        elif record_now:
+            self._write()
 
     def done(self, name: str) -> dict | None:
         return next((s for s in self.stages if s["name"] == name), None)
 
     def record(self, entry: dict) -> None:
         self.stages = [s for s in self.stages if s["name"] != entry["name"]] + [entry]
+        self._write()
+
+    def _write(self) -> None:
         text = json.dumps({"signature": self.signature, "stages": self.stages}, indent=1)
         write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _read_progress(path: Path) -> dict:
+    """A saved ``progress.json``, refused with how to go on when it is not one PVTT wrote whole."""
+    fix = (f"to resume from the training states in {path.parent / 'state'} (finished stages are gated and "
+           f"exported again), move it aside and run again with --resume; or start a new run folder (another "
+           f"--run-dir)")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); {fix}") from exc
+    if not isinstance(saved, dict):
+        problem = f"it holds a JSON {type(saved).__name__}, not an object"
+    elif "signature" not in saved or not isinstance(saved.get("stages"), list):
+        problem = f"it lacks {'its signature' if 'signature' not in saved else 'its list of finished stages'}"
+    else:
+        problem = next((f"finished stage {i + 1} is incomplete" for i, entry in enumerate(saved["stages"])
+                        if not _is_stage_entry(entry)), None)
+    if problem is not None:
+        raise CheckpointError(f"{path} is not a progress record PVTT can read ({problem}); {fix}")
+    return saved
+
+
+def _is_stage_entry(entry) -> bool:
+    """What ``run_progressive`` reads of a finished stage is there, with the right types."""
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("name", "export", "sha256")) \
+        and isinstance(entry.get("gate"), dict) and isinstance(entry["gate"].get("passed"), bool)
 
 
 def _losses_used(stages: list[StageConfig]) -> set[str]:
@@ -209,8 +232,11 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
         data, data_provenance = dataset, dataset.provenance()
         _say(main, f"training data: {dataset.folder} ({len(dataset.train)} training and {len(dataset.heldout)} "
                    f"held-out clip windows, sha {dataset.sha256})")
-    log = ProgressLog(progress_path, _run_signature(stages, run, source_sha256(teacher.path),
-                                                    dataset.sha256 if dataset else None), resume)
+    # Checked against progress.json here and against each training state when its stage resumes.
+    signature = run_signature(stages, run, teacher_fingerprint(teacher.path), acc.num_processes,
+                              dataset.sha256 if dataset else None)
+    saved_states = any(state_files(run_dir / "state" / stage.name) for stage in stages)
+    log = ProgressLog(progress_path, signature, resume, record_now=main and not (resume and saved_states))
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
     used = _losses_used(stages)
@@ -277,7 +303,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
                        f"{'+'.join(stage.losses)}, {stage.generator_steps} generator steps)")
             started = time.monotonic()
             result = train_stage(acc, inputs, stage, run, stage_state, resume, run_dir / f"{stage.name}.log.jsonl",
-                                 progress)
+                                 progress, signature=signature)
             student_model, critic_model = result.student, result.critic
             entry = {"name": stage.name, "steps": stage.steps, "timesteps": list(stage.timesteps),
                      "stats": result.stats, "wall_minutes": round((time.monotonic() - started) / 60, 2)}

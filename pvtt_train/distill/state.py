@@ -42,9 +42,15 @@ def _flatten(obj, prefix: str, tensors: dict[str, torch.Tensor]):
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a training state")
 
 
+class _IncompleteState(ValueError):
+    """A readable file that is not a whole training state (edited or damaged after it was written)."""
+
+
 def _unflatten(node, tensors: dict[str, torch.Tensor]):
     if isinstance(node, dict):
         if "__tensor__" in node:
+            if node["__tensor__"] not in tensors:
+                raise _IncompleteState(f"its skeleton names a tensor {node['__tensor__']!r} the file does not hold")
             return tensors[node["__tensor__"]]
         if "__dict__" in node:
             return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
@@ -81,21 +87,28 @@ def rotate_states(folder: Path, keep: int = 2) -> list[Path]:
     return old
 
 
-def load_state(path: Path) -> dict:
-    """Read a state written by ``save_state``."""
+def load_state(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """Read a state written by ``save_state``; a file that is not one whole (unreadable, a skeleton that
+    names a missing tensor, not a dict, or without the ``required`` keys) is a ``CheckpointError``."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
             skeleton = json.loads((fh.metadata() or {})["pvtt_state"])
         tensors = load_file(str(path))
+        state = _unflatten(skeleton, tensors)
+        if not isinstance(state, dict):
+            raise _IncompleteState(f"it holds a {type(state).__name__}, not a training state")
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise _IncompleteState(f"it lacks {', '.join(missing)}")
     except Exception as exc:
         raise CheckpointError(f"training state {path} cannot be read ({exc}); delete it to resume from the one "
                               f"before, or start without --resume.") from exc
-    return _unflatten(skeleton, tensors)
+    return state
 
 
-def load_newest_state(folder: Path, set_aside: bool = True) -> tuple[Path, dict] | None:
+def load_newest_state(folder: Path, set_aside: bool = True, required: tuple[str, ...] = ()) -> tuple[Path, dict] | None:
     """The newest readable state in ``folder`` and its path, or None when there is none.
 
     Atomic writes never leave half a state, but a file can still be damaged afterwards (a bad disk,
@@ -106,7 +119,7 @@ def load_newest_state(folder: Path, set_aside: bool = True) -> tuple[Path, dict]
     """
     for path in reversed(state_files(Path(folder))):
         try:
-            return path, load_state(path)
+            return path, load_state(path, required)
         except CheckpointError as exc:
             if set_aside:
                 aside = path.with_name(path.name + ".corrupt")

@@ -20,13 +20,14 @@ import contextlib
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from .. import stop_signals
 from ..data.dataset import EncodedDataset, condition_of, target_latents, training_stream
 from ..data.synthetic import SyntheticConfig
 from ..identity.loss import identity_loss
@@ -41,8 +42,14 @@ from .adversarial import (
 from .config import RunConfig, StageConfig
 from .dmd import background_loss, critic_loss, dmd_loss
 from .regression import TrajectoryCache, regression_loss
+from .signature import check_signature, run_signature, saved_signature
 from .state import load_newest_state, rotate_states, save_state
 from .temporal import FlowCache, temporal_loss
+
+
+#: What a resume reads from a training state; a state without all of them is set aside as damaged.
+STATE_KEYS = ("student", "critic", "head", "opt_g", "opt_c", "opt_d", "ema", "rng", "sync_rng", "stream_position",
+              "g_steps", "iteration", "skipped", "skipped_critic", "seconds")
 
 
 class DistillationAborted(RuntimeError):
@@ -114,6 +121,15 @@ def _set_rng(row: torch.Tensor, gen: torch.Generator) -> None:
     gen.set_state(row[n:].clone())
 
 
+def _stop_signal(acc) -> int:
+    """The stop signal (``stop_signals``) any rank received, 0 if none, the same on every rank: all
+    ranks save the same step and stop together (a save is collective)."""
+    signum = stop_signals.pending()
+    if acc.num_processes == 1:
+        return signum
+    return int(acc.gather(torch.tensor([signum], device=acc.device)).max().item())
+
+
 def _rank_spread(acc, model: torch.nn.Module) -> float:
     """Largest difference between ranks of per-tensor weight checksums (0 in a healthy DDP run)."""
     if acc.num_processes == 1:
@@ -161,8 +177,12 @@ def _make_discriminator(critic, stage: StageConfig):
 
 
 def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, state_dir: Path | None,
-                resume: bool, log_path: Path, progress: bool = True) -> StageResult:
-    """Train one stage; returns the EMA student, the critic and the stage's statistics."""
+                resume: bool, log_path: Path, progress: bool = True, signature: dict | None = None) -> StageResult:
+    """Train one stage; returns the EMA student, the critic and the stage's statistics.
+
+    ``signature`` (``signature.run_signature``; by default this stage's and run's settings) is saved in
+    every training state, and a resumed state must carry the same one. A first Ctrl-C or SIGTERM under
+    the CLI (``stop_signals``) ends the stage at the next step boundary with its state saved."""
     rank, world = acc.process_index, acc.num_processes
     torch.manual_seed(run.seed * 1009 + rank)
     gen = torch.Generator().manual_seed(run.seed * 1009 + 17 + rank)
@@ -192,18 +212,16 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     real = inputs.real.to(acc.device).eval().requires_grad_(False)
     stream = training_stream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
     flows = FlowCache()
-    config_json = json.dumps({"stage": asdict(stage), "run": asdict(run), "world": world}, sort_keys=True)
+    if signature is None:
+        signature = run_signature([stage], run, None, world)
 
     g_steps, iteration, nonfinite_run, skipped, skipped_critic, elapsed_before = 0, 0, 0, 0, 0, 0.0
-    newest = load_newest_state(state_dir, set_aside=acc.is_main_process) if (resume and state_dir is not None) \
-        else None
+    newest = load_newest_state(state_dir, set_aside=acc.is_main_process, required=STATE_KEYS) \
+        if (resume and state_dir is not None) else None
     saved = newest is not None
     if saved:
         saved_path, state = newest
-        if state["config"] != config_json:
-            raise DistillationAborted(f"{saved_path} was written with another configuration or number of "
-                                      f"processes; resume with the same options, or start a fresh run in "
-                                      f"another --run-dir.")
+        check_signature(saved_signature(state.get("signature")), signature, f"training state {saved_path}")
         student.load_state_dict(state["student"])
         critic.load_state_dict(state["critic"])
         opt_g.load_state_dict(state["opt_g"])
@@ -225,7 +243,8 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
         rng = _gathered_rng(acc, gen)
         if acc.is_main_process:
             save_state(state_dir, g_steps, {
-                "config": config_json, "student": student.state_dict(), "critic": critic.state_dict(),
+                "signature": json.dumps(signature, sort_keys=True),
+                "student": student.state_dict(), "critic": critic.state_dict(),
                 "head": head.state_dict() if head is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(),
                 "opt_d": opt_d.state_dict() if opt_d is not None else None,
@@ -283,6 +302,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
         rotate_states(state_dir, run.keep_states)  # a kill may have come between a save and its rotation
     log = open(log_path, "a" if saved else "w") if acc.is_main_process else None
     last: dict = {}
+    deferred_stop = stop_signals.DeferredStop()  # from here a first Ctrl-C/SIGTERM stops at a step boundary, saved
     try:
         while g_steps < stage.generator_steps and time.monotonic() < deadline:
             step_start = time.monotonic()
@@ -370,14 +390,22 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                 acc.log({f"{stage.name}/{k}": v for k, v in last.items() if isinstance(v, (int, float))},
                         step=g_steps)
                 bar.set_postfix(dmd=f"{last['loss_dmd']:.4f}", critic=f"{last['loss_critic']:.4f}")
-            if state_dir is not None and generator_turn and finite_g and g_steps % run.save_every == 0:
+            stop = _stop_signal(acc)
+            if state_dir is not None and (stop or generator_turn and finite_g and g_steps % run.save_every == 0):
                 save_state_now()
+            if stop:
+                if acc.is_main_process:
+                    tqdm.write(f"stopping: stage {stage.name} " + (f"saved at generator step {g_steps} (iteration "
+                               f"{iteration}) in {state_dir}" if state_dir is not None else "has no state folder"))
+                raise stop_signals.interruption(stop)
+        if state_dir is not None and g_steps % run.save_every != 0:
+            save_state_now()  # the stage's end, so a resume never retrains it
     finally:
+        deferred_stop.release()
         bar.close()
         if log is not None:
             log.close()
-    if state_dir is not None and g_steps % run.save_every != 0:
-        save_state_now()  # the stage's end, so a resume never retrains it
+    deferred_stop.raise_if_pending()  # a signal after the last step's check: the stage's end is saved
     if ema is not None:
         ema.copy_to(student_params)
     spread = _rank_spread(acc, student)
