@@ -151,7 +151,10 @@ def build_stages(path: str | tuple[int, ...] = "default", generator_steps: int |
         stage = StageConfig(name=f"student_{n}step", role=role, timesteps=uniform_timesteps(n),
                             lr_student=RECIPE_LR[role] * lr_scale, generator_steps=budget, losses=losses,
                             gate=default_gate(role))
-        stages.append(replace(stage, **overrides))
+        stage = replace(stage, **overrides)
+        # A loss weighted 0 is not computed at all: the pixel-space ones decode whole clips with gradients,
+        # which is what `plan` counts, so --weight temporal=0 is how a big model's run leaves them out.
+        stages.append(replace(stage, losses=tuple(k for k in stage.losses if stage.weights[k][0] > 0)))
     return stages
 
 
