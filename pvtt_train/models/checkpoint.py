@@ -22,11 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import DISK_ERRORS, CheckpointError, DiskFullError
+from .metadata_schema import FORMAT, FORMAT_VERSION, parse_json_object, validate_metadata
+from .model_budget import check_fits, meta_model, model_bytes
 from .pvtt_model import build_model
 from .schedule import FlowSchedule
+from .weight_checks import check_float_dtypes, check_layout_matches, copy_weights, largest_tensor_bytes, tensor_layout
 
-FORMAT = "pvtt"
-FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 
 
@@ -193,44 +194,31 @@ def read_metadata(path: str | Path, wanted: str | None = None) -> dict:
     if FORMAT not in header:
         raise CheckpointError(f"{path.name} has no PVTT metadata, so PVTT cannot tell how to rebuild it. "
                               f"Use a checkpoint written by pvtt_train (teacher, distill or demo).")
-    try:
-        meta = json.loads(header[FORMAT])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path.name}: its PVTT metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path.name}: its PVTT metadata is not a JSON object")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path.name} was written by a newer PVTT (format {meta['format_version']}); "
-                              f"update PVTT to load it.")
-    missing = [k for k in ("model", "schedule", "sampler", "video") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path.name}: its PVTT metadata lacks {missing}; re-export it with pvtt_train.")
-    return meta
+    fix = "Re-export it with pvtt_train."
+    meta = parse_json_object(header[FORMAT], f"{path.name}: its PVTT metadata", fix)
+    return validate_metadata(meta, path.name, fix)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    """Rebuild the model a checkpoint describes and load its weights (strictly).
+
+    Nothing is allocated until the metadata has passed its schema, the model's memory (counted on the
+    meta device) fits, and the header's tensors match the model in name, shape and float dtype. The
+    weights are then read once, straight into the model, and each is checked for NaN/Inf on the way."""
     path = Path(path)
     meta = read_metadata(path)
+    layout_model = meta_model(lambda: build_model(meta["model"]), path.name)
     try:
-        model = build_model(meta["model"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path.name}: cannot rebuild its model: {exc}") from exc
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device=str(device))
-    except Exception as exc:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatches raise even with strict=False
-        raise CheckpointError(f"{path.name}: weights do not match the architecture in its metadata ({exc}). "
-                              f"Re-export it with pvtt_train.") from exc
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path.name}: weights do not match the architecture in its metadata "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}). The file was edited or "
-            f"written by an incompatible tool; re-export it with pvtt_train.")
+    with handle:
+        layout = tensor_layout(handle)
+        check_float_dtypes(layout, path.name)
+        check_layout_matches(layout, layout_model.state_dict(), path.name)
+        check_fits(model_bytes(layout_model) + largest_tensor_bytes(layout), device, path.name)
+        del layout_model
+        model = build_model(meta["model"])  # the meta build above has already accepted this config
+        copy_weights(handle, model, path.name)
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model=model, metadata=meta, path=path)
