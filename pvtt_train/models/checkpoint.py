@@ -203,7 +203,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     """Rebuild the model a checkpoint describes and load its weights (strictly).
 
     Nothing is allocated until the metadata has passed its schema, the model's memory (counted on the
-    meta device) fits, and the header's tensors match the model in name, shape and float dtype. The
+    meta device) fits, and the header's tensors match the model in float dtype, name and shape. The
     weights are then read once, straight into the model, and each is checked for NaN/Inf on the way."""
     path = Path(path)
     meta = read_metadata(path)
@@ -214,9 +214,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
     with handle:
         layout = tensor_layout(handle)
+        check_fits(model_bytes(layout_model) + largest_tensor_bytes(layout), device, path.name)
         check_float_dtypes(layout, path.name)
         check_layout_matches(layout, layout_model.state_dict(), path.name)
-        check_fits(model_bytes(layout_model) + largest_tensor_bytes(layout), device, path.name)
         del layout_model
         model = build_model(meta["model"])  # the meta build above has already accepted this config
         copy_weights(handle, model, path.name)

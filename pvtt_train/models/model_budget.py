@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..validation import available_memory
 
 GB = 1e9
+MB = 1e6
 
 
 def meta_model(build, source: str | Path) -> nn.Module:
@@ -61,6 +62,10 @@ def check_fits(needed: int, device: str | torch.device, source: str | Path, what
         if free is not None and needed > free:
             where = "GPU memory" if place.type == "cuda" else "memory"
             raise CheckpointError(
-                f"{source}: {what} need about {needed / GB:.2f} GB, but only {free / GB:.2f} GB of {where} is "
+                f"{source}: {what} need about {_size(needed)}, but only {_size(free)} of {where} is "
                 f"available. The sizes in its config (layers, widths) are larger than this machine can hold: free "
                 f"memory, load it on a larger machine, or check that the file is the model you meant.")
+
+
+def _size(n: int) -> str:
+    return f"{n / GB:.2f} GB" if n >= GB else f"{n / MB:.1f} MB"
