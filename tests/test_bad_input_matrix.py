@@ -612,7 +612,8 @@ CHECKPOINT_REFUSALS = {
                    r"whole number in \[1, 200\]\. Re-export"),
     "head-dim-1e9": ("head_dim_1e9.safetensors", "CheckpointError",
                      r"backbone_config\.attention_head_dim is 1000000000\.0", r"whole number in \[6, 1024\]"),
-    "nested-json": ("nested_json.safetensors", "CheckpointError", r"nested too deeply", r"Re-export it with pvtt_train"),
+    "nested-json": ("nested_json.safetensors", "CheckpointError", r"nested too deeply",
+                    r"Re-export it with pvtt_train"),
     # Issue 12, defect 9: schedules and weights that made Template Transfer return NaN or noise.
     "shift-nan": ("shift_nan.safetensors", "CheckpointError", r"schedule\.shift is nan",
                   r"finite number in \(0, 100\]\. Re-export"),

@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 import torch
+from _wan_fixtures import make_wan_vace_folder
 from safetensors.torch import load_file, save_file
 
-from _wan_fixtures import make_wan_vace_folder
 from pvtt_train.errors import CheckpointError
 from pvtt_train.models.loading import load_model
 
@@ -184,8 +184,9 @@ def test_folder_numbers_are_checked_before_loading(folder, case):
 
 
 def test_folder_too_large_for_memory_is_refused_before_diffusers_allocates(folder, monkeypatch):
-    import pvtt_train.models.model_budget as model_budget
     from diffusers import WanVACETransformer3DModel
+
+    from pvtt_train.models import model_budget
 
     _edit_json(folder / "transformer" / "config.json", num_layers=40, num_attention_heads=40, attention_head_dim=128,
                ffn_dim=13824, text_dim=4096, vace_layers=list(range(0, 40, 5)))

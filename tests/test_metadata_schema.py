@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from _tiny import MICRO_BACKBONE, micro_teacher
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -19,8 +20,6 @@ import pvtt_train.models.checkpoint as ckpt
 from pvtt_train.errors import CheckpointError
 from pvtt_train.models.checkpoint import load_checkpoint, read_metadata
 from pvtt_train.models.pvtt_model import WanConcatPVTT
-
-from _tiny import MICRO_BACKBONE, micro_teacher
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,8 @@ CASES = [
     ("frames-beyond-rope", setter("video", "frames", value=33), r"video of 33 frames .* does not fit the model",
      r"rope_max_seq_len allows at most 32"),
     ("width-huge", setter("video", "width", value=10 ** 6), r"video\.width is 1000000", r"whole number in \[1, 8192\]"),
-    ("heads-times-dim", lambda m: m["model"]["backbone_config"].update(num_attention_heads=256, attention_head_dim=1024),
+    ("heads-times-dim",
+     lambda m: m["model"]["backbone_config"].update(num_attention_heads=256, attention_head_dim=1024),
      r"num_attention_heads x attention_head_dim = 256 x 1024 = 262144", r"more than the 65536"),
     ("odd-head-dim", setter("model", "backbone_config", "attention_head_dim", value=15),
      r"attention_head_dim is 15", r"even head size"),
@@ -155,7 +155,7 @@ def test_json_nested_beyond_the_depth_limit_is_refused(teacher, tmp_path):
 def test_a_model_larger_than_free_memory_is_refused_before_allocating(teacher, tmp_path, monkeypatch):
     """Wan 14B's sizes are within range, but 40 layers 5120 wide do not fit 8 GB: refused with the numbers,
     counted on the meta device, while no real model is built (building it would need ~70 GB)."""
-    import pvtt_train.models.model_budget as model_budget
+    from pvtt_train.models import model_budget
 
     wan_14b = {"num_layers": 40, "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824,
                "text_dim": 4096, "freq_dim": 256}
@@ -179,7 +179,7 @@ def test_a_model_larger_than_free_memory_is_refused_before_allocating(teacher, t
 
 
 def test_a_model_that_fits_loads_and_is_counted_exactly(teacher, monkeypatch):
-    import pvtt_train.models.model_budget as model_budget
+    from pvtt_train.models import model_budget
 
     seen = []
     real = model_budget.check_fits
@@ -196,7 +196,8 @@ def test_shipped_and_written_metadata_pass_the_schema(teacher):
     from pvtt_train.models.metadata_schema import validate_metadata
     from pvtt_train.paths import SHIPPED_MODELS
 
-    shipped = sorted(SHIPPED_MODELS.glob("pvtt_student_*step.safetensors")) + [SHIPPED_MODELS / "pvtt_teacher.safetensors"]
+    shipped = sorted(SHIPPED_MODELS.glob("pvtt_student_*step.safetensors"))
+    shipped.append(SHIPPED_MODELS / "pvtt_teacher.safetensors")
     assert len(shipped) == 4
     for path in [*shipped, teacher]:
         meta = read_metadata(path)
@@ -215,8 +216,8 @@ def test_validate_metadata_names_the_vace_fields():
                       "context_tokens": 3}}
     assert validate_metadata(meta, "vace.safetensors") is meta
     bad = [
-        ({"transformer": {**TRANSFORMER_CONFIG, "vace_layers": [0, 2]}}, r"vace_layers is a list \[0, 2\].*below "
-                                                                         r"num_layers \(2\)"),
+        ({"transformer": {**TRANSFORMER_CONFIG, "vace_layers": [0, 2]}},
+         r"vace_layers is a list \[0, 2\].*below num_layers \(2\)"),
         ({"transformer": {**TRANSFORMER_CONFIG, "vace_in_channels": 20}}, r"2\*4 \+ 4\*4 = 24 channels"),
         ({"vae": {**VAE_CONFIG, "latents_std": [1.0, 0.0, 1.0, 1.0]}}, r"latents_std holds 0"),
         ({"vae": {**VAE_CONFIG, "latents_mean": [0.0] * 3}}, r"latents_mean has 3 values; it needs z_dim = 4"),

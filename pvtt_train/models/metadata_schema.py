@@ -21,7 +21,7 @@ import inspect
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import pairwise
 from typing import Any
 
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
@@ -253,8 +253,8 @@ class Checker:
         Keys outside ``table`` are refused unless ``others_allowed`` (a file PVTT reads only part of)."""
         unknown = sorted(set(data) - set(table))
         if unknown and not others_allowed:
-            self.fail(name or "the file", f"has unknown keys {unknown}, which this PVTT cannot honour (known: {sorted(table)}); "
-                            f"update PVTT (or diffusers) or remove them")
+            self.fail(name or "the file", f"has unknown keys {unknown}, which this PVTT cannot honour (known: "
+                                          f"{sorted(table)}); update PVTT (or diffusers) or remove them")
         missing = [k for k in required if k not in data]
         if missing:
             self.fail(name or "the file", f"lacks {missing}")
@@ -309,7 +309,7 @@ def validate_sampler(sampler: Any, schedule: dict, check: Checker) -> dict:
         if len(timesteps) != values["steps"]:
             check.fail("sampler.timesteps", f"has {len(timesteps)} values but sampler.steps is {values['steps']}; "
                                             f"they must agree")
-        if any(not 1 <= t <= top for t in timesteps) or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        if any(not 1 <= t <= top for t in timesteps) or any(a <= b for a, b in pairwise(timesteps)):
             check.fail("sampler.timesteps", f"is {_show(timesteps)}; it must be strictly decreasing within "
                                             f"[1, {top}] (schedule.num_train_timesteps)")
     return values
@@ -397,11 +397,12 @@ def transformer_config(config: Any, arch: str, name: str, check: Checker) -> dic
         check.fail(join(name, "attention_head_dim"), f"is {head}; Wan's rotary embedding needs an even head size")
     inner = values["num_attention_heads"] * head
     if inner > 65_536:
-        check.fail(name or "the config", f"has num_attention_heads x attention_head_dim = {values['num_attention_heads']} x {head} = "
-                         f"{inner}, more than the 65536 wide layers any Wan model uses")
+        heads = values["num_attention_heads"]
+        check.fail(name or "the config", f"has num_attention_heads x attention_head_dim = {heads} x {head} = {inner}, "
+                                         f"more than the 65536 wide layers any Wan model uses")
     if arch == "wan_vace":
         layers = values["vace_layers"]
-        if any(a >= b for a, b in zip(layers, layers[1:])) or layers[-1] >= values["num_layers"]:
+        if any(a >= b for a, b in pairwise(layers)) or layers[-1] >= values["num_layers"]:
             check.fail(join(name, "vace_layers"), f"is {_show(layers)}; it must list distinct transformer layers in "
                                               f"increasing order, each below num_layers ({values['num_layers']})")
     return values

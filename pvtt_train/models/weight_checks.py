@@ -25,7 +25,7 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
 def tensor_layout(handle) -> dict[str, tuple[str, list[int]]]:
     """Name -> (dtype, shape) of every tensor of an open ``safe_open`` handle, read from the header only."""
     layout = {}
-    for name in handle.keys():
+    for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
         view = handle.get_slice(name)
         layout[name] = (view.get_dtype(), list(view.get_shape()))
     return layout

@@ -19,8 +19,8 @@ checkpoint rather than a clip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
