@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
-from .sampling.samplers import sample_from_metadata
+from .sampling.samplers import require_finite, sample_from_metadata
 from .validation import check_output_memory, clip_and_mask, product_photo
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
                 callback(wi * n + i, len(windows) * n, x0)
 
         x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb,
-                                  guidance)
-        out[start:end] = model.decode(x0)[0, : end - start].cpu()
+                                  guidance, source=loaded.path)
+        # The decoder (a VAE) can overflow where the latent did not; the clamp below would keep a NaN.
+        out[start:end] = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
     return resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

@@ -575,6 +575,52 @@ def bad_checkpoints(folder, models_dir):
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "wrong_shapes.safetensors"),
               metadata={checkpoint.FORMAT: json.dumps(meta)})
+    for name, edit in METADATA_EDITS.items():
+        edited = json.loads(json.dumps(meta))
+        edit(edited)
+        write_bytes(folder, f"{name}.safetensors", _with_metadata(good, edited))
+    write_bytes(folder, "nested_json.safetensors", _with_raw_metadata(good, "[" * 100_000 + "]" * 100_000))
+    for name, edit in WEIGHT_EDITS.items():
+        weights = {k: v.clone() for k, v in pvtt_model.WanConcatPVTT(pvtt_model.TINY_BACKBONE).state_dict().items()}
+        edit(weights)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / f"{name}.safetensors"),
+                  metadata={checkpoint.FORMAT: json.dumps(meta)})
+
+
+def _set(*keys, value):
+    def edit(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return edit
+
+
+#: Issue 12, defect 8 and 9: metadata that used to crash, exhaust memory or sample NaN/noise.
+METADATA_EDITS = {
+    "format_version_string": _set("format_version", value="1"),
+    "model_string": _set("model", value="wan_concat"),
+    "sampler_empty": _set("sampler", value={}),
+    "timesteps_empty": _set("sampler", value={"kind": "few_step", "steps": 1, "timesteps": []}),
+    "frames_zero": _set("video", "frames", value=0),
+    "layers_1e6": _set("model", "backbone_config", "num_layers", value=1e6),
+    "head_dim_1e9": _set("model", "backbone_config", "attention_head_dim", value=1e9),
+    "shift_nan": _set("schedule", "shift", value=float("nan")),
+    "euler_steps_0": _set("sampler", value={"kind": "euler_cfg", "steps": 0, "cfg": 1.0}),
+    "timesteps_5000": _set("sampler", value={"kind": "few_step", "steps": 2, "timesteps": [5000, -1000]}),
+}
+FIRST_WEIGHT = "backbone.blocks.0.ffn.net.0.proj.weight"
+WEIGHT_EDITS = {
+    "nan_weights": lambda w: [t.fill_(float("nan")) for t in w.values()],
+    "one_inf_tensor": lambda w: w[FIRST_WEIGHT].view(-1).__setitem__(3, float("inf")),
+    "int32_weights": lambda w: w.__setitem__(FIRST_WEIGHT, (w[FIRST_WEIGHT] * 100).to(torch.int32)),
+}
+
+
+def _with_raw_metadata(data: bytes, text: str) -> bytes:
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8: 8 + size])
+    header["__metadata__"] = {**header.get("__metadata__", {}), checkpoint.FORMAT: text}
+    return safetensors_bytes(header, data[8 + size:])
 
 
 def _with_metadata(data: bytes, meta: dict) -> bytes:
@@ -606,6 +652,38 @@ CHECKPOINT_REFUSALS = {
     "pickle-renamed": ("pickled.safetensors", "CheckpointError", r"not a valid|cannot be read|corrupt|pickle",
                        r"again|export|safetensors"),
     "wrong-shapes": ("wrong_shapes.safetensors", "CheckpointError", r"shape", r"export|match|again|metadata"),
+    # Issue 12, defect 8: each names the file, the field and the allowed range.
+    "format-version-string": ("format_version_string.safetensors", "CheckpointError",
+                              r"^format_version_string\.safetensors: format_version is a string \"1\"",
+                              r"whole number in \[0, 1\]\. Re-export it with pvtt_train"),
+    "model-string": ("model_string.safetensors", "CheckpointError", r"model is a string \"wan_concat\"",
+                     r"must be an object\. Re-export"),
+    "sampler-empty": ("sampler_empty.safetensors", "CheckpointError", r"sampler\.kind is null",
+                      r"one of \['euler_cfg', 'few_step'\]\. Re-export"),
+    "timesteps-empty": ("timesteps_empty.safetensors", "CheckpointError", r"sampler\.timesteps is a list \[\]",
+                        r"list of 1 to 1000 values.*Re-export"),
+    "frames-zero": ("frames_zero.safetensors", "CheckpointError", r"video\.frames is 0",
+                    r"whole number in \[1, 1024\]\. Re-export"),
+    "layers-1e6": ("layers_1e6.safetensors", "CheckpointError", r"backbone_config\.num_layers is 1000000\.0",
+                   r"whole number in \[1, 200\]\. Re-export"),
+    "head-dim-1e9": ("head_dim_1e9.safetensors", "CheckpointError",
+                     r"backbone_config\.attention_head_dim is 1000000000\.0", r"whole number in \[6, 1024\]"),
+    "nested-json": ("nested_json.safetensors", "CheckpointError", r"nested too deeply",
+                    r"Re-export it with pvtt_train"),
+    # Issue 12, defect 9: schedules and weights that made Template Transfer return NaN or noise.
+    "shift-nan": ("shift_nan.safetensors", "CheckpointError", r"schedule\.shift is nan",
+                  r"finite number in \(0, 100\]\. Re-export"),
+    "euler-steps-0": ("euler_steps_0.safetensors", "CheckpointError", r"sampler\.steps is 0",
+                      r"whole number in \[1, 1000\]\. Re-export"),
+    "timesteps-out-of-range": ("timesteps_5000.safetensors", "CheckpointError",
+                               r"sampler\.timesteps is a list \[5000, -1000\]",
+                               r"strictly decreasing within \[1, 1000\].*Re-export"),
+    "nan-weights": ("nan_weights.safetensors", "CheckpointError", r"weight '[\w.]+' holds (\d+) NaN/Inf values of \1",
+                    r"intact copy|export it again"),
+    "one-inf-tensor": ("one_inf_tensor.safetensors", "CheckpointError",
+                       rf"weight '{FIRST_WEIGHT}' holds 1 NaN/Inf values", r"intact copy|export it again"),
+    "int32-weights": ("int32_weights.safetensors", "CheckpointError", rf"tensor '{FIRST_WEIGHT}' is stored as I32",
+                      r"export it again with pvtt_train"),
 }
 
 
@@ -636,6 +714,28 @@ def test_pickle_checkpoints_are_never_listed_or_unpickled(folders, models_dir, m
     assert "not found" in str(excinfo.value) or "pickle" in str(excinfo.value)
     with pytest.raises(errors.CheckpointError):
         execute("PVTTLoadModel", model_name="pickled.safetensors")
+
+
+def test_template_transfer_never_returns_a_nan_clip(folders, models_dir, monkeypatch, tmp_path, ctx):
+    """A checkpoint whose finite weights overflow when run: Template Transfer raises an error naming the
+    file (issue 12, defect 9) instead of returning the NaN clip, which the final clamp would have kept."""
+    from safetensors.torch import load_file, save_file
+
+    own = tmp_path / "own_models"
+    own.mkdir()
+    state = load_file(str(models_dir / TINY_NAME))
+    state["backbone.proj_out.weight"] = torch.full_like(state["backbone.proj_out.weight"], 1e38)
+    save_file(state, str(own / "overflow.safetensors"),
+              metadata={checkpoint.FORMAT: json.dumps(checkpoint.read_metadata(models_dir / TINY_NAME))})
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(own))
+    model = execute("PVTTLoadModel", model_name="overflow.safetensors")[0]
+    for node in ("PVTTTemplateTransfer", "PVTTCompareModels"):
+        with pytest.raises(errors.CheckpointError) as excinfo:
+            execute(node, **{**defaults(ctx)[node], **({"model": model} if node == "PVTTTemplateTransfer"
+                                                        else {"model_a": model})})
+        message = str(excinfo.value)
+        assert message.startswith("overflow.safetensors produced NaN/Inf values (")
+        assert "no clip was returned" in message and "Re-export it" in message
 
 
 # --- acceleration ---------------------------------------------------------------------------------

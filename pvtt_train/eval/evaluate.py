@@ -22,7 +22,7 @@ from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel
 from ..sampling.composite import composite
-from ..sampling.samplers import sample_from_metadata
+from ..sampling.samplers import require_finite, sample_from_metadata
 from .metrics import all_metrics
 
 LOWER_IS_BETTER = {"warp_error"}
@@ -52,8 +52,9 @@ def generate(loaded: LoadedModel, batch: dict, seed: int, dilate_px: int = 1, fe
         cond = model.condition(batch["template"], batch["mask"], batch["reference"])
         if "prompt_embeds" in batch:  # held-out dataset clips are sampled with their own prompts
             cond = cond.with_prompts(batch["prompt_embeds"], batch.get("negative_prompt_embeds"))
-        x0 = sample_from_metadata(model, cond, loaded.metadata, generator=torch.Generator().manual_seed(seed))
-        raw = model.decode(x0)
+        x0 = sample_from_metadata(model, cond, loaded.metadata, generator=torch.Generator().manual_seed(seed),
+                                  source=loaded.path)
+        raw = require_finite(model.decode(x0), loaded.path, "pixels")
         comp = composite(raw, batch["template"], batch["mask"], dilate_px, feather_px)
     return Generated(raw=raw, composited=comp, seconds=time.perf_counter() - start,
                      model_calls=model_calls(loaded.metadata))

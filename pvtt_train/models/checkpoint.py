@@ -23,11 +23,12 @@ from safetensors.torch import save_file
 
 from ..errors import DISK_ERRORS, CheckpointError, DiskFullError
 from ..paths import TEMP_PREFIX
+from .metadata_schema import FORMAT, FORMAT_VERSION, parse_json_object, validate_metadata
+from .model_budget import check_fits, meta_model, model_bytes
 from .pvtt_model import build_model
 from .schedule import FlowSchedule
+from .weight_checks import check_float_dtypes, check_layout_matches, finite_tensors, largest_tensor_bytes, tensor_layout
 
-FORMAT = "pvtt"
-FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 
 
@@ -208,36 +209,37 @@ def read_metadata(path: str | Path, wanted: str | None = None) -> dict:
     if FORMAT not in header:
         raise CheckpointError(f"{path.name} has no PVTT metadata, so PVTT cannot tell how to rebuild it. "
                               f"Use a checkpoint written by pvtt_train (teacher, distill or demo).")
-    try:
-        meta = json.loads(header[FORMAT])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path.name}: its PVTT metadata is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path.name}: its PVTT metadata is not a JSON object")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path.name} was written by a newer PVTT (format {meta['format_version']}); "
-                              f"update PVTT to load it.")
-    missing = [k for k in ("model", "schedule", "sampler", "video") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path.name}: its PVTT metadata lacks {missing}; re-export it with pvtt_train.")
-    return meta
+    fix = "Re-export it with pvtt_train."
+    meta = parse_json_object(header[FORMAT], f"{path.name}: its PVTT metadata", fix)
+    return validate_metadata(meta, path.name, fix)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> LoadedModel:
-    """Rebuild the model a checkpoint describes, empty (meta device), and fill it strictly from the file,
-    tensor by tensor, in ``dtype`` (None: as stored) -- no random initialisation, no second copy."""
-    from .meta_loading import TensorSource, assign_weights, build_empty
+    """Rebuild the model a checkpoint describes and load its weights (strictly), in ``dtype`` (None: as
+    stored).
 
+    Nothing is allocated until the metadata has passed its schema, the model's memory (counted on the
+    meta device) fits, and the header's tensors match the model in float dtype, name and shape. The
+    model is then built empty (meta device) and filled tensor by tensor from the file -- no random
+    initialisation, no second copy -- each weight checked for NaN/Inf on the way."""
+    from .meta_loading import TensorSource, assign_weights, build_empty
     path = Path(path)
     meta = read_metadata(path)
+    layout_model = meta_model(lambda: build_model(meta["model"]), path.name)
     try:
-        model = build_empty(lambda: build_model(meta["model"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path.name}: cannot rebuild its model: {exc}") from exc
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path.name}: weights could not be read ({exc}); the file may be truncated.") from exc
+    with handle:
+        layout = tensor_layout(handle)
+    check_fits(model_bytes(layout_model) + largest_tensor_bytes(layout), device, path.name)
+    check_float_dtypes(layout, path.name)
+    check_layout_matches(layout, layout_model.state_dict(), path.name)
     source = TensorSource(path, fix="the file may be truncated; copy or export it again.")
     fix = "the file was edited or written by an incompatible tool; re-export it with pvtt_train."
-    assign_weights(model, source.read({k: k for k in source.keys()}, device),
+    model = build_empty(lambda: build_model(meta["model"]))  # buffers computed at construction stay real
+    assign_weights(model, finite_tensors(source.read({k: k for k in source.keys()}, device), path.name),
                    f"{path.name} (architecture in its metadata)", fix, dtype, device)
     model.eval().requires_grad_(False)
     return LoadedModel(model=model, metadata=meta, path=path)

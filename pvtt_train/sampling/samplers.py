@@ -12,14 +12,20 @@ right noise level. The final prediction is left raw; compositing is a separate p
 
 ``callback(i, total, x0_preview)`` is called after every step; raising from it (ComfyUI's Cancel)
 stops sampling at once.
+
+``sample_from_metadata`` checks what it returns: a damaged checkpoint (or one whose schedule slipped
+past the checks) yields NaN or Inf, which clamping would hide or keep, so it is an error naming the
+checkpoint rather than a clip.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError, InputError
 from ..models.pvtt_model import Condition
 from ..models.schedule import FlowSchedule
 
@@ -116,22 +122,44 @@ def sample_student(model, cond: Condition, schedule: FlowSchedule, sigmas: list[
 
 def sample_from_metadata(model, cond: Condition, metadata: dict, steps: int | None = None,
                          generator: torch.Generator | None = None, preserve_background: bool = True,
-                         callback: StepCallback | None = None, guidance: float | None = None) -> torch.Tensor:
+                         callback: StepCallback | None = None, guidance: float | None = None,
+                         source: str | Path = "the checkpoint") -> torch.Tensor:
     """Sample the way a checkpoint says it should be sampled (teacher Euler+CFG or student list).
 
-    ``guidance`` overrides the teacher's CFG scale (None: the checkpoint's); a distilled student
-    has guidance built in and samples without CFG.
-    """
+    ``steps`` overrides the checkpoint's step count; ``guidance`` the teacher's CFG scale (None: the
+    checkpoint's; a distilled student has guidance built in and samples without CFG); ``source``
+    names the checkpoint in the error raised when the result is not finite."""
+    if steps is not None and steps < 1:
+        raise InputError(f"steps must be at least 1 (got {steps}); use 0 in PVTT Template Transfer for the "
+                         f"checkpoint's own step count")
     schedule = FlowSchedule(**metadata["schedule"])
     sampler = metadata["sampler"]
     if sampler["kind"] == "euler_cfg":
         cfg = sampler.get("cfg", 1.0) if guidance is None else guidance
-        return sample_teacher(model, cond, schedule, steps or sampler["steps"], cfg, generator, preserve_background,
-                              callback)
-    if sampler["kind"] == "few_step":
+        x0 = sample_teacher(model, cond, schedule, steps or sampler["steps"], cfg, generator, preserve_background,
+                            callback)
+    elif sampler["kind"] == "few_step":
         from ..models.schedule import uniform_timesteps
 
-        timesteps = sampler["timesteps"] if steps in (None, sampler["steps"]) else uniform_timesteps(steps)
-        return sample_student(model, cond, schedule, schedule.student_sigmas(timesteps), generator,
-                              preserve_background, 1.0, callback)
-    raise ValueError(f"unknown sampler kind {sampler['kind']!r} in checkpoint metadata")
+        timesteps = sampler["timesteps"] if steps in (None, sampler["steps"]) else \
+            uniform_timesteps(steps, schedule.num_train_timesteps)
+        x0 = sample_student(model, cond, schedule, schedule.student_sigmas(timesteps), generator,
+                            preserve_background, 1.0, callback)
+    else:
+        raise ValueError(f"unknown sampler kind {sampler['kind']!r} in checkpoint metadata")
+    require_finite(x0, source, "values")
+    return x0
+
+
+def require_finite(x: torch.Tensor, source: str | Path, unit: str = "values") -> torch.Tensor:
+    """``x`` unchanged if every value is finite; otherwise a ``CheckpointError`` naming the checkpoint
+    and how much of the output is NaN/Inf (``unit``: "values", or "pixels" for a [..., 3] clip)."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return x
+    if unit == "pixels":
+        finite = finite.all(dim=-1)
+    name = source.name if isinstance(source, Path) else source
+    raise CheckpointError(f"{name} produced NaN/Inf values ({int((~finite).sum())} of {finite.numel()} {unit}); "
+                          f"the checkpoint is damaged or its schedule is invalid, so no clip was returned. Re-export "
+                          f"it with pvtt_train (or use an intact copy).")
