@@ -118,6 +118,10 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
     demo's is PVTT's)."""
     check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
     check_encoders(args.identity_encoder, args.video_encoder)
+    from .run_folder import check_run_folder
+
+    run_dir = Path(args.run_dir) if hasattr(args, "run_dir") else Path(args.out) / "run"  # the demo's
+    check_run_folder(run_dir, args.resume, args.overwrite)
     check_output_folders({flag: getattr(args, name) for flag, name in (("--out", "out"), ("--run-dir", "run_dir"),
                                                                         ("--models-dir", "models_dir"))
                           if hasattr(args, name)})

@@ -259,25 +259,26 @@ WRITE_PROBE_PREFIX = ".pvtt-tmp-write-check-"
 
 
 def check_output_folders(folders: dict[str, str | Path]) -> None:
-    """Create each ``{flag: folder}`` if missing and prove it writable, before a command trains a step:
-    a read-only ``--models-dir`` must not be found when the first student is exported, after the
-    training. The proof is a real write (an empty PVTT-named temp file, removed at once), since
-    permission bits do not tell about read-only mounts, ACLs or immutable folders."""
+    """Prove each ``{flag: folder}`` writable before a command trains a step: a read-only
+    ``--models-dir`` must not be found when the first student is exported, after the training. The
+    proof is a real write (an empty PVTT-named temp file, removed at once) into the folder, or for a
+    folder that does not exist yet into its nearest existing parent (where it will be created), since
+    permission bits do not tell about read-only mounts, ACLs or immutable folders. Nothing is created
+    here, so a command refused later leaves no folder behind."""
     from .errors import InputError
 
     for flag, folder in folders.items():
         path = Path(folder)
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        if not existing.is_dir():
+            raise InputError(f"{flag} {path} cannot be created: {existing} is a file; pass a folder path")
         try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{flag} {path} cannot be created ({exc.strerror or exc}); create it with write "
-                             f"permission, or pass a folder you can write to") from exc
-        try:
-            with tempfile.NamedTemporaryFile(prefix=WRITE_PROBE_PREFIX, dir=path):
+            with tempfile.NamedTemporaryFile(prefix=WRITE_PROBE_PREFIX, dir=existing):
                 pass
         except OSError as exc:
-            raise InputError(f"{flag} {path} is not writable ({exc.strerror or exc}); make it writable (e.g. "
-                             f"chmod u+w, or remount it read-write), or pass another folder with {flag}") from exc
+            what = "is not writable" if existing == path else f"cannot be created ({existing} is not writable)"
+            raise InputError(f"{flag} {path} {what} ({exc.strerror or exc}); make it writable (e.g. chmod u+w, or "
+                             f"remount it read-write), or pass another folder with {flag}") from exc
 
 
 def check_encoders(identity: str | None, video: str | None) -> None:

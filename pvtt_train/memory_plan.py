@@ -101,8 +101,16 @@ def model_spec(source: str) -> ModelSpec:
                          f"or one of {', '.join(wan_configs.TRANSFORMERS)}")
     if path.is_dir():
         return _folder_spec(path)
+    from .models import native_wan
     from .models.checkpoint import read_metadata
 
+    if native_wan.is_native_file(path) is not None:  # a ComfyUI-native file: configs from its headers
+        from .models.loading import native_model_description
+
+        from .models.wan_configs import PROMPT_TOKENS
+
+        config, video = native_model_description(path)
+        return ModelSpec(path.name, {**config, "context_tokens": PROMPT_TOKENS}, video)
     meta = read_metadata(path)
     if "arch" not in meta["model"]:
         raise CheckpointError(f"{path.name}: its metadata has no model architecture; export it again with pvtt_train")

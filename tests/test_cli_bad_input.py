@@ -300,6 +300,10 @@ CASES = [
     ("distill-data-not-a-dataset", ["distill", "--teacher", "{teacher}", "--data", "{folder}", "--run-dir",
                                     "{work}/r", "--models-dir", "{work}/m"], ["--data", "no manifest.json"],
      ["written by `python -m pvtt_train prepare-data`", "'synthetic'"]),
+    # --- sample
+    ("sample-template-missing", ["sample", "--model", "{teacher}", "--template", "{work}/nope.mp4", "--mask",
+                                "{video}", "--product", "{work}/nope.png", "--out", "{work}/o.mp4"],
+     ["--template", "not found"], []),
     # --- export
     ("export-out-not-safetensors", ["export", "--model", "{teacher}", "--out", "{work}/x.ckpt", "--format", "comfy"],
      ["--out", "writes one .safetensors file"], ["x.safetensors"]),

@@ -139,6 +139,28 @@ def load_native_file(path: Path, device: str | torch.device = "cpu", dtype: torc
     return LoadedModel(model=model, metadata=metadata, path=path)
 
 
+def native_model_description(path: str | Path, vae: str | Path | None = None, vae_dirs=()) -> tuple[dict, dict]:
+    """The PVTT model config and clip of a ComfyUI-native diffusion model, from tensor headers only
+    (no weight read): what ``plan`` and the distill memory check count."""
+    path = Path(path).resolve()
+    source = _native_model_source(path)
+    stored = native_wan.header_json(source, native_wan.MODEL_HEADER)
+    if stored:
+        return stored["model"], stored.get("video", dict(DEFAULT_VIDEO))
+    transformer = native_wan.transformer_config(native_wan.transformer_shapes(source)[1])
+    vae_path = Path(vae) if vae is not None else find_vae(path, stored, vae_dirs)
+    if vae_path.is_dir():
+        folder = vae_path / "vae" if (vae_path / "model_index.json").is_file() else vae_path
+        vae_config = read_json(folder / "config.json")
+    else:
+        vae_source = TensorSource(vae_path)
+        vae_config = native_wan.vae_config(vae_source.shapes(), native_wan.header_json(vae_source,
+                                                                                        native_wan.VAE_HEADER))
+    config = {"arch": WanVACEPVTT.arch, "transformer": transformer,
+              "vae": {k: v for k, v in vae_config.items() if not k.startswith("_")}, "context_tokens": 1}
+    return config, dict(DEFAULT_VIDEO)
+
+
 def _native_model_source(path: Path) -> TensorSource:
     """The tensors of a native file, refused with the fix when they are a VAE or Wan without VACE."""
     source = TensorSource(path, fix="copy the model file again.")

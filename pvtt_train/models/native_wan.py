@@ -120,12 +120,19 @@ def _count(shapes, prefix: str) -> int:
     return count
 
 
-def load_transformer(source: TensorSource, dtype: torch.dtype | None, device, hint: dict | None = None,
-                     ) -> WanVACETransformer3DModel:
-    """A native Wan-VACE diffusion model (any ComfyUI prefix) as diffusers' transformer, meta-built."""
+def transformer_shapes(source: TensorSource) -> tuple[str, dict[str, tuple[int, ...]]]:
+    """The ComfyUI prefix of a native diffusion model and its transformer tensors' shapes without it
+    (headers only; PVTT's own context tensor left out)."""
     prefix, _ = strip_comfy_prefix(source.keys())
     shapes = {k[len(prefix):]: s for k, s in source.shapes().items() if k.startswith(prefix)}
     shapes.pop(CONTEXT_KEY, None)
+    return prefix, shapes
+
+
+def load_transformer(source: TensorSource, dtype: torch.dtype | None, device, hint: dict | None = None,
+                     ) -> WanVACETransformer3DModel:
+    """A native Wan-VACE diffusion model (any ComfyUI prefix) as diffusers' transformer, meta-built."""
+    prefix, shapes = transformer_shapes(source)
     config = transformer_config(shapes, hint)
     names = {}
     for key in shapes:
