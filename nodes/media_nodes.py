@@ -156,7 +156,7 @@ class PVTTLoadVideo:
     def load(self, video, frame_load_cap, skip_first_frames, select_every_nth, sequence_fps=8.0):
         import torch
 
-        from .video_io import read_sequence, read_video
+        from ..pvtt_train.media.video_io import read_sequence, read_video
 
         bar = progress_bar(frame_load_cap or 1)
 
@@ -207,7 +207,7 @@ class PVTTLoadImage:
     def load(self, image):
         import torch
 
-        from .image_decode import read_image
+        from ..pvtt_train.media.image_decode import read_image
 
         pixels = read_image(paths.resolve_media(image))
         return (torch.from_numpy(pixels).float().div_(255.0)[None],)
@@ -248,7 +248,7 @@ class PVTTSaveVideo:
 
     def save(self, images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None):
         from ..pvtt_train.validation import image_batch
-        from .video_io import write_gif, write_mp4, write_webp
+        from ..pvtt_train.media.video_io import write_gif, write_mp4, write_webp
 
         images = image_batch(images, "images")
         folder, stem, subfolder = next_output_name(filename_prefix)

@@ -19,58 +19,46 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 DEFAULT_FPS = 16.0
 
 
+def _as_flag_error(flag: str, path: Path, exc: Exception):
+    """The shared readers' refusal, reworded for the command line: ``--flag PATH: what to fix``."""
+    from .errors import InputError
+
+    message = str(exc).removeprefix("PVTT: ")
+    return InputError(f"{flag} {path}: {message}")
+
+
 def read_frames(path: Path, flag: str):
-    """An MP4 or a folder of numbered frames as ([F,H,W,3] float 0..1, fps or None)."""
-    import cv2
-    import numpy as np
+    """An MP4 or a folder of numbered frames as ([F,H,W,3] float 0..1, fps or None), read as PVTT
+    Load Video reads them (``media.video_io``: real bit depth, PNG checksums, memory guard, frames
+    of one size)."""
     import torch
 
     from .errors import InputError
+    from .media.video_io import read_sequence, read_video
 
+    files = None
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file()),
                        key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
         if not files:
             raise InputError(f"{flag} {path}: the folder holds no frames ({', '.join(sorted(FRAME_SUFFIXES))})")
-        frames = [read_image(f, flag) for f in files]
-        if len({f.shape for f in frames}) > 1:
-            raise InputError(f"{flag} {path}: the frames differ in size; every frame must have the same size")
-        return torch.from_numpy(np.stack(frames)).float() / 255, None
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"{flag} {path}: OpenCV cannot open it as a video; convert it to MP4 (H.264)")
     try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) or None
-        frames = []
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    if not frames:
-        raise InputError(f"{flag} {path}: no frame could be decoded; check that it holds a video")
-    return torch.from_numpy(np.stack(frames)).float() / 255, fps
+        frames, fps = (read_sequence(files)[0], None) if files else read_video(path)
+    except InputError as exc:
+        raise _as_flag_error(flag, path, exc) from exc
+    return torch.from_numpy(frames).float() / 255, (fps or None)
 
 
 def read_image(path: Path, flag: str):
-    """[H,W,3] uint8 RGB; transparency flattened onto white (what the conditioning expects around a product)."""
-    import numpy as np
-    from PIL import Image, ImageOps
-
+    """[H,W,3] uint8 RGB, read as PVTT Load Image reads it (``media.image_decode``); transparency
+    flattened onto white (what the conditioning expects around a product)."""
     from .errors import InputError
+    from .media.image_decode import read_image as decode
 
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                flat.alpha_composite(img.convert("RGBA"))
-                img = flat
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{flag} {path}: cannot read it as an image ({exc}); save it as PNG or JPEG") from exc
+        return decode(path)
+    except InputError as exc:
+        raise _as_flag_error(flag, path, exc) from exc
 
 
 def write_video(path: Path, video, fps: float) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nodes.video_io import write_mp4
 from pvtt_train.data.batches import HELDOUT_SEED_BASE
 from pvtt_train.data.synthetic import SyntheticConfig, SyntheticVideoGenerator
+from pvtt_train.media.video_io import write_mp4
 
 SIZE = 128
 FPS = 8.0

@@ -25,8 +25,8 @@ from _node_fixtures import TINY_NAME, nodes, run
 
 errors = importlib.import_module(f"{PACKAGE}.pvtt_train.errors")
 validation = importlib.import_module(f"{PACKAGE}.pvtt_train.validation")
-video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
-image_decode = importlib.import_module(f"{PACKAGE}.nodes.image_decode")
+video_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.video_io")
+image_decode = importlib.import_module(f"{PACKAGE}.pvtt_train.media.image_decode")
 checkpoint = importlib.import_module(f"{PACKAGE}.pvtt_train.models.checkpoint")
 pvtt_model = importlib.import_module(f"{PACKAGE}.pvtt_train.models.pvtt_model")
 optional = importlib.import_module(f"{PACKAGE}.pvtt_accel.optional")

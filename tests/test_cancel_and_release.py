@@ -120,7 +120,7 @@ def test_cancel_stops_the_accelerate_warm_up_within_one_step(model, comfy, monke
 
 
 def test_cancel_stops_video_loading_within_one_progress_tick(folders, comfy, monkeypatch):
-    video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
+    video_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.video_io")
     decoded = []
     real = video_io.cv2.cvtColor
 

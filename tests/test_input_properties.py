@@ -23,7 +23,7 @@ errors = importlib.import_module(f"{PACKAGE}.pvtt_train.errors")
 pipeline = importlib.import_module(f"{PACKAGE}.pvtt_train.pipeline")
 composite = importlib.import_module(f"{PACKAGE}.pvtt_train.sampling.composite")
 mask_tools = importlib.import_module(f"{PACKAGE}.nodes.mask_tools")
-video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
+video_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.video_io")
 conditioning = importlib.import_module(f"{PACKAGE}.pvtt_train.conditioning")
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

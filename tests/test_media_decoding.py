@@ -20,8 +20,8 @@ from _media_files import feathered_disk, flip_idat_bit, gradient_png, idat_posit
 from PIL import Image
 
 nodes = load_pack().NODE_CLASS_MAPPINGS
-video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
-image_decode = importlib.import_module(f"{PACKAGE}.nodes.image_decode")
+video_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.video_io")
+image_decode = importlib.import_module(f"{PACKAGE}.pvtt_train.media.image_decode")
 validation = importlib.import_module(f"{PACKAGE}.pvtt_train.validation")
 InputError = importlib.import_module(f"{PACKAGE}.pvtt_train.errors").InputError
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 nodes = load_pack().NODE_CLASS_MAPPINGS
 media_nodes = importlib.import_module(f"{PACKAGE}.nodes.media_nodes")
-video_io = importlib.import_module(f"{PACKAGE}.nodes.video_io")
+video_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.video_io")
 InputError = importlib.import_module(f"{PACKAGE}.pvtt_train.errors").InputError
 
 TEMPLATE = "samples/pvtt_template.mp4"  # 9 frames of 128x128 at 8 fps

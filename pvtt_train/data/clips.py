@@ -29,24 +29,24 @@ at one half after resizing. Frame rates are not resampled.
 Any problem with one clip is a ``ClipError`` that names the clip and what to fix, so the caller
 can skip it or stop (``--on-error``).
 
-The readers here mirror ``nodes/video_io.py`` (which the ComfyUI pack imports relative to its own
-package, so ``pvtt_train`` cannot import it): OpenCV for videos, Pillow for images and GIFs, alpha
-flattened onto white.
+Videos, frame folders and product photos are read by ``pvtt_train.media`` (the readers PVTT Load
+Video and PVTT Load Image use): 16-bit and float images by their real range, damaged PNGs and
+decompression bombs refused, alpha flattened onto white, and the memory guard applied while decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import InputError
+from ..media.image_decode import read_image
+from ..media.video_io import read_sequence, read_video
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -136,76 +136,20 @@ def discover_clips(root: Path) -> list[ClipSource]:
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
-def cover_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale to cover height x width (aspect kept), then centre-crop to exactly that size."""
-    h, w = frame.shape[:2]
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame, (new_w, new_h), interpolation=interp)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return resized[top:top + height, left:left + width]
+def read_frames(path: Path, height: int, width: int, limit: int) -> np.ndarray:
+    """Up to ``limit`` frames of a video file, GIF or frame folder, each cover-resized to
+    height x width as decoded: [F,H,W,3] uint8 RGB.
 
-
-def _flatten(img: Image.Image) -> np.ndarray:
-    """RGB uint8, transparency flattened onto white (a plain backdrop, like a product photo)."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat.alpha_composite(rgba)
-        img = flat
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-
-
-def read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return _flatten(img)
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path.name} cannot be read as an image ({exc}); save it as PNG or JPEG") from exc
-
-
-def _frames(path: Path) -> Iterator[np.ndarray]:
-    """RGB uint8 frames of a video file, GIF or frame folder, one at a time."""
+    Read by the designer-facing readers (``media.video_io``, as PVTT Load Video): real bit depth,
+    PNG checksums, frames of one size, and the memory guard, counted at the working size.
+    """
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                       key=_natural_key)
         if not files:
             raise InputError(f"{path.name}/ holds no {'/'.join(IMAGE_SUFFIXES)} frames")
-        for file in files:
-            yield read_image(file)
-        return
-    if path.suffix.lower() == ".gif":
-        try:
-            with Image.open(path) as img:
-                for frame in ImageSequence.Iterator(img):
-                    yield _flatten(frame.copy())
-        except OSError as exc:
-            raise InputError(f"{path.name} cannot be read as a GIF ({exc})") from exc
-        return
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"OpenCV cannot open {path.name} as a video; convert it to MP4 (H.264)")
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                return
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    finally:
-        cap.release()
-
-
-def read_frames(path: Path, height: int, width: int, limit: int) -> np.ndarray:
-    """Up to ``limit`` frames, each cover-resized to height x width as decoded: [F,H,W,3] uint8."""
-    out = []
-    for frame in _frames(path):
-        out.append(cover_resize(frame, height, width))
-        if len(out) >= limit:
-            break
-    if not out:
-        raise InputError(f"{path.name} holds no frames (an empty or damaged video)")
-    return np.stack(out)
+        return read_sequence(files, frame_load_cap=limit, cover=(height, width))[0]
+    return read_video(path, frame_load_cap=limit, cover=(height, width))[0]
 
 
 # --- the self-supervised reference -----------------------------------------------------------------------------
@@ -265,7 +209,7 @@ def read_clip(source: ClipSource, frames: int, height: int, width: int, max_wind
         product = read_image(source.product) if source.product else None
         prompt = source.prompt.read_text(encoding="utf-8").strip() if source.prompt else ""
     except (InputError, UnicodeDecodeError) as exc:
-        raise ClipError(name, str(exc)) from exc
+        raise ClipError(name, str(exc).removeprefix("PVTT: ")) from exc
     if len(template) < frames:
         raise ClipError(name, f"{source.video.name} has {len(template)} frames; the model's clip is {frames} frames. "
                               f"Use a longer clip.")

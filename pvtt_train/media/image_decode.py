@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..pvtt_train.errors import InputError, shown_as_pvtt
-from ..pvtt_train.validation import GB, RANGE_TOLERANCE, check_memory, clip_bytes
+from ..errors import InputError, shown_as_pvtt
+from ..validation import GB, RANGE_TOLERANCE, check_memory, clip_bytes
 
 log = logging.getLogger("[PVTT]")
 

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..pvtt_train.errors import InputError, shown_as_pvtt
-from ..pvtt_train.validation import MEMORY_FRACTION, available_memory, clip_bytes
-from ..pvtt_train.validation import check_memory as check_memory_for
+from ..errors import InputError, shown_as_pvtt
+from ..validation import MEMORY_FRACTION, available_memory, clip_bytes
+from ..validation import check_memory as check_memory_for
 from .image_decode import read_image
 
 log = logging.getLogger("[PVTT]")
@@ -102,15 +102,29 @@ def _no_frame_error(name: str, total: int, skip_first_frames: int) -> VideoReadE
         f"Lower skip_first_frames, or check that it holds a video.")
 
 
+def cover_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale to cover height x width (aspect kept), then centre-crop to exactly that size."""
+    h, w = frame.shape[:2]
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(frame, (new_w, new_h), interpolation=interp)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return resized[top:top + height, left:left + width]
+
+
 def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, select_every_nth: int = 1,
-               on_frame: FrameCallback | None = None) -> tuple[np.ndarray, float]:
+               on_frame: FrameCallback | None = None,
+               cover: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
     """Decode the selected frames of a video: ([F,H,W,3] uint8 RGB, frames per second).
 
     Memory is guarded twice: before decoding from the container's frame count and size (when it
     gives plausible ones), and while decoding by counting the kept frames, so a container that
     reports no count, a wrong one or a wrong size still stops with the same message instead of
     running out of memory. ``on_frame`` runs after each kept frame and every ``PROGRESS_EVERY``
-    decoded frames (progress and Cancel, also while skipping).
+    decoded frames (progress and Cancel, also while skipping). ``cover=(height, width)``
+    cover-resizes and centre-crops each kept frame as it is decoded (``cover_resize``), so a long
+    4K clip never sits in memory at full size; the memory guard then counts frames of that size.
     """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -123,26 +137,29 @@ def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, 
         available = available_memory()
         height, width = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         if expected and height > 0 and width > 0:
-            check_memory(path.name, expected, height, width, available)
+            check_memory(path.name, expected, *(cover or (height, width)), available)
         counted = (" (more than its container reports)" if total
                    else " (its container does not say how many frames it holds; counted while decoding)")
-        frames, fits, index = [], None, 0
+        frames, fits, index, first_shape = [], None, 0, None
         while frame_load_cap == 0 or len(frames) < frame_load_cap:
             ok, bgr = cap.read()
             if not ok:
                 break
             kept = index >= skip_first_frames and (index - skip_first_frames) % select_every_nth == 0
             if kept:
-                if not frames and available is not None:
-                    fits = frames_that_fit(*bgr.shape[:2], available)
-                elif frames and bgr.shape != frames[0].shape:
+                if first_shape is None:
+                    first_shape = bgr.shape
+                    if available is not None:
+                        fits = frames_that_fit(*(cover or bgr.shape[:2]), available)
+                elif bgr.shape != first_shape:
                     raise VideoReadError(
-                        f"PVTT: {path.name} changes size at frame {index}, from {frames[0].shape[1]}x"
-                        f"{frames[0].shape[0]} to {bgr.shape[1]}x{bgr.shape[0]}. Re-encode it at one size "
-                        f"(e.g. ffmpeg -i in.mp4 -vf scale={frames[0].shape[1]}:{frames[0].shape[0]} out.mp4).")
+                        f"PVTT: {path.name} changes size at frame {index}, from {first_shape[1]}x"
+                        f"{first_shape[0]} to {bgr.shape[1]}x{bgr.shape[0]}. Re-encode it at one size "
+                        f"(e.g. ffmpeg -i in.mp4 -vf scale={first_shape[1]}:{first_shape[0]} out.mp4).")
                 if fits is not None and len(frames) >= fits:
-                    check_memory(path.name, len(frames) + 1, *bgr.shape[:2], available, counted)
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    check_memory(path.name, len(frames) + 1, *(cover or bgr.shape[:2]), available, counted)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                frames.append(cover_resize(rgb, *cover) if cover else rgb)
             index += 1
             if on_frame is not None and (kept or index % PROGRESS_EVERY == 0):
                 on_frame(len(frames), expected)
@@ -154,22 +171,22 @@ def read_video(path: Path, frame_load_cap: int = 0, skip_first_frames: int = 0, 
 
 
 def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_frames: int = 0,
-                  select_every_nth: int = 1, fps: float = 8.0,
-                  on_frame: FrameCallback | None = None) -> tuple[np.ndarray, float]:
+                  select_every_nth: int = 1, fps: float = 8.0, on_frame: FrameCallback | None = None,
+                  cover: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
     """Decode the selected files of an image sequence (already in frame order) like a video:
     ([F,H,W,3] uint8 RGB, ``fps / select_every_nth``).
 
     Only the selected files are opened, each by ``read_image`` (real bit depth, PNG checksums,
     transparency onto white). The first frame is decoded before the memory check: it gives the
     size, and names an unreadable file. Frames of another size are refused, never stretched: which
-    frame the designer meant to be the reference size is theirs to say.
+    frame the designer meant to be the reference size is theirs to say. ``cover`` as in ``read_video``.
     """
     name = f"{files[0].parent.name}/"
     chosen = select(files, frame_load_cap, skip_first_frames, select_every_nth)
     if not chosen:
         raise _no_frame_error(name, len(files), skip_first_frames)
     first = read_image(chosen[0], label=f"frame {chosen[0].name} of {name}")
-    check_memory(name, len(chosen), *first.shape[:2])
+    check_memory(name, len(chosen), *(cover or first.shape[:2]))
     frames = []
     for file in chosen:
         frame = read_image(file, memory_check=False, label=f"frame {file.name} of {name}") if frames else first
@@ -179,7 +196,7 @@ def read_sequence(files: Sequence[Path], frame_load_cap: int = 0, skip_first_fra
                 f"{first.shape[1]}x{first.shape[0]} ({chosen[0].name}); every frame of a sequence must have the "
                 f"same size, and PVTT never stretches one to fit. Export all frames again at one size (or resize them all to "
                 f"{first.shape[1]}x{first.shape[0]}) and load the folder again.")
-        frames.append(frame)
+        frames.append(cover_resize(frame, *cover) if cover else frame)
         if on_frame is not None:
             on_frame(len(frames), len(chosen))
     return np.stack(frames), fps / select_every_nth
