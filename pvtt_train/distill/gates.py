@@ -23,7 +23,8 @@ from ..eval.evaluate import generate, warm_up
 from ..eval.frechet import frechet_distance
 from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_error
 from ..eval.video_encoder import load_video_encoder
-from ..models.checkpoint import LoadedModel, file_sha256, write_atomic
+from ..models.checkpoint import LoadedModel, write_atomic
+from ..models.loading import source_sha256
 from .config import GateConfig
 
 GATE_OFFSET = 20_000
@@ -102,7 +103,7 @@ class GateEvaluator:
 
     def score_teacher(self, teacher: LoadedModel) -> dict:
         """The teacher's scores, from the cache when this teacher was scored on these clips before."""
-        signed = {"teacher": file_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
+        signed = {"teacher": source_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
                   "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK}
         if self.data_key.get("kind") == "dataset":  # synthetic clips follow from the teacher; a dataset does not
             signed["data"] = self.data_key

@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from ..data.batches import HELDOUT_SEED_BASE, make_batch
 from ..data.dataset import EncodedDataset, condition_of
 from ..data.synthetic import SyntheticConfig, SyntheticVideoGenerator
-from ..models.checkpoint import LoadedModel, file_sha256, write_atomic
+from ..models.checkpoint import LoadedModel, write_atomic
+from ..models.loading import source_sha256
 from ..models.pvtt_model import Condition
 from ..sampling.samplers import guided_velocity, initial_noise, reinject_background
 
@@ -86,7 +87,7 @@ class TrajectoryCache:
             clips = SyntheticVideoGenerator(data)
             self._examples = lambda seeds: make_batch(clips, seeds)
             seeds_key = [self.seeds[0], pool]
-        self.key = {"teacher_sha256": file_sha256(teacher.path), "sigmas": self.sigmas, "cfg": cfg,
+        self.key = {"teacher_sha256": source_sha256(teacher.path), "sigmas": self.sigmas, "cfg": cfg,
                     "schedule": teacher.schedule.to_dict(), "data": data.to_dict(), "seeds": seeds_key,
                     "teacher_steps": teacher.sampler.get("steps", 50)}
         self.key_json = json.dumps(self.key, sort_keys=True)
