@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from ..models.checkpoint import PICKLE_SUFFIXES, safetensors_header, write_atomic
+from ..models.checkpoint import PICKLE_SUFFIXES, write_atomic
+from ..models.safetensors_header import safetensors_header
 
 SHIPPED_VIDEO_ENCODER = Path(__file__).resolve().parents[2] / "models_shipped" / "pvtt_video_encoder.safetensors"
 METADATA_KEY = "pvtt_video_encoder"

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.checkpoint import PICKLE_SUFFIXES, safetensors_header, write_atomic
+from ..models.checkpoint import PICKLE_SUFFIXES, write_atomic
+from ..models.safetensors_header import safetensors_header
 from ..paths import SHIPPED_MODELS
 
 FORMAT = "pvtt_identity_encoder"

@@ -26,6 +26,7 @@ from ..paths import TEMP_PREFIX
 from .metadata_schema import FORMAT, FORMAT_VERSION, parse_json_object, validate_metadata
 from .model_budget import check_fits, meta_model, model_bytes
 from .pvtt_model import build_model
+from .safetensors_header import safetensors_header
 from .schedule import FlowSchedule
 from .weight_checks import check_float_dtypes, check_layout_matches, finite_tensors, largest_tensor_bytes, tensor_layout
 
@@ -170,17 +171,6 @@ def file_sha256(path: str | Path, length: int = 16) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
-
-
-def safetensors_header(path: Path, fix: str) -> tuple[dict, list[str]]:
-    """Header metadata and tensor names of a safetensors file, without loading a tensor; a corrupt or
-    truncated file is a ``CheckpointError`` that ends with ``fix`` (how to get a good copy)."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return fh.metadata() or {}, list(fh.keys())
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
-                              f"or corrupt: {fix}") from exc
 
 
 #: Header keys of PVTT's other safetensors files (encoders, LoRAs), so passing one where a model

@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError
+from .safetensors_header import safetensors_header
 
 INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -43,17 +44,8 @@ class TensorSource:
                 raise CheckpointError(f"{self.path.name} names shards that are missing: {', '.join(missing[:3])}; "
                                       f"copy every shard of the model.")
         else:
-            self.files = {key: self.path for key in self._header(self.path)[1]}
+            self.files = {key: self.path for key in safetensors_header(self.path, self.fix)[1]}
         self._metadata: dict | None = None
-
-    @staticmethod
-    def _header(path: Path, fix: str = "copy the file again.") -> tuple[dict, list[str]]:
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                return fh.metadata() or {}, list(fh.keys())
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc}). It may be truncated "
-                                  f"or corrupt: {fix}") from exc
 
     def keys(self) -> list[str]:
         return list(self.files)
@@ -63,7 +55,7 @@ class TensorSource:
         """The string metadata of the (first) file's header."""
         if self._metadata is None:
             first = next(iter(self.files.values()), self.path)
-            self._metadata = self._header(first, self.fix)[0] if first.suffix == ".safetensors" else {}
+            self._metadata = safetensors_header(first, self.fix)[0] if first.suffix == ".safetensors" else {}
         return self._metadata
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
