@@ -276,9 +276,12 @@ def check_output_folders(folders: dict[str, str | Path]) -> None:
             with tempfile.NamedTemporaryFile(prefix=WRITE_PROBE_PREFIX, dir=existing):
                 pass
         except OSError as exc:
-            what = "is not writable" if existing == path else f"cannot be created ({existing} is not writable)"
-            raise InputError(f"{flag} {path} {what} ({exc.strerror or exc}); make it writable (e.g. chmod u+w, or "
-                             f"remount it read-write), or pass another folder with {flag}") from exc
+            if existing != path:
+                raise InputError(f"{flag} {path} cannot be created ({existing} is not writable: "
+                                 f"{exc.strerror or exc}); create it with write permission, or pass a folder you "
+                                 f"can write to") from exc
+            raise InputError(f"{flag} {path} is not writable ({exc.strerror or exc}); make it writable (e.g. chmod "
+                             f"u+w, or remount it read-write), or pass another folder with {flag}") from exc
 
 
 def check_encoders(identity: str | None, video: str | None) -> None:

@@ -154,8 +154,8 @@ BROKEN = {
                                                  num_train_timesteps=10 ** 8),
                             r"scheduler_config\.json: num_train_timesteps is 100000000; .*\[1, 10000\]"),
     "scheduler-shift-nan": (lambda f: (f / "scheduler" / "scheduler_config.json").write_text(
-        (f / "scheduler" / "scheduler_config.json").read_text().replace('"shift": 3.0', '"shift": NaN')),
-        r"scheduler_config\.json: shift is nan; it must be a finite number in \(0, 100\]"),
+        (f / "scheduler" / "scheduler_config.json").read_text().replace('"flow_shift": 3.0', '"flow_shift": NaN')),
+        r"scheduler_config\.json: flow_shift is nan; it must be a finite number in \(0, 100\]"),
     "settings-steps-0": (lambda f: _edit_json(f / "pvtt.json", sampler={"steps": 0}),
                          r"pvtt\.json: sampler\.steps is 0; it must be a whole number in \[1, 1000\]"),
     "settings-video-list": (lambda f: _edit_json(f / "pvtt.json", video=[9, 32, 32]),

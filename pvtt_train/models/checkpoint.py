@@ -28,7 +28,7 @@ from .model_budget import check_fits, meta_model, model_bytes
 from .pvtt_model import build_model
 from .safetensors_header import safetensors_header
 from .schedule import FlowSchedule
-from .weight_checks import check_float_dtypes, check_layout_matches, finite_tensors, largest_tensor_bytes, tensor_layout
+from .weight_checks import check_float_dtypes, check_layout_matches, check_module_finite, largest_tensor_bytes, tensor_layout
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 
@@ -205,9 +205,9 @@ def read_metadata(path: str | Path, wanted: str | None = None) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> LoadedModel:
+                    dtype: torch.dtype | None = torch.float32) -> LoadedModel:
     """Rebuild the model a checkpoint describes and load its weights (strictly), in ``dtype`` (None: as
-    stored).
+    stored; float32 by default, whatever precision the file holds).
 
     Nothing is allocated until the metadata has passed its schema, the model's memory (counted on the
     meta device) fits, and the header's tensors match the model in float dtype, name and shape. The
@@ -229,7 +229,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     source = TensorSource(path, fix="the file may be truncated; copy or export it again.")
     fix = "the file was edited or written by an incompatible tool; re-export it with pvtt_train."
     model = build_empty(lambda: build_model(meta["model"]))  # buffers computed at construction stay real
-    assign_weights(model, finite_tensors(source.read({k: k for k in source.keys()}, device), path.name),
+    assign_weights(model, source.read({k: k for k in source.keys()}, device),
                    f"{path.name} (architecture in its metadata)", fix, dtype, device)
+    check_module_finite(model, path.name)  # after the cast: float64 1e300 is finite, but not in float32
     model.eval().requires_grad_(False)
     return LoadedModel(model=model, metadata=meta, path=path)

@@ -82,13 +82,6 @@ def check_finite(name: str, tensor: torch.Tensor, source: str | Path) -> None:
                               f"export it again from a healthy state.")
 
 
-def finite_tensors(tensors, source: str | Path):
-    """The (name, tensor) pairs of ``tensors``, each refused on the way if it holds NaN or Inf."""
-    for name, tensor in tensors:
-        check_finite(name, tensor, source)
-        yield name, tensor
-
-
 def check_module_finite(module: nn.Module, source: str | Path) -> None:
     """``check_finite`` over a model loaded by another library (diffusers), one tensor at a time."""
     for name, tensor in module.state_dict().items():
