@@ -489,14 +489,22 @@ ROWS = ("teacher", "student", "critic", "ema", "optimizer_states", "gradients", 
         "activations", "allowance")
 
 
+def count(n: int) -> str:
+    """A parameter count readable at any size: 17.338 B, 126.9 M, 58.2 k."""
+    for scale, unit, digits in ((1e9, "B", 3), (1e6, "M", 1), (1e3, "k", 1)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return str(n)
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as markdown: per-GPU table, host RAM, verdict, and what would fit."""
     s, v = plan.setup, plan.video
     lines = [f"### {plan.model}: {s['gpus']} GPU(s) x {gib(s['gpu_memory']):.0f} GiB, {s['strategy'].upper()}, "
              f"{s['mixed_precision']}, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}",
              "",
-             f"{plan.parameters['trainable'] / 1e9:.3f} B trainable parameters (student and critic each), "
-             f"VAE {plan.parameters['vae'] / 1e6:.1f} M; batch {s['batch_size']} per GPU of "
+             f"{count(plan.parameters['trainable'])} trainable parameters (student and critic each), "
+             f"VAE {count(plan.parameters['vae'])}; batch {s['batch_size']} per GPU of "
              f"{v['frames']} x {v['height']} x {v['width']} = {plan.tokens} tokens; teacher {s['teacher']}, "
              f"EMA {s['ema']}{', parameters offloaded to CPU' if s['offload'] else ''}.",
              "", "| component | GiB per GPU |", "|---|---:|"]
@@ -506,7 +514,7 @@ def format_plan(plan: Plan) -> str:
         lines.append("Host RAM per process: " + ", ".join(f"{k} {gib(b):.1f} GiB" for k, b in plan.host.items())
                      + f" (total {gib(sum(plan.host.values())):.1f} GiB).")
     if plan.parameters["text_encoder"]:
-        lines.append(f"The text encoder ({plan.parameters['text_encoder'] / 1e9:.2f} B parameters, "
+        lines.append(f"The text encoder ({count(plan.parameters['text_encoder'])} parameters, "
                      f"{gib(2 * plan.parameters['text_encoder']):.1f} GiB in bf16) runs before training and is freed "
                      f"once the prompt embeddings are cached; it is not in the total.")
     verdict = "FITS" if plan.fits else "DOES NOT FIT"
