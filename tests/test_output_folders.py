@@ -105,14 +105,15 @@ def test_a_read_only_run_dir_and_demo_out_are_refused(argv, tmp_path, capsys):
         assert list(out.iterdir()) == []
 
 
-def test_missing_folders_are_created_and_the_probe_leaves_nothing(tmp_path):
+def test_missing_folders_are_probed_in_their_parent_and_the_probe_leaves_nothing(tmp_path):
     from pvtt_train.cli_args import check_output_folders
 
     folders = {"--run-dir": tmp_path / "a" / "run", "--models-dir": tmp_path / "b"}
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "mine.txt").write_text("kept")
     check_output_folders(folders)
-    assert sorted(os.listdir(tmp_path / "a" / "run")) == []
+    # Nothing is created (the run creates and marks its own run folder), and no probe file is left.
+    assert sorted(os.listdir(tmp_path)) == ["b"]
     assert sorted(os.listdir(tmp_path / "b")) == ["mine.txt"]
     with read_only(tmp_path / "c") as folder, pytest.raises(InputError, match="--models-dir .* is not writable"):
         check_output_folders({"--run-dir": tmp_path / "a" / "run", "--models-dir": folder})

@@ -209,17 +209,17 @@ def test_repeated_sigkills_then_resume_lose_nothing_saved_and_match_an_uninterru
 
     plan = [  # (aimed at, trigger, delay after it) in the order a run gets there
         ("start-up", lambda s, b: True, rng.uniform(0.3, 2.5)),
-        ("trajectory caching", _new_temp(".chunk-"), write()),
-        ("teacher gate scoring", _new_temp(".teacher-gate-"), write()),
+        ("trajectory caching", _new_temp("chunk-"), write()),
+        ("teacher gate scoring", _new_temp("teacher-gate-"), write()),
         ("mid-stage 1", _new_file(r"run/state/student_4step/state-\d{8}\.safetensors"), rng.uniform(0.0, 0.1)),
-        ("state save 1", _new_temp(".state-"), write()),
+        ("state save 1", _new_temp("state-"), write()),
         ("gating 1", _new_file(rf"run/state/student_4step/state-{GENERATOR_STEPS:08d}\.safetensors"), 0.0),
-        ("export 1", _new_temp(".pvtt_student_4step"), write()),
+        ("export 1", _new_temp("pvtt_student_4step"), write()),
         ("start-up", lambda s, b: True, rng.uniform(0.3, 2.5)),
         ("mid-stage 2", _new_file(r"run/state/student_2step/state-\d{8}\.safetensors"), rng.uniform(0.0, 0.1)),
-        ("state save 2", _new_temp(".state-"), write()),
+        ("state save 2", _new_temp("state-"), write()),
         ("gating 2", _new_file(rf"run/state/student_2step/state-{GENERATOR_STEPS:08d}\.safetensors"), 0.0),
-        ("export 2", _new_temp(".pvtt_student_2step"), write()),
+        ("export 2", _new_temp("pvtt_student_2step"), write()),
     ]
     root = tmp_path / "killed"
     launcher = (sys.executable, "-c", SLOW_WRITES)
