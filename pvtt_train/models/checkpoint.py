@@ -82,7 +82,8 @@ def is_pvtt_temp(name: str) -> bool:
     return _TEMP_NAME.match(name) is not None
 
 
-def _temp_folder(target: Path) -> Path:
+def temp_folder(target: Path) -> Path:
+    """A private ``.pvtt-tmp-<target>.<random>`` folder beside ``target``, for a write to be moved into place."""
     return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=target.parent))
 
 
@@ -112,7 +113,7 @@ def write_atomic(path: Path, write) -> None:
     says which file and what to do; either way the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = _temp_folder(path)
+    tmp_dir = temp_folder(path)
     tmp = os.path.join(tmp_dir, path.name)
     try:
         write(tmp)

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 FORMATS = ("pvtt", "comfy", "diffusers")
@@ -61,6 +60,7 @@ def export_diffusers(loaded, out: Path) -> Path:
     from safetensors.torch import save_file
 
     from ..errors import InputError
+    from .checkpoint import temp_folder
     from .loading import MODEL_INDEX_COMPONENTS, PIPELINE_CLASS, PROMPT_EMBEDS_FILE, PVTT_SETTINGS_FILE
 
     out = Path(out)
@@ -68,7 +68,7 @@ def export_diffusers(loaded, out: Path) -> Path:
         raise InputError(f"--out {out} already exists; PVTT does not overwrite a folder it did not create. Pass a "
                          f"new folder path.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_folder(out)  # PVTT's temp naming: hidden from the model list, recognised after a kill
     try:
         model, schedule = loaded.model, loaded.schedule
         model.transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
