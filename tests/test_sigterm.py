@@ -18,7 +18,6 @@ from test_distill_kill_resume import ROOT, _env
 from test_progressive import _inputs, _stage, teacher  # noqa: F401  (teacher is a fixture)
 
 from pvtt_train import stop_signals
-from pvtt_train.__main__ import main
 from pvtt_train.distill import trainer
 from pvtt_train.distill.config import RunConfig
 from pvtt_train.distill.progressive import make_accelerator
@@ -119,9 +118,17 @@ def _argv(tmp_path, name):
             "--video-encoder", str(tmp_path / "video.safetensors"), "--force"]
 
 
+def _cli(argv):
+    """A fresh CLI process, as a user runs each command: every run of this test starts from the same
+    process state (an in-process run would inherit whatever earlier tests left behind)."""
+    return subprocess.run([sys.executable, "-m", "pvtt_train", *argv], check=False, env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_sigterm_to_a_real_cli_run_saves_says_how_to_resume_and_exits_143(tmp_path, monkeypatch):
     monkeypatch.delenv("PVTT_DEBUG", raising=False)
-    assert main(_argv(tmp_path, "straight")) == 0
+    straight = _cli(_argv(tmp_path, "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
 
     log = tmp_path / "killed" / "student_2step.log.jsonl"
     with open(tmp_path / "err.txt", "w") as err, open(tmp_path / "out.txt", "w") as out:
@@ -147,7 +154,8 @@ def test_sigterm_to_a_real_cli_run_saves_says_how_to_resume_and_exits_143(tmp_pa
     assert [json.loads(line)["g_step"] for line in log.read_text().splitlines()] == [5]
     assert not (tmp_path / "killed" / "models" / "pvtt_student_2step.safetensors").exists()
 
-    assert main([*_argv(tmp_path, "killed"), "--resume"]) == 0
+    resumed = _cli([*_argv(tmp_path, "killed"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (load_checkpoint(tmp_path / name / "models" / "pvtt_student_2step.safetensors").model.state_dict()
             for name in ("straight", "killed"))
     assert _same(a, b)
