@@ -41,6 +41,8 @@ from .errors import DISK_ERRORS
 
 PROG = "python -m pvtt_train"
 DEBUG_ENV = "PVTT_DEBUG"
+#: teacher-eval --calibrate-cfg's output, in --out: the teacher with the calibrated sampler CFG.
+CALIBRATED_TEACHER = "teacher_calibrated.safetensors"
 
 
 # --- commands ------------------------------------------------------------------------------------------------
@@ -164,6 +166,7 @@ def cmd_evaluate(args) -> None:
 
     from .data.batches import training_data_config
     from .eval.evaluate import evaluate, format_table, save_grid
+    from .models.checkpoint import write_atomic
     from .models.loading import load_model
 
     _threads(args)
@@ -171,7 +174,7 @@ def cmd_evaluate(args) -> None:
     report, outputs, batch = evaluate(teacher, student, training_data_config(teacher), count=args.clips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_atomic(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     save_grid(out / "grid.png", batch, outputs["teacher"].composited, outputs["student"].composited)
     print(format_table(report))
 
@@ -187,21 +190,24 @@ def cmd_teacher_eval(args) -> None:
 
     from .data.batches import training_data_config
     from .eval.teacher_bar import calibrate_cfg, teacher_bar
-    from .models.checkpoint import load_checkpoint, save_checkpoint
+    from .models.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 
     _threads(args)
     teacher = load_checkpoint(args.teacher)
-    if args.calibrate_cfg:
-        cfg = calibrate_cfg(teacher, training_data_config(teacher), guided)
-        save_checkpoint(teacher.path, teacher.model, {**teacher.metadata,
-                                                      "sampler": {**teacher.sampler, "cfg": cfg}})
-        teacher = load_checkpoint(args.teacher)
-        print(f"teacher sampler CFG set to {cfg:g} (best product PSNR on calibration clips)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.calibrate_cfg:
+        # The teacher given is never rewritten (it may be the shipped one, or a user's only copy): the
+        # calibrated sampler goes into a new checkpoint in --out, which distill --teacher then takes.
+        cfg = calibrate_cfg(teacher, training_data_config(teacher), guided)
+        calibrated = save_checkpoint(out / CALIBRATED_TEACHER, teacher.model,
+                                     {**teacher.metadata, "sampler": {**teacher.sampler, "cfg": cfg}})
+        teacher = load_checkpoint(calibrated)
+        print(f"teacher sampler CFG {cfg:g} (best product PSNR on calibration clips) saved in {calibrated}; "
+              f"{args.teacher} is unchanged")
     results = teacher_bar(teacher, training_data_config(teacher), cfgs=tuple(args.cfg), count=args.clips,
                           strip_path=out / "teacher_strip.png")
-    (out / "teacher_bar.json").write_text(json.dumps(results, indent=2))
+    write_atomic(out / "teacher_bar.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     print(json.dumps(results, indent=2))
 
 
@@ -316,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=whole(1), default=16)
     p.add_argument("--cfg", type=CFG, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="CFG weights to try")
     p.add_argument("--calibrate-cfg", action="store_true",
-                   help="write the best guided weight (> 1) on calibration clips into the checkpoint's sampler")
+                   help=f"save a copy of the teacher whose sampler uses the best guided weight (> 1) on "
+                        f"calibration clips as OUT/{CALIBRATED_TEACHER}; the teacher given is never changed")
     p.set_defaults(func=cmd_teacher_eval)
 
     p = sub.add_parser("distill", help="progressive, gated DMD distillation (50 -> 16 -> 8 -> 4 by default)")
@@ -351,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench_cli import register as register_bench
     from .data.prepare_cli import register as register_prepare_data
     from .eval.frechet_cli import register as register_frechet
-    from .identity.cli import register as register_identity
     from .gpu_check import register as register_gpu_check
+    from .identity.cli import register as register_identity
     from .models.export_cli import register as register_export
     from .models.lora_cli import register as register_lora
     from .plan_cli import register as register_plan
