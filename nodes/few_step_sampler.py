@@ -60,7 +60,7 @@ def sample_pvtt_few_step(model, x, sigmas, extra_args=None, callback=None, disab
 def _prepared(reinjection: dict, base, x: torch.Tensor) -> dict:
     """Re-injection latents in the model's latent space (``process_latent_in``), on x's device and dtype."""
     frames = reinjection["reference_frames"]
-    latent_in = lambda t: base.process_latent_in(t.to(x.device, torch.float32)).to(x.dtype)  # noqa: E731
+    latent_in = lambda t: base.process_latent_in(t.to(x.device, torch.float32)).to(x.dtype)
     reference = latent_in(reinjection["reference"]) if frames else None
     return {"frames": frames, "background": latent_in(reinjection["background"]),
             "region": reinjection["region"].to(x.device, x.dtype), "reference": reference,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 
 def import_comfy(comfy_dir: str) -> None:

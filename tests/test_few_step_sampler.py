@@ -9,11 +9,10 @@ background preservation, on must equal it with; both are PVTT's production sampl
 
 from __future__ import annotations
 
+import importlib
 from types import SimpleNamespace
 
 import torch
-import importlib
-
 from _comfy_pack import load_pack
 from _tiny import MICRO_BACKBONE
 

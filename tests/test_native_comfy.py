@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from pvtt_train.__main__ import main
 from pvtt_train.errors import CheckpointError
 from pvtt_train.models import lora_formats
-from pvtt_train.models.lora import apply_lora, extract_lora, load_lora
+from pvtt_train.models.lora import apply_lora, load_lora
 from pvtt_train.models.native_wan import transformer_tensors
 from pvtt_train.models.schedule import FlowSchedule
 from pvtt_train.models.student_sigmas import read_student_sampling
