@@ -12,6 +12,7 @@ from .mask_tools import PVTTMaskFromBox, PVTTMaskGrow, PVTTMaskPreview, PVTTMatc
 from .masking_nodes import PVTTBackgroundPreserve
 from .media_nodes import PVTTLoadImage, PVTTLoadVideo, PVTTSaveVideo
 from .model_nodes import PVTTLoadModel
+from .native_nodes import PVTTFewStepSampler, PVTTStudentSigmas, PVTTVACEConditioning
 from .sampling_nodes import PVTTTemplateTransfer
 
 _NODES = (
@@ -29,6 +30,9 @@ _NODES = (
     (PVTTMaskGrow, "PVTT Mask Grow/Shrink/Feather"),
     (PVTTMaskPreview, "PVTT Mask Overlay Preview"),
     (PVTTMatchMask, "PVTT Match Mask to Video"),
+    (PVTTStudentSigmas, "PVTT Student Sigmas"),
+    (PVTTFewStepSampler, "PVTT Few-Step Sampler"),
+    (PVTTVACEConditioning, "PVTT VACE Conditioning"),
 )
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls, _ in _NODES}

@@ -52,7 +52,7 @@ def test_node_ids_are_prefixed_and_have_display_names():
     assert set(nodes) == {"PVTTLoadModel", "PVTTLoadVideo", "PVTTLoadImage", "PVTTSaveVideo",
                           "PVTTTemplateTransfer", "PVTTBackgroundPreserve", "PVTTAccelerate", "PVTTOnnxRuntime",
                           "PVTTTensorRT", "PVTTCompareModels", "PVTTMaskFromBox", "PVTTMaskGrow", "PVTTMaskPreview",
-                          "PVTTMatchMask"}
+                          "PVTTMatchMask", "PVTTStudentSigmas", "PVTTFewStepSampler", "PVTTVACEConditioning"}
     assert all(pack.NODE_DISPLAY_NAME_MAPPINGS[n].startswith("PVTT ") for n in nodes)
     assert pack.WEB_DIRECTORY == "./web"
 

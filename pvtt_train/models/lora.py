@@ -156,14 +156,15 @@ def _check_path(path: Path) -> None:
         raise CheckpointError(f"{path.name}: expected a .safetensors LoRA file")
 
 
-def save_lora(path: str | Path, state: dict[str, torch.Tensor], metadata: dict) -> Path:
-    """Write a LoRA atomically; ``metadata`` (JSON-able) must give rank, alpha and both models' SHA-256."""
+def save_lora(path: str | Path, state: dict[str, torch.Tensor], metadata: dict, key_format: str = KEY_FORMAT) -> Path:
+    """Write a LoRA atomically; ``metadata`` (JSON-able) must give rank, alpha and both models' SHA-256.
+    ``key_format`` describes the key names (``lora_formats`` writes the ComfyUI and diffusers ones)."""
     path = Path(path)
     _check_path(path)
     missing = [k for k in ("rank", "alpha", "base_sha256", "student_sha256") if k not in metadata]
     if missing:
         raise ValueError(f"LoRA metadata needs {missing}")
-    meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION, "key_format": KEY_FORMAT}
+    meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION, "key_format": key_format}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={FORMAT: json.dumps(meta, sort_keys=True)}))
     return path
