@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.frechet_cli import register as register_frechet
     from .identity.cli import register as register_identity
     from .gpu_check import register as register_gpu_check
+    from .heldout_cli import register as register_heldout
     from .models.export_cli import register as register_export
     from .models.lora_cli import register as register_lora
     from .plan_cli import register as register_plan
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_export(sub)
     register_plan(sub)
     register_gpu_check(sub)
+    register_heldout(sub)
     return parser
 
 
