@@ -7,7 +7,7 @@ over a gradient, with small rotations. This one is built to look like what a des
   squeeze tubes, mugs with a ring handle, irregular polygons;
 - photo textures on the product (scikit-image's bundled sample photos, which ship inside the
   wheel: nothing is downloaded) and a printed text label (OpenCV ``putText``);
-- strong in-plane rotation (up to ±90° over a clip), scale changes and a curved path;
+- strong in-plane rotation (up to ±90° over a clip), scale changes and a pan across the frame;
 - a blurred photo background (other sample photos) under a static camera, with a drifting light
   field (global gain and a fixed directional gradient) that lights the product too.
 
@@ -234,7 +234,8 @@ class HeldoutClipGenerator:
 
     def clip(self, seed: int) -> HeldoutClip:
         c = self.config
-        rng = np.random.default_rng(seed)
+        # Independent streams per aspect, so e.g. a longer clip keeps the same product, background and path.
+        rng, look_rng, light_rng, photo_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
         short = min(c.height, c.width)
         size_small = rng.uniform(*c.product_size) * short
         ratio = rng.uniform(1.0, c.max_scale_ratio)
@@ -246,13 +247,13 @@ class HeldoutClipGenerator:
         parts, band = _silhouette(shape, rng)
         alpha = _draw_alpha(parts, side)
         shaded = shape in ("bottle", "can", "tube", "mug")
-        old_rgb = _appearance(rng, parts, band, side, shaded)
-        new_rgb = _appearance(rng, parts, band, side, shaded)
+        old_rgb = _appearance(look_rng, parts, band, side, shaded)
+        new_rgb = _appearance(look_rng, parts, band, side, shaded)
+        background = self._background(look_rng)
+        light = self._light(light_rng)
 
-        background = self._background(rng)
-        light = self._light(rng)
-
-        # Motion: a curved path, rotation and scale, linear in time; the product stays inside the frame.
+        # Motion: a straight pan, rotation and scale, steady in time (so frame-to-frame change is even and
+        # any jump at a model's window seam stands out); the product stays inside the frame.
         ys, xs = np.nonzero(alpha > 0)
         reach = float(np.sqrt(((xs - (side - 1) / 2) ** 2 + (ys - (side - 1) / 2) ** 2).max())) + 1
         margin = reach / side * max(sizes) / SPRITE_FILL + 2
@@ -261,7 +262,7 @@ class HeldoutClipGenerator:
             return np.array([rng.uniform(margin, max(margin, c.width - margin)),
                              rng.uniform(margin, max(margin, c.height - margin))])
 
-        p0, pc, p1 = point(), point(), point()
+        p0, p1 = point(), point()
         rot0 = math.radians(rng.uniform(-15, 15))
         turn = math.radians(rng.uniform(-c.max_rotation_deg, c.max_rotation_deg))
 
@@ -270,7 +271,7 @@ class HeldoutClipGenerator:
         mask = np.empty((c.frames, c.height, c.width), np.float32)
         for f in range(c.frames):
             a = f / (c.frames - 1)
-            centre = (1 - a) ** 2 * p0 + 2 * a * (1 - a) * pc + a * a * p1
+            centre = (1 - a) * p0 + a * p1
             size = sizes[0] * (sizes[1] / sizes[0]) ** a
             warp = self._warp(side, size, rot0 + a * turn, centre)
             cover = self._render(alpha, warp)
@@ -281,7 +282,7 @@ class HeldoutClipGenerator:
             truth[f] = np.clip((keep + new) * light[f], 0, 1)
             mask[f] = (cover >= 0.5).astype(np.float32)
 
-        product = self._catalogue_photo(rng, alpha, new_rgb, side)
+        product = self._catalogue_photo(photo_rng, alpha, new_rgb, side)
         return HeldoutClip(template=template, mask=mask, product=product, truth=truth, seed=seed, shape=shape,
                            rotation_deg=math.degrees(turn), scale_ratio=sizes[1] / sizes[0])
 

@@ -99,7 +99,8 @@ def run_heldout_eval(models: list[Path], teacher: Path | None, clips: int, size:
     """Score every method on ``clips`` held-out clips (seeds ``seed`` .. ``seed + clips - 1``).
 
     Returns (report, grid): the report's ``methods`` hold each method's mean metrics and seconds per
-    clip; ``grid`` holds the middle frame of each shown clip for every column of the picture."""
+    clip; ``grid`` holds the middle frame of each shown clip: ``inputs`` (template, mask, product, truth)
+    and every method's ``outputs``."""
     config = HeldoutConfig(frames=frames, height=size, width=size)
     generator = HeldoutClipGenerator(config)
     modelled = model_methods(models, teacher)
@@ -108,8 +109,8 @@ def run_heldout_eval(models: list[Path], teacher: Path | None, clips: int, size:
     student_window = modelled[-1].window
     methods = modelled + baseline_methods(student_window)
     truth_seams, per_clip = [], []
-    grid: dict[str, list[torch.Tensor]] = {k: [] for k in ("template", "mask", "product", "truth")}
-    grid.update({m.name: [] for m in methods})
+    inputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("template", "mask", "product", "truth")}
+    outputs: dict[str, list[torch.Tensor]] = {m.name: [] for m in methods}
     for i in range(clips):
         clip_seed = seed + i
         made = generator.clip(clip_seed)
@@ -125,13 +126,13 @@ def run_heldout_eval(models: list[Path], teacher: Path | None, clips: int, size:
             method.scores.append(scores)
             row["scores"][method.name] = scores
             if i < grid_clips:
-                grid[method.name].append(output[middle].float())
+                outputs[method.name].append(output[middle].float())
         truth_seams.append(seam_flicker_ratio(clip["truth"], clip["mask"], student_window))
         if i < grid_clips:
             for key in ("template", "truth"):
-                grid[key].append(clip[key][middle])
-            grid["mask"].append(clip["mask"][middle][..., None].expand(-1, -1, 3))
-            grid["product"].append(clip["product"])
+                inputs[key].append(clip[key][middle])
+            inputs["mask"].append(clip["mask"][middle][..., None].expand(-1, -1, 3))
+            inputs["product"].append(clip["product"])
         per_clip.append(row)
         log(f"clip {i + 1}/{clips} ({made.shape}, {made.rotation_deg:+.0f} deg, scale x{made.scale_ratio:.2f}): "
             + ", ".join(f"{m.name} {row['scores'][m.name]['product_psnr']:.2f}" for m in methods) + " dB")
@@ -151,4 +152,4 @@ def run_heldout_eval(models: list[Path], teacher: Path | None, clips: int, size:
         "threads": torch.get_num_threads(),
         "per_clip": per_clip,
     }
-    return report, grid
+    return report, {"inputs": inputs, "outputs": outputs}

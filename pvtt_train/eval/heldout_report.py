@@ -63,23 +63,23 @@ def _fit(image: torch.Tensor) -> np.ndarray:
     return cv2.resize(array, (CELL, CELL), interpolation=cv2.INTER_NEAREST if grow else cv2.INTER_AREA)
 
 
-def grid_columns(report: dict) -> list[tuple[str, str]]:
-    """(key, heading) of each picture column: template, mask, product, paste, the models, truth."""
-    models = [(name, m["label"]) for name, m in report["methods"].items() if m["kind"] == "model"]
-    return [("template", "template"), ("mask", "mask"), ("product", "product photo"), ("paste", "aligned paste"),
-            *models, ("truth", "ground truth")]
+def grid_columns(report: dict) -> list[tuple[str, str, str]]:
+    """(part of the grid, key, heading) of each picture column: template, mask, product, paste, the models, truth."""
+    models = [("outputs", name, m["label"]) for name, m in report["methods"].items() if m["kind"] == "model"]
+    return [("inputs", "template", "template"), ("inputs", "mask", "mask"), ("inputs", "product", "product photo"),
+            ("outputs", "paste", "aligned paste"), *models, ("inputs", "truth", "ground truth")]
 
 
 def grid_image(report: dict, grid: dict) -> np.ndarray:
     """Middle frame of each shown clip, one row per clip, one CELL x CELL picture per column, labelled."""
     columns = grid_columns(report)
-    rows = len(grid["template"])
+    rows = len(grid["inputs"]["template"])
     image = np.full((HEADER + rows * (CELL + 2), len(columns) * (CELL + 2), 3), 255, np.uint8)
-    for c, (key, heading) in enumerate(columns):
+    for c, (part, key, heading) in enumerate(columns):
         x = c * (CELL + 2)
         cv2.putText(image, heading[:30], (x + 4, HEADER - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                     cv2.LINE_AA)
-        for r, frame in enumerate(grid[key]):
+        for r, frame in enumerate(grid[part][key]):
             y = HEADER + r * (CELL + 2)
             image[y:y + CELL, x:x + CELL] = _fit(frame)
     return image
