@@ -17,7 +17,12 @@ from pvtt_train.errors import InputError
 from pvtt_train.eval import heldout_metrics as hm
 from pvtt_train.eval import node_pack
 from pvtt_train.eval.heldout_baselines import flat_fill, paste
-from pvtt_train.eval.heldout_data import SHAPES, HeldoutClipGenerator, HeldoutConfig, _print_text
+from pvtt_train.eval.heldout_data import (
+    SHAPES,
+    HeldoutClipGenerator,
+    HeldoutConfig,
+    print_text,
+)
 from pvtt_train.eval.heldout_report import CELL, HEADER
 from pvtt_train.paths import SHIPPED_MODELS
 from pvtt_train.pipeline import frame_windows
@@ -92,7 +97,7 @@ def test_rotation_reaches_far_beyond_training():
 
 def test_printed_text_lands_inside_its_box():
     image = np.full((60, 200, 3), 0.5, np.float32)
-    _print_text(image, "PVTT", centre_y=30, width=120, height=20, font=cv2.FONT_HERSHEY_SIMPLEX,
+    print_text(image, "PVTT", centre_y=30, width=120, height=20, font=cv2.FONT_HERSHEY_SIMPLEX,
                 colour=np.zeros(3, np.float32), thickness=2)
     ink = np.abs(image - 0.5).max(-1) > 0.1
     ys, xs = np.nonzero(ink)

@@ -81,7 +81,7 @@ class HeldoutClip:
     scale_ratio: float  # end scale / start scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_photo(name: str) -> np.ndarray:
     """One of scikit-image's bundled sample photos as float32 RGB [H, W, 3] (grey ones repeated)."""
     import skimage.data
@@ -176,7 +176,7 @@ def _label_word(rng: np.random.Generator) -> str:
     return "".join(SYLLABLES[i] for i in rng.integers(len(SYLLABLES), size=int(rng.integers(2, 4)))).upper()
 
 
-def _print_text(image: np.ndarray, text: str, centre_y: int, width: int, height: int, font: int,
+def print_text(image: np.ndarray, text: str, centre_y: int, width: int, height: int, font: int,
                 colour: np.ndarray, thickness: int) -> None:
     """Print ``text`` centred on the sprite, scaled to fit ``width`` x ``height`` pixels, anti-aliased.
 
@@ -184,7 +184,7 @@ def _print_text(image: np.ndarray, text: str, centre_y: int, width: int, height:
     (tw, th), _ = cv2.getTextSize(text, font, 1.0, thickness)
     scale = min(width / tw, height / th)
     (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
-    origin = (int(round((image.shape[1] - tw) / 2)), int(round(centre_y + th / 2)))
+    origin = (round((image.shape[1] - tw) / 2), round(centre_y + th / 2))
     coverage = np.zeros(image.shape[:2], np.uint8)
     cv2.putText(coverage, text, origin, font, scale, 255, thickness, cv2.LINE_AA)
     k = (coverage.astype(np.float32) / 255)[..., None]
@@ -205,7 +205,7 @@ def _appearance(rng: np.random.Generator, parts, label_band: tuple[float, float]
         xmax = max(float(np.abs(p[:, 0]).max()) for p, v in parts if v)
         rgb = rgb * (0.7 + 0.3 * np.sqrt(np.clip(1 - (xs / xmax) ** 2, 0, 1)))[None, :, None].astype(np.float32)
     k = SPRITE_FILL * side / 2
-    y0, y1 = (int(round(b * k + (side - 1) / 2)) for b in label_band)
+    y0, y1 = (round(b * k + (side - 1) / 2) for b in label_band)
     label = rng.uniform(0.05, 0.85, 3).astype(np.float32)  # never the photo backdrop's near-white
     ink = np.where(label.mean() > 0.45, rng.uniform(0.0, 0.2, 3), rng.uniform(0.8, 1.0, 3)).astype(np.float32)
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
@@ -214,8 +214,8 @@ def _appearance(rng: np.random.Generator, parts, label_band: tuple[float, float]
     thick = max(1, side // 90)
     line = (y1 - y0) / 3
     label_width = int(0.55 * side * min(1.0, _half_width_at(parts, (label_band[0] + label_band[1]) / 2)))
-    _print_text(rgb, _label_word(rng), int(y0 + 1.15 * line), label_width, int(line * 1.1), font, ink, thick)
-    _print_text(rgb, f"{rng.integers(1, 99) * 10} ml", int(y0 + 2.3 * line), int(label_width * 0.6),
+    print_text(rgb, _label_word(rng), int(y0 + 1.15 * line), label_width, int(line * 1.1), font, ink, thick)
+    print_text(rgb, f"{rng.integers(1, 99) * 10} ml", int(y0 + 2.3 * line), int(label_width * 0.6),
                       int(line * 0.6), cv2.FONT_HERSHEY_SIMPLEX, ink, max(1, thick // 2))
     return np.clip(rgb, 0, 1)
 
@@ -240,7 +240,7 @@ class HeldoutClipGenerator:
         size_small = rng.uniform(*c.product_size) * short
         ratio = rng.uniform(1.0, c.max_scale_ratio)
         sizes = (size_small, size_small * ratio) if rng.random() < 0.5 else (size_small * ratio, size_small)
-        side = int(math.ceil(max(sizes) * c.supersample / SPRITE_FILL)) + 4
+        side = math.ceil(max(sizes) * c.supersample / SPRITE_FILL) + 4
         side += side % 2
 
         shape = SHAPES[rng.integers(len(SHAPES))]

@@ -24,7 +24,7 @@ HEADINGS = ("product PSNR (dB)", "SSIM", "detail ratio", "bg PSNR vs template", 
 def _cell(value: float, key: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
-    if key.endswith("psnr") or key.endswith("psnr_truth"):
+    if key.endswith(("psnr", "psnr_truth")):
         return "exact" if value >= MAX_PSNR else f"{value:.2f}"
     return f"{value:.3f}" if key != "seconds_per_clip" else f"{value:.2f}"
 
@@ -32,25 +32,25 @@ def _cell(value: float, key: str) -> str:
 def markdown(report: dict) -> str:
     """The table, one row per method, and what each column means."""
     video = report["video"]
-    lines = [f"# Held-out evaluation: {report['clips']} clips, {video['width']}x{video['height']}, "
-             f"{video['frames']} frames (seeds {report['seed']}..{report['seed'] + report['clips'] - 1})", "",
+    lines = [(f"# Held-out evaluation: {report['clips']} clips, {video['width']}x{video['height']}, "
+             f"{video['frames']} frames (seeds {report['seed']}..{report['seed'] + report['clips'] - 1})"), "",
              "| method | " + " | ".join(HEADINGS) + " |", "|---|" + "---|" * len(HEADINGS)]
     for values in report["methods"].values():
         lines.append(f"| {values['label']} | " + " | ".join(_cell(values[k], k) for k in COLUMNS) + " |")
     template_truth = report["methods"].get("template", {}).get("background_psnr_truth", float("nan"))
     lines += [
         "",
-        "Models run through the nodes (PVTT Load Model, Template Transfer, Background Preserve) with their "
-        f"default widgets ({json.dumps(report['nodes'])}); baselines are composited with a hard mask.",
+        ("Models run through the nodes (PVTT Load Model, Template Transfer, Background Preserve) with their "
+        f"default widgets ({json.dumps(report['nodes'])}); baselines are composited with a hard mask."),
         "- product PSNR / SSIM: inside the mask, against the ground truth.",
-        "- detail ratio: Laplacian energy of the luminance inside the mask eroded by 2 px, output over truth "
-        "(1 = as sharp as the truth).",
+        ("- detail ratio: Laplacian energy of the luminance inside the mask eroded by 2 px, output over truth "
+        "(1 = as sharp as the truth)."),
         "- bg PSNR vs template: outside the mask, against the template (\"exact\" = identical pixels).",
-        f"- bg PSNR vs truth: outside the mask, against the truth; the unchanged template's "
+        (f"- bg PSNR vs truth: outside the mask, against the truth; the unchanged template's "
         f"{_cell(template_truth, 'background_psnr_truth')} dB is the ceiling (the new product's anti-aliased rim "
-        "lies just outside the mask).",
-        "- seam flicker: mean |frame change| in the product region at the model's frame-window seams over the same "
-        f"inside windows; the ground truth scores {_cell(report['truth_seam_flicker_ratio'], 'seam')}.",
+        "lies just outside the mask)."),
+        ("- seam flicker: mean |frame change| in the product region at the model's frame-window seams over the same "
+        f"inside windows; the ground truth scores {_cell(report['truth_seam_flicker_ratio'], 'seam')}."),
         f"- s / clip: wall time per clip for the whole node chain ({report['threads']} threads).",
     ]
     return "\n".join(lines) + "\n"
@@ -100,7 +100,8 @@ def write_report(out: Path, report: dict, grid: dict) -> list[Path]:
     """report.json, report.md and heldout_grid.png in ``out``; each appears whole or not at all."""
     out = Path(out)
     written = [out / "report.json", out / "report.md", out / "heldout_grid.png"]
-    write_atomic(written[0], lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"))
+    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+    write_atomic(written[0], lambda tmp: Path(tmp).write_text(text))
     write_atomic(written[1], lambda tmp: Path(tmp).write_text(markdown(report)))
     picture = cv2.cvtColor(grid_image(report, grid), cv2.COLOR_RGB2BGR)
 
