@@ -15,7 +15,7 @@ from pvtt_train.__main__ import main
 from pvtt_train.data.synthetic import SyntheticConfig, SyntheticVideoGenerator
 from pvtt_train.errors import InputError
 from pvtt_train.eval import heldout_metrics as hm
-from pvtt_train.eval import node_pack
+from pvtt_train.eval import heldout_report, node_pack
 from pvtt_train.eval.heldout_baselines import flat_fill, paste
 from pvtt_train.eval.heldout_data import (
     SHAPES,
@@ -141,7 +141,7 @@ def test_detail_ratio_of_a_blurred_a_flat_and_an_identical_copy():
     blurred = torch.from_numpy(np.stack([cv2.GaussianBlur(f.numpy(), (0, 0), 1.5) for f in truth]))
     assert hm.detail_ratio(truth, truth, mask) == pytest.approx(1.0)
     assert hm.detail_ratio(blurred, truth, mask) < 0.2
-    assert hm.detail_ratio(torch.full_like(truth, 0.4), truth, mask) == 0.0
+    assert hm.detail_ratio(torch.full_like(truth, 0.4), truth, mask) == pytest.approx(0.0, abs=1e-9)
     assert hm.detail_ratio(truth + (truth - blurred), truth, mask) > 1.5  # over-sharpened
 
 
@@ -200,12 +200,13 @@ def test_cli_end_to_end_on_two_tiny_clips(tmp_path, capsys):
     assert 20 < student["background_psnr"] < 100  # the feathered composite spreads a little outside the mask
     assert all(methods[b]["background_psnr"] == 100 for b in ("paste", "flat_fill", "template"))
     assert methods["template"]["background_psnr_truth"] < 100  # the ceiling of the truth-based score
-    assert methods["flat_fill"]["detail_ratio"] == 0
+    assert methods["flat_fill"]["detail_ratio"] == pytest.approx(0.0, abs=1e-9)
     mean = np.mean([c["scores"]["paste"]["product_psnr"] for c in report["per_clip"]])
     assert methods["paste"]["product_psnr"] == pytest.approx(mean)
     grid = cv2.imread(str(tmp_path / "out" / "heldout_grid.png"))
     assert grid.shape == (HEADER + 2 * (CELL + 2), 6 * (CELL + 2), 3)  # template mask product paste student truth
     table = (tmp_path / "out" / "report.md").read_text()
+    assert heldout_report.markdown(report) == table  # the JSON holds everything the table shows
     assert "| pvtt_student_4step (4 steps) |" in table and "| aligned paste |" in table
     assert "report.json" in capsys.readouterr().out
 

@@ -22,11 +22,13 @@ HEADINGS = ("product PSNR (dB)", "SSIM", "detail ratio", "bg PSNR vs template", 
 
 
 def _cell(value: float, key: str) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # nan, or null read back from JSON
         return "-"
     if key.endswith(("psnr", "psnr_truth")):
         return "exact" if value >= MAX_PSNR else f"{value:.2f}"
-    return f"{value:.3f}" if key != "seconds_per_clip" else f"{value:.2f}"
+    if key == "seconds_per_clip":
+        return f"{value:.2f}"
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.1e}"  # a blur's ratio is tiny, not 0
 
 
 def markdown(report: dict) -> str:
