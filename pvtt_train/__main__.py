@@ -359,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.prepare_cli import register as register_prepare_data
     from .eval.frechet_cli import register as register_frechet
     from .gpu_check import register as register_gpu_check
+    from .heldout_cli import register as register_heldout
     from .identity.cli import register as register_identity
     from .models.export_cli import register as register_export
     from .models.lora_cli import register as register_lora
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_export(sub)
     register_plan(sub)
     register_gpu_check(sub)
+    register_heldout(sub)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""What a designer could do without a model, scored beside it: paste the photo, fill flat, or change nothing.
+
+Each baseline returns the final clip [F, H, W, 3]: its product inside the mask (> 0.5), the template's
+exact pixels outside. ``warped_product`` is the one place the photo is warped onto the mask, so a better
+warp (rotation-following, matted without fringes) replaces it for every baseline at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..conditioning import aligned_paste, product_alpha
+
+
+def warped_product(product: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The product photo [H, W, 3] cut from its backdrop and placed on every frame's mask [F, H, W]."""
+    return aligned_paste(product, mask)
+
+
+def _inside_mask(fill: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask[..., None] > 0.5, fill, template).astype(np.float32)
+
+
+def paste(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """The warped photo inside the mask, composited into the template."""
+    return _inside_mask(warped_product(product, mask), template, mask)
+
+
+def flat_fill(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """The mask filled with the product's mean colour (over its matte in the photo)."""
+    alpha = product_alpha(product)
+    mean = (product * alpha[..., None]).sum((0, 1)) / alpha.sum()
+    return _inside_mask(np.broadcast_to(mean.astype(np.float32), template.shape), template, mask)
+
+
+def unchanged(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """The template as it is: the old product stays."""
+    return template.astype(np.float32, copy=True)
+
+
+#: name -> (label, function), in table order.
+BASELINES = {
+    "paste": ("aligned paste", paste),
+    "flat_fill": ("flat mean-colour fill", flat_fill),
+    "template": ("unchanged template", unchanged),
+}
