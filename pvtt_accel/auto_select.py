@@ -177,7 +177,9 @@ def auto_accelerate(loaded: LoadedModel, request: dict[str, str], attention: str
     profile = profile or probe()
     device = next(loaded.model.parameters()).device
     request = {k: request.get(k, "auto") for k in CHOOSABLE}
-    tried = candidates(profile, device, request, attention, tome_ratio, ort=ort_dir is not None)
+    guided = loaded.sampler["kind"] == "euler_cfg" and loaded.sampler.get("cfg", 1.0) != 1.0
+    # ONNX Runtime's graph is exported for one clip per call; a CFG teacher calls with two
+    tried = candidates(profile, device, request, attention, tome_ratio, ort=ort_dir is not None and not guided)
     base = base_options(request, attention, tome_ratio)
     base_name = base.label() if base != AccelerationOptions(attention=attention, tome_ratio=tome_ratio) else EAGER
     warnings = known_slow(base, profile, device) if base_name != EAGER else []
