@@ -41,8 +41,8 @@ class PVTTAccelerate:
     RETURN_TYPES = ("PVTT_MODEL", "STRING")
     RETURN_NAMES = ("model", "report")
     OUTPUT_TOOLTIPS = ("The accelerated model; connect it to PVTT Template Transfer in place of the loader's.",
-                       "What runs and why: auto's choice with its measured speed-up over the plain model, and any "
-                       "warning that an explicit setting is slow on this machine (connect it to a text preview).")
+                       ("What runs and why: auto's choice with its measured speed-up over the plain model, and any "
+                        "warning that an explicit setting is slow on this machine (connect it to a text preview)."))
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -63,11 +63,13 @@ def _hardware_options(profile: MachineProfile, device: torch.device, request: di
         precisions = ["bf16"] if gpu is None or gpu.bf16 else ["fp16"]
         int8 = ["w8a8"] if profile.packages.get("torchao") else []
         options = [{"precision": p, "compile": c, "int8": "off"} for p in ["fp32", *precisions] for c in compiles]
-        options += [{"precision": precisions[0], "compile": "default", "int8": m} for m in int8 if "default" in compiles]
+        if "default" in compiles:
+            options += [{"precision": precisions[0], "compile": "default", "int8": mode} for mode in int8]
         return options
     precisions = ["fp32", "bf16"] if profile.cpu_bf16 or request.get("precision") == "bf16" else ["fp32"]
     options = [{"precision": p, "compile": c, "int8": "off"} for p in precisions for c in compiles]
-    if profile.packages.get("torchao") and "default" in compiles and (profile.cpu_vnni or request.get("int8") == "w8a8"):
+    int8_fast = profile.cpu_vnni or request.get("int8") == "w8a8"
+    if profile.packages.get("torchao") and "default" in compiles and int8_fast:
         options.append({"precision": "fp32", "compile": "default", "int8": "w8a8"})  # W8A8 alone: 0.70x on bf16 CPUs
     return options
 
@@ -97,8 +99,8 @@ def known_slow(options: AccelerationOptions, profile: MachineProfile, device: to
     if device.type != "cpu":
         gpu = next((d for d in profile.cuda if d.index == (device.index or 0)), None)
         if options.precision == "bf16" and gpu is not None and not gpu.bf16:
-            return [f"bf16 on {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}, before "
-                    f"Ampere) has no bf16 tensor cores; fp16 is the fast half precision there"]
+            return [(f"bf16 on {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}, before "
+                     f"Ampere) has no bf16 tensor cores; fp16 is the fast half precision there")]
         return []
     reasons = []
     cpu = f"this CPU ({profile.cpu_model}, {profile.cpu_capability})"

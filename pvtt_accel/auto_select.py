@@ -254,7 +254,7 @@ def _from_record(loaded: LoadedModel, record: dict, tried: list[Candidate], ort_
     try:
         model = build(loaded, candidate, ort_dir)
         sample_frames(model)  # warm-up: compile now, not in the first transfer
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means "measure again", and says why
         log.warning("auto: the cached choice %s no longer runs (%s); measuring again", chosen, exc)
         return None
     model = with_denoiser(model, get_denoiser(model.model), meta)

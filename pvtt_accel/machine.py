@@ -89,7 +89,7 @@ def _guarded(query, default):
     """``query()``, or ``default`` where this torch build lacks it or it fails."""
     try:
         return query()
-    except Exception:  # private torch helpers: missing or raising on some builds and platforms
+    except Exception:  # noqa: BLE001 - private torch helpers: missing or raising on some builds and platforms
         return default
 
 

@@ -344,7 +344,8 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
             overall = eager.stats()
             eager_row.update(latency_ms=overall["latency_ms"], latency_min_ms=overall["latency_min_ms"],
                              speedup_vs_teacher=teacher_ms / overall["latency_ms"])
-    report = {"device": _device_name(device), "machine": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    report = {"device": _device_name(device), "machine": machine, "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
               "clips": clips, "repeats": repeats, "seed": seed, "rows": rows, "best": best_rows(rows)}
     write_report(report, out_dir)
     return report
