@@ -8,7 +8,8 @@ Backends go through diffusers' attention dispatcher (``ModelMixin.set_attention_
 - ``sage``: SageAttention (CUDA only);
 - ``math``: PyTorch's reference math attention (slow; used for parity checks);
 - ``decomposed``: two GEMMs around a softmax, through PVTT's own Wan processor
-  (``wan_processor.py``); on CPU in bf16 it is twice as fast as PyTorch's flash kernel;
+  (``wan_processor.py``); in bf16 on CPUs with AVX512-BF16 it is twice as fast as PyTorch's flash
+  kernel;
 - ``auto``: the fastest one that can run here (on CPU: ``decomposed`` for bf16/fp16 weights,
   ``sdpa`` for fp32, where the two are equal and ``sdpa`` is exact to the reference).
 

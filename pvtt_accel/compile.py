@@ -74,7 +74,8 @@ class CompiledDenoiser(nn.Module):
             if type(exc).__module__.startswith("torch._"):  # dynamo/inductor, not the model
                 raise CompileFailed(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}). On a CPU it "
                                     f"needs a C++ compiler (g++ or clang on Linux/macOS, MSVC on Windows); install "
-                                    f"one or set compile to off (bf16 alone is still faster).") from exc
+                                    f"one, or set compile to off or auto (auto skips compiling where no compiler "
+                                    f"is found).") from exc
             raise
         return tuple(t.clone() for t in out) if self.copy_outputs else out
 

@@ -35,7 +35,8 @@ def quantize_int8(transformer: nn.Module, mode: str, calibrate: Callable[[], Non
     """
     if mode not in MODES:
         raise ValueError(f"unknown INT8 mode {mode!r}; choose one of {', '.join(MODES)}")
-    require("INT8 quantisation", "torchao", alternative="Without it, set int8 to off (bf16 is the faster CPU choice).")
+    require("INT8 quantisation", "torchao",
+            alternative="Without it, set int8 to off or auto (auto tries INT8 only where torchao is installed).")
     from torchao.quantization import (
         Int8DynamicActivationInt8WeightConfig,
         Int8WeightOnlyConfig,

@@ -224,7 +224,7 @@ def cpu_session(path: str | Path, threads: int | None = None):
     eager denoiser calls in the same process ran ~100x slower). onnxruntime is imported here, not at module level, so
     exporting for TensorRT on a GPU machine does not need it installed.
     """
-    require("ONNX Runtime", "onnxruntime", alternative="Or use PVTT Accelerate (bf16 + compile) instead.")
+    require("ONNX Runtime", "onnxruntime", alternative="Or use PVTT Accelerate with its auto settings instead.")
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -69,7 +69,7 @@ def ort_accelerate(loaded: LoadedModel, cache_dir: str | Path, profile: ShapePro
     on first use and reused afterwards (keyed by checkpoint sha256, profile and exporter versions)."""
     require_pytorch_denoiser(loaded, "The ONNX Runtime backend")
     require("The ONNX Runtime backend", "onnxruntime", "onnx", "onnxscript",
-            alternative="Or use PVTT Accelerate (bf16 + compile) instead.")
+            alternative="Or use PVTT Accelerate with its auto settings instead.")
     profile = profile or ShapeProfile()
     export = cached_export(loaded, cache_dir, profile)
     denoiser = OrtDenoiser(export, threads)

@@ -1,10 +1,10 @@
 """A Wan attention processor with a pluggable attention kernel, for kernels diffusers' dispatcher lacks.
 
 diffusers' ``WanAttnProcessor`` routes attention through its dispatcher, whose backends are a fixed
-enum. PVTT's CPU fast path (``decomposed``: two bf16 GEMMs around a softmax, twice as fast as
-PyTorch's CPU flash kernel in bf16 at Wan's head sizes) and token merging need their own kernel, so
-this processor repeats the stock projection, QK-norm and RoPE steps and calls ``kernel`` instead.
-Image-to-video attention (``add_k_proj``) is left to the stock processor.
+enum. PVTT's bf16 CPU kernel (``decomposed``: two bf16 GEMMs around a softmax; on CPUs with
+AVX512-BF16 twice as fast as PyTorch's CPU flash kernel in bf16 at Wan's head sizes) and token
+merging need their own kernel, so this processor repeats the stock projection, QK-norm and RoPE
+steps and calls ``kernel`` instead. Image-to-video attention (``add_k_proj``) is left to the stock processor.
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ the speed-up over the teacher (50 steps with CFG) and over the same student run 
 the decoded frames against that eager run, and product PSNR against the ground truth.
 
 A backend that cannot run here (TensorRT without CUDA, INT8 without torchao, ...) is listed with
-the reason instead of a number. Results go to ``bench.json``, ``bench.md`` and ``bench.png``.
+the reason instead of a number. ``auto`` is PVTT Accelerate's default: its build time includes its
+own measurement of the candidates (``pvtt_accel.auto_select``), and its row shows what it chose.
+The report starts with the machine (``pvtt_accel.machine``): CPU capability, native bf16, VNNI,
+AMX, GPUs, because which variant is fast depends on it. Results go to ``bench.json``, ``bench.md``
+and ``bench.png``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ def _ort_variant() -> Variant:
     return Variant("onnxruntime", build, "ONNX (dynamo export) in ONNX Runtime, CPU execution provider")
 
 
+def _auto_variant() -> Variant:
+    def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
+        ort = accel_module("onnx_export").onnx_dir(cache)
+        return accel_module("auto_select").auto_accelerate(loaded, {}, cache_dir=None, ort_dir=ort).model
+
+    return Variant("auto", build, "PVTT Accelerate's default: the fastest variant measured here within 35 dB of "
+                                  "eager, else eager (measured afresh; its build time includes the measuring)")
+
+
 def _trt_variant(precision: str) -> Variant:
     def build(loaded: LoadedModel, cache: Path) -> LoadedModel:
         return accel_module("tensorrt_engine").tensorrt_accelerate(loaded, precision=precision, models_dir=cache)
@@ -90,6 +103,7 @@ CPU_VARIANTS = (
                    compile="default"),
     _torch_variant("bf16+compile-autotune", "bf16 + decomposed attention + torch.compile max-autotune "
                    "(no CUDA graphs)", precision="bf16", compile="max-autotune-no-cudagraphs"),
+    _auto_variant(),
     _trt_variant("fp16"),
 )
 CUDA_VARIANTS = (
@@ -103,13 +117,22 @@ CUDA_VARIANTS = (
     _torch_variant("bf16+int8-w8a16", "bf16 + torchao INT8 weight-only", precision="bf16", int8="w8a16"),
     _torch_variant("bf16+int8-w8a8+compile", "bf16 + INT8 W8A8 SmoothQuant + compile", precision="bf16",
                    int8="w8a8", compile="default"),
+    _auto_variant(),
     _trt_variant("fp16"),
     _trt_variant("bf16"),
 )
+#: ``bench --quick``: the variants that matter for a designer's choice, on the 4-step student.
+QUICK_VARIANTS = {"cpu": ("eager", "bf16", "compile", "onnxruntime", "auto"),
+                  "cuda": ("eager", "bf16", "bf16+compile", "auto")}
 
 
 def default_variants(device: torch.device) -> tuple[Variant, ...]:
     return CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS
+
+
+def quick_variants(device: torch.device) -> tuple[Variant, ...]:
+    wanted = QUICK_VARIANTS["cuda" if device.type == "cuda" else "cpu"]
+    return tuple(v for v in default_variants(device) if v.name in wanted)
 
 
 class CallCounter(nn.Module):
@@ -259,6 +282,8 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
               device: str = "cpu", progress: Callable[[str], None] = print) -> dict:
     """Measure everything in one process on the same clips; returns the report (also written)."""
     device = torch.device(device)
+    machine = accel_module("machine").probe().summary()
+    progress(f"machine: {machine}")
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / "cache"
     teacher = load_model(teacher_path, device)
@@ -303,11 +328,15 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
             if eager is None:  # the first variant is the baseline (timed against itself: speed-up 1)
                 eager, eager_row = runner, row
             stats = measure_against(eager, runner, repeats, memory)
+            acceleration = model.metadata.get("acceleration", {})
             row.update(stats, build_s=build_s, product_psnr=quality(runner.outputs),
-                       attention=model.metadata.get("acceleration", {}).get("attention_used"),
+                       attention=acceleration.get("attention_used"),
                        speedup_vs_teacher=teacher_ms / stats["latency_ms"],
                        speedup_vs_eager=stats["eager_paired_ms"] / stats["latency_ms"],
                        psnr_vs_eager=statistics.mean(psnr(o, b) for o, b in zip(runner.outputs, eager.outputs)))
+            if "auto" in acceleration:
+                row["auto_chose"] = acceleration["auto"]["chosen"]
+                row["description"] += f"; chose {row['auto_chose']}"
             rows.append(row)
             progress(f"  {row['latency_ms']:.2f} ms/clip, ×{row['speedup_vs_eager']:.2f} vs eager in alternating "
                      f"rounds, {row['psnr_vs_eager']:.1f} dB vs eager")
@@ -315,7 +344,8 @@ def run_bench(teacher_path: Path, student_paths: list[Path], variants: tuple[Var
             overall = eager.stats()
             eager_row.update(latency_ms=overall["latency_ms"], latency_min_ms=overall["latency_min_ms"],
                              speedup_vs_teacher=teacher_ms / overall["latency_ms"])
-    report = {"device": _device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    report = {"device": _device_name(device), "machine": machine, "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
               "clips": clips, "repeats": repeats, "seed": seed, "rows": rows, "best": best_rows(rows)}
     write_report(report, out_dir)
     return report
@@ -352,7 +382,8 @@ def markdown(report: dict) -> str:
              f"{report['clips']} clips × {report['repeats']} rounds, one clip per call. × eager is the ratio of "
              f"medians over rounds alternating with the eager run; × teacher compares with the teacher's own "
              f"earlier rounds (not alternated). PSNR vs eager 'exact' = identical output.")
-    lines = [intro, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [f"Machine: {report.get('machine', 'not recorded')}", "", intro, "", "| " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
     for r in report["rows"]:
         if "skipped" in r:
             cells = [r["model"], str(r["steps"]), r["variant"], f"skipped: {r['skipped']}"]
@@ -367,7 +398,8 @@ def markdown(report: dict) -> str:
 
         spread = (f" ({r['speedup_round_min']:.2f}-{r['speedup_round_max']:.2f})"
                   if r.get("speedup_round_min") is not None else "")
-        cells = [r["model"], str(r["steps"]), r["variant"], r.get("attention") or "-", fmt("latency_ms", ".2f"),
+        variant = r["variant"] + (f" (chose {r['auto_chose']})" if r.get("auto_chose") else "")
+        cells = [r["model"], str(r["steps"]), variant, r.get("attention") or "-", fmt("latency_ms", ".2f"),
                  fmt("eager_paired_ms", ".2f"), fmt("speedup_vs_eager", ".2f") + spread,
                  fmt("speedup_vs_teacher", ".1f"), fmt("psnr_vs_eager", ".1f"), fmt("product_psnr", ".2f"),
                  fmt("build_s", ".1f"), fmt("peak_memory_mb", ".0f"), fmt("model_calls", ".0f")]

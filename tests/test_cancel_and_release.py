@@ -178,7 +178,7 @@ def test_model_is_released_when_comfyui_lets_go_of_it(folders, caplog):
 def test_accelerated_and_onnx_models_release_the_weights_too(folders):
     loaded = run("PVTTLoadModel", model_name=TINY_NAME)[0]
     fast = run("PVTTAccelerate", model=loaded, attention="sdpa", precision="bf16", compile="off", int8="off",
-               token_merging=0.0)[0]
+               token_merging=0.0)["result"][0]
     weights = weakref.ref(next(loaded.model.parameters()))
     del loaded, fast
     gc.collect()

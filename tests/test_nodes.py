@@ -322,7 +322,7 @@ def test_background_preserve_rejects_a_template_of_another_size(sample_inputs):
 
 def test_accelerate_bf16_transfers_like_the_eager_model(model, sample_inputs):
     fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
-               token_merging=0.0)[0]
+               token_merging=0.0)["result"][0]
     assert fast.metadata["acceleration"]["attention_used"] == "decomposed"
     assert psnr(transfer(fast, sample_inputs), transfer(model, sample_inputs)) > 40
 
@@ -337,7 +337,7 @@ def test_accelerate_leaves_the_loaders_cached_model_alone(model, sample_inputs):
 
 def test_accelerating_an_accelerated_model_says_to_connect_the_loader(model):
     fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
-               token_merging=0.0)[0]
+               token_merging=0.0)["result"][0]
     with pytest.raises(ValueError, match="Connect it straight to PVTT Load Model"):
         run("PVTTOnnxRuntime", model=fast, batch_profile="auto")
 
@@ -364,7 +364,7 @@ def test_tensorrt_node_without_cuda_names_the_fix_and_the_fallback(model):
 def test_compare_models_puts_labelled_panels_side_by_side_with_timings(model, sample_inputs):
     template, mask, product = sample_inputs
     fast = run("PVTTAccelerate", model=model, attention="auto", precision="bf16", compile="off", int8="off",
-               token_merging=0.0)[0]
+               token_merging=0.0)["result"][0]
     grid, report = run("PVTTCompareModels", template_video=template, mask=mask, product_image=product, model_a=model,
                        seed=0, model_b=fast)
     frames, height, width, _ = template.shape
