@@ -6,7 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pvtt_train.aligned_warp import aligned_warp, nearest_turn, product_matte, shape_moments
+from pvtt_train.aligned_warp import (
+    aligned_warp,
+    nearest_turn,
+    product_matte,
+    shape_moments,
+)
 from pvtt_train.conditioning import aligned_paste
 
 RED, WHITE = np.array([0.9, 0.1, 0.1], np.float32), np.array([1.0, 1.0, 1.0], np.float32)

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from pvtt_train.sampling.composite import composite, composite_inside, grow_mask, inward_alpha, soft_mask
+from pvtt_train.sampling.composite import (
+    composite,
+    composite_inside,
+    grow_mask,
+    inward_alpha,
+    soft_mask,
+)
 
 
 def dot_mask(size=17, centre=8):

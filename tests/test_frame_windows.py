@@ -1,9 +1,15 @@
 """Overlapping frame windows: the plan covers every frame, and the cross-fade weights sum to 1."""
 
+import itertools
+
 import pytest
 import torch
 
-from pvtt_train.sampling.frame_windows import default_overlap, frame_windows, window_weights
+from pvtt_train.sampling.frame_windows import (
+    default_overlap,
+    frame_windows,
+    window_weights,
+)
 
 
 @pytest.mark.parametrize("frames", range(1, 60))
@@ -18,7 +24,7 @@ def test_plan_covers_every_frame_and_weights_sum_to_one(frames, window, overlap)
         total[start:end] += w
     assert torch.allclose(total, torch.ones(frames), atol=1e-6)
     if len(windows) > 1:  # consecutive windows share at least the asked-for overlap
-        assert all(b[0] <= a[1] - overlap for a, b in zip(windows, windows[1:]))
+        assert all(b[0] <= a[1] - overlap for a, b in itertools.pairwise(windows))
 
 
 def test_33_frames_in_9_frame_windows_cross_fade_linearly():
