@@ -1,8 +1,8 @@
 """One call from designer inputs to a generated clip: the API the ComfyUI nodes and the CLI share.
 
 Inputs may have any size and length. They are resized to the checkpoint's trained resolution,
-processed in windows of its trained frame count (the last window is aligned to the clip's end),
-and the result is resized back, so the caller composites at full resolution.
+processed in overlapping windows of its trained frame count, cross-faded where they overlap
+(``sampling.frame_windows``), and the result is resized back, so the caller composites at full resolution.
 
 A model with a text encoder (Wan-VACE) is prompted like the stock pipeline: the prompt and the
 negative prompt are encoded once (cached) and CFG guides on one against the other; a model
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
+from .sampling.frame_windows import default_overlap, frame_windows, window_weights
 from .sampling.samplers import require_finite, sample_from_metadata
 from .validation import check_output_memory, clip_and_mask, product_photo
 
@@ -44,28 +45,20 @@ def resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode=mode, **kwargs).permute(0, 2, 3, 1)
 
 
-def frame_windows(frames: int, window: int) -> list[tuple[int, int]]:
-    """[start, end) windows of ``window`` frames covering ``frames``; the last is end-aligned."""
-    if frames <= window:
-        return [(0, frames)]
-    starts = list(range(0, frames - window + 1, window))
-    if starts[-1] + window < frames:
-        starts.append(frames - window)
-    return [(s, s + window) for s in starts]
-
-
 @torch.no_grad()
 def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
              steps: int | None = None, seed: int = 0, preserve_background: bool = True,
              callback: Callable[[int, int, torch.Tensor], None] | None = None, prompt: str | None = None,
              negative_prompt: str | None = None, guidance: float | None = None, guidance_mode: str | None = None,
-             text_encoder=None) -> torch.Tensor:
+             text_encoder=None, window_overlap: int | None = None) -> torch.Tensor:
     """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size.
 
     ``reference`` is the product photo [H,W,3] (or an IMAGE batch, whose first image is used).
     ``guidance`` is the CFG scale (None: the checkpoint's); ``guidance_mode`` "prompt" or
     "reference" picks CFG's unconditional branch (None: the checkpoint's); ``text_encoder`` is the
-    Wan-VACE folder holding it when the checkpoint's recorded one has moved.
+    Wan-VACE folder holding it when the checkpoint's recorded one has moved. ``window_overlap`` is the
+    number of frames consecutive windows share and cross-fade (None: ``default_overlap``; 0: windows
+    that only touch, as before).
     """
     template, mask, reference = check_inputs(template, mask, reference)
     check_output_memory(template)
@@ -85,7 +78,11 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
                          f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
     total_frames = template.shape[0]
-    windows = frame_windows(total_frames, window)
+    overlap = default_overlap(window) if window_overlap is None else window_overlap
+    if not 0 <= overlap < window:
+        raise InputError(f"window_overlap {overlap} must be at least 0 and below the model's {window}-frame window")
+    windows = frame_windows(total_frames, window, overlap)
+    weights = window_weights(windows)
     out = torch.zeros(total_frames, h, w, 3)
     generator = torch.Generator().manual_seed(seed)
     for wi, (start, end) in enumerate(windows):
@@ -102,5 +99,6 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         x0 = sample_from_metadata(model, cond, loaded.metadata, steps, generator, preserve_background, step_cb,
                                   guidance, source=loaded.path)
         # The decoder (a VAE) can overflow where the latent did not; the clamp below would keep a NaN.
-        out[start:end] = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
+        decoded = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
+        out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
     return resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)

@@ -1,9 +1,15 @@
-"""Pixel-space compositing with a dilated, feathered mask."""
+"""Pixel-space compositing: the outward grow-and-feather (mask tools, evaluation) and the inward feather (Background Preserve)."""
 
 import pytest
 import torch
 
-from pvtt_train.sampling.composite import composite, grow_mask, soft_mask
+from pvtt_train.sampling.composite import (
+    composite,
+    composite_inside,
+    grow_mask,
+    inward_alpha,
+    soft_mask,
+)
 
 
 def dot_mask(size=17, centre=8):
@@ -94,3 +100,53 @@ def test_grow_then_shrink_a_square_restores_it():
     mask[:, 8:12, 8:12] = 1
     grown = grow_mask(mask, 3)
     assert grown.sum() == 10 * 10 and torch.equal(grow_mask(grown, -3), mask)
+
+
+# ---------------------------------------------------------------- inward feather (Background Preserve)
+
+def square_mask(size=24, lo=6, hi=18):
+    m = torch.zeros(1, size, size)
+    m[:, lo:hi, lo:hi] = 1
+    return m
+
+
+@pytest.mark.parametrize("inset,feather", [(0, 0.0), (2, 1.0), (2, 2.0), (5, 3.0), (64, 32.0)])
+def test_inward_alpha_is_zero_outside_the_mask_and_at_most_the_mask(inset, feather):
+    mask = square_mask()
+    alpha = inward_alpha(mask, inset, feather)
+    assert alpha.shape == mask.shape
+    assert (alpha[mask == 0] == 0).all()
+    assert alpha.min() >= 0 and (alpha <= mask).all()
+
+
+def test_inward_alpha_rises_from_the_edge_to_one_inside():
+    alpha = inward_alpha(square_mask(), inset_px=2, feather_px=1.0)[0, 12]  # a row through the middle
+    assert alpha[5] == 0 and 0 < alpha[6] < 0.1  # just outside: nothing; first inside pixel: nearly nothing
+    assert (alpha[6:11].diff() > 0).all() and (alpha[6:13].diff() >= 0).all()  # rising towards the centre
+    assert alpha[9] > 0.9 and alpha[10] == 1.0  # fully generated 4 pixels in
+
+
+def test_inward_alpha_without_inset_or_feather_is_the_hard_mask():
+    mask = (torch.rand(2, 9, 9, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    assert torch.equal(inward_alpha(mask, 0, 0.0), mask)
+
+
+def test_inward_alpha_negative_parameters_raise():
+    with pytest.raises(ValueError, match=">= 0"):
+        inward_alpha(square_mask(), -1, 1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        inward_alpha(square_mask(), 1, -1.0)
+
+
+@pytest.mark.parametrize("inset,feather", [(2, 1.0), (2, 2.0), (0, 4.0)])
+def test_composite_inside_is_the_template_bit_for_bit_outside_the_mask(inset, feather):
+    g = torch.Generator().manual_seed(1)
+    generated, template = torch.rand(3, 40, 40, 3, generator=g), torch.rand(3, 40, 40, 3, generator=g)
+    mask = square_mask(40, 6, 34).expand(3, -1, -1)
+    out = composite_inside(generated, template, mask, inset, feather)
+    outside = (mask == 0)[..., None].expand_as(out)
+    assert torch.equal(out[outside], template[outside])
+    assert torch.allclose(out[:, 18:22, 18:22], generated[:, 18:22, 18:22], atol=1e-6)  # the middle: generated
+    # The old grow-and-feather composite changes the template outside the mask: what this replaces.
+    old = composite(generated, template, mask, 2, 2.0)
+    assert not torch.equal(old[outside], template[outside])
