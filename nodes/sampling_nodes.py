@@ -53,10 +53,17 @@ class PVTTTemplateTransfer:
                                            "tooltip": "What to steer away from (e.g. blurry, static, watermark): "
                                                       "guidance pushes a teacher's result from this toward the "
                                                       "prompt. Ignored by models without a text encoder."}),
+            "photo_detail": ("BOOLEAN", {"default": True,
+                                         "tooltip": "Add the product photo's fine detail (labels, texture, thin parts), "
+                                                    "warped onto the mask at full resolution, on top of what the model "
+                                                    "renders at its working size (16x16 for the embedded model): the "
+                                                    "model supplies light, shading and blending, the photo the "
+                                                    "detail. No effect when the clip is no larger than the working "
+                                                    "size."}),
         }}
 
     def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background, prompt="",
-                 negative_prompt=""):
+                 negative_prompt="", photo_detail=True):
         from ..pvtt_train.pipeline import transfer
 
         trained = model.sampler.get("steps")
@@ -71,7 +78,7 @@ class PVTTTemplateTransfer:
 
         out = transfer(model, template_video, mask, product_image, steps=steps or None,
                        seed=seed, preserve_background=preserve_background, callback=on_step,
-                       prompt=prompt or None, negative_prompt=negative_prompt or None)
+                       prompt=prompt or None, negative_prompt=negative_prompt or None, photo_detail=photo_detail)
         return (out,)
 
 

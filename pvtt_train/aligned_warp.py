@@ -33,8 +33,10 @@ import numpy as np
 BACKDROP_DISTANCE, CORE_DISTANCE = 0.04, 0.15
 #: Anisotropy (0 = isotropic, 1 = a line) below which second moments give no reliable orientation.
 MIN_ANISOTROPY = 0.08
-#: Output supersampling of the warp (then box-filtered down), as in ``aligned_paste``.
-SUPERSAMPLE = 4
+#: Output supersampling of the warp (then box-filtered down), as in ``aligned_paste``, and the largest
+#: supersampled side: a 1080p frame is warped at 1x (its source is area-shrunk first, so nothing aliases)
+#: rather than at 4x, which would hold half a gigabyte per frame.
+SUPERSAMPLE, MAX_SUPERSAMPLED_SIDE = 4, 1024
 
 
 def backdrop_colour(photo: np.ndarray) -> np.ndarray:
@@ -111,11 +113,11 @@ def similarity(scale: float, turn: float, source: np.ndarray, target: np.ndarray
 def _warp_supersampled(premultiplied: np.ndarray, warp: np.ndarray, height: int, width: int) -> np.ndarray:
     """``premultiplied`` [h, w, 4] through the 2x3 ``warp`` into [height, width, 4], anti-aliased.
 
-    The warp runs at SUPERSAMPLE times the output size and is box-filtered down (as ``aligned_paste``);
-    a photo more than SUPERSAMPLE times larger than its place is first shrunk with an area filter, so
-    no photo pixel is skipped.
+    The warp runs at up to SUPERSAMPLE times the output size (at most MAX_SUPERSAMPLED_SIDE pixels a side,
+    at least 1x) and is box-filtered down (as ``aligned_paste``); a photo more than that many times larger
+    than its place is first shrunk with an area filter, so no photo pixel is skipped.
     """
-    ss = SUPERSAMPLE
+    ss = max(1, min(SUPERSAMPLE, MAX_SUPERSAMPLED_SIDE // max(height, width)))
     scale = math.hypot(*warp[:, 0])
     source = premultiplied
     if scale * ss < 1:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .aligned_warp import aligned_warp
+from .detail_transfer import add_photo_detail
 from .errors import InputError
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
@@ -50,7 +52,8 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
              steps: int | None = None, seed: int = 0, preserve_background: bool = True,
              callback: Callable[[int, int, torch.Tensor], None] | None = None, prompt: str | None = None,
              negative_prompt: str | None = None, guidance: float | None = None, guidance_mode: str | None = None,
-             text_encoder=None, window_overlap: int | None = None) -> torch.Tensor:
+             text_encoder=None, window_overlap: int | None = None,
+             photo_detail: bool = True) -> torch.Tensor:
     """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size.
 
     ``reference`` is the product photo [H,W,3] (or an IMAGE batch, whose first image is used).
@@ -58,7 +61,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     "reference" picks CFG's unconditional branch (None: the checkpoint's); ``text_encoder`` is the
     Wan-VACE folder holding it when the checkpoint's recorded one has moved. ``window_overlap`` is the
     number of frames consecutive windows share and cross-fade (None: ``default_overlap``; 0: windows
-    that only touch, as before).
+    that only touch, as before). ``photo_detail`` adds, inside the mask, the fine detail of the product
+    photo warped onto the mask (``aligned_warp``) that the model's working size cannot hold
+    (``detail_transfer``); it changes nothing when the clip is no larger than the working size.
     """
     template, mask, reference = check_inputs(template, mask, reference)
     check_output_memory(template)
@@ -101,4 +106,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         # The decoder (a VAE) can overflow where the latent did not; the clamp below would keep a NaN.
         decoded = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
         out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
-    return resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)
+    out = resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)
+    if photo_detail and (template.shape[1] > h or template.shape[2] > w):
+        inside = (mask > 0.5).float()
+        warp = torch.from_numpy(aligned_warp(reference.numpy(), inside.numpy()))
+        out = add_photo_detail(out, warp, inside, (h, w))
+    return out

@@ -146,19 +146,22 @@ def test_detail_ratio_of_a_blurred_a_flat_and_an_identical_copy():
 
 
 def test_seams_are_where_the_pipeline_starts_a_new_window():
-    assert hm.seam_starts(33, 9) == [s for s, _ in frame_windows(33, 9)[1:]] == [9, 18, 24]
-    assert hm.seam_starts(9, 9) == []
+    assert frame_windows(33, 9, 0) == [(0, 9), (9, 18), (18, 27), (24, 33)]
+    assert hm.seam_frames(33, 9, overlap=0) == [9, 18, 24, 25, 26, 27]  # the end-aligned window cross-fades too
+    assert frame_windows(33, 9, 3)[:2] == [(0, 9), (6, 15)]
+    assert hm.seam_frames(33, 9)[:4] == [6, 7, 8, 9]  # the default overlap of 3: entering it to leaving it
+    assert hm.seam_frames(9, 9) == []
 
 
 def test_seam_flicker_of_steady_motion_and_of_a_jump_at_the_seam():
-    frames = 20  # windows of 9: [0, 9), [9, 18), [11, 20); seams at frames 9 and 11
+    frames = 18  # windows of 9 that touch: [0, 9), [9, 18); the seam is the step into frame 9
     _, mask = _scene(frames)
     ramp = torch.linspace(0.1, 0.6, frames)[:, None, None, None].expand(frames, 16, 16, 3).clone()
     assert hm.seam_flicker_ratio(ramp, mask, window=9) == pytest.approx(1.0, abs=1e-4)
     jumpy = ramp.clone()
     jumpy[9:] += 0.1  # a jump where the second window starts
     step = 0.5 / (frames - 1)
-    assert hm.seam_flicker_ratio(jumpy, mask, window=9) == pytest.approx((2 * step + 0.1) / 2 / step, rel=1e-4)
+    assert hm.seam_flicker_ratio(jumpy, mask, window=9, overlap=0) == pytest.approx((step + 0.1) / step, rel=1e-4)
     assert math.isnan(hm.seam_flicker_ratio(ramp[:9], mask[:9], window=9))
 
 

@@ -11,17 +11,19 @@ Clips are [F, H, W, 3] tensors in 0..1, masks [F, H, W] (1 = the product region)
   the truth, where the unchanged template's score is the ceiling (the product's anti-aliased rim lies
   just outside the mask).
 - ``seam_flicker_ratio``: mean absolute frame-to-frame change inside the product region at the model's
-  frame-window seams, over the same inside windows. About 1 for smooth motion; above 1 when the clip
+  frame-window seams (the steps across each cross-faded overlap), over the same inside windows. About 1 for smooth motion; above 1 when the clip
   jumps where two windows meet.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import kornia
 import torch
 
-from ..pipeline import frame_windows
 from ..sampling.composite import grow_mask
+from ..sampling.frame_windows import default_overlap, frame_windows
 from . import metrics
 
 DETAIL_ERODE_PX = 2
@@ -61,10 +63,17 @@ def detail_ratio(output: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor,
     return laplacian_energy(output, inner) / truth_energy if truth_energy > 0 else float("nan")
 
 
-def seam_starts(frames: int, window: int) -> list[int]:
-    """Frames where a new window begins (the previous frame came from another window), as the pipeline
-    splits a clip (``pipeline.frame_windows``; its last window is end-aligned and overwrites the overlap)."""
-    return [start for start, _ in frame_windows(frames, window)[1:]]
+def seam_frames(frames: int, window: int, overlap: int | None = None) -> list[int]:
+    """Frames ``t`` whose step in from frame ``t - 1`` crosses from one window to the next, as the
+    pipeline splits a clip (``frame_windows`` with ``overlap``, default ``default_overlap``): with
+    windows that only touch, the first frame of each new window; with a cross-faded overlap, every step
+    from entering the overlap to leaving it."""
+    overlap = default_overlap(window) if overlap is None else overlap
+    windows = frame_windows(frames, window, overlap)
+    seams: set[int] = set()
+    for (_, prev_end), (next_start, _) in itertools.pairwise(windows):
+        seams.update(range(next_start, min(prev_end, frames - 1) + 1))
+    return sorted(seams)
 
 
 def frame_changes(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,9 +83,9 @@ def frame_changes(video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (diff * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1)
 
 
-def seam_flicker_ratio(video: torch.Tensor, mask: torch.Tensor, window: int) -> float:
+def seam_flicker_ratio(video: torch.Tensor, mask: torch.Tensor, window: int, overlap: int | None = None) -> float:
     """Frame change at window seams over frame change inside windows (nan when the clip has no seam)."""
-    seams = seam_starts(video.shape[0], window)
+    seams = seam_frames(video.shape[0], window, overlap)
     if not seams:
         return float("nan")
     changes = frame_changes(video, mask)  # changes[t - 1] is the step into frame t
