@@ -27,7 +27,7 @@ def main(folder: Path, out: Path) -> None:
     teacher = load_model(folder)
     run = RunConfig(batch_size=1, log_every=1, save_every=1, mixed_precision="bf16", ema_decay=0.9)
     stage = StageConfig(name="s", timesteps=(1000, 500), generator_steps=2, critic_ratio=1, lr_student=1e-3,
-                        lr_critic=1e-3, losses=("dmd", "temporal", "background"))
+                        lr_critic=1e-3, losses=("dmd", "background"))
     acc = make_accelerator(run, out, trackers=False)
     inputs = StageInputs(teacher=teacher, real=teacher.model, real_cfg=2.0, student_init=teacher.model,
                          critic_init=teacher.model, data=SyntheticConfig(frames=9, height=32, width=32))
@@ -40,8 +40,8 @@ def main(folder: Path, out: Path) -> None:
             newest.rename(out / newest.name)  # set aside: the resume starts one step earlier
         acc.wait_for_everyone()
         result = train_stage(acc, inputs, stage, run, state_dir, resume, out / f"{name}.log.jsonl", progress=False)
-        report[name] = {"stats": result.stats,
-                        "vae_shared": result.student.vae is teacher.model.vae and result.critic.vae is teacher.model.vae,
+        vae = teacher.model.vae
+        report[name] = {"stats": result.stats, "vae_shared": result.student.vae is vae and result.critic.vae is vae,
                         "student_sharded": any(hasattr(p, "device_mesh") for p in result.student.parameters())}
         if acc.is_main_process:
             save_checkpoint(out / f"{name}.safetensors", result.student, metadata)

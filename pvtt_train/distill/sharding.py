@@ -86,13 +86,14 @@ class Sharding:
                 or bool(getattr(plugin.cpu_offload, "offload_params", False))
             reshard = bool(plugin.reshard_after_forward) if isinstance(plugin.reshard_after_forward, bool) else True
         mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
-        return cls(mesh=mesh, device=acc.device, compute_dtype=half_dtype(acc), offload=offload, reshard_after_forward=reshard)
+        return cls(mesh=mesh, device=acc.device, compute_dtype=half_dtype(acc), offload=offload,
+                   reshard_after_forward=reshard)
 
-    def _kwargs(self, offload: bool) -> dict:
+    def _kwargs(self, offload: bool, cast: bool = True) -> dict:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
         policy = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32) \
-            if self.compute_dtype is not None else MixedPrecisionPolicy()
+            if self.compute_dtype is not None and cast else MixedPrecisionPolicy()
         return {"mesh": self.mesh, "mp_policy": policy, "reshard_after_forward": self.reshard_after_forward,
                 "offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy()}
 
@@ -111,15 +112,17 @@ class Sharding:
             module.to(self.device)
         replace_parameters_outside(model, frozen, self.device, None)
 
-    def shard_frozen(self, model: torch.nn.Module, device, dtype: torch.dtype | None) -> None:
+    def shard_frozen(self, model: torch.nn.Module, device, dtype: torch.dtype | None, keep_fp32: set) -> None:
         """Shard a frozen copy's denoiser in place, unit by unit, casting each unit to ``dtype`` on ``device``
-        first: a unit is whole on the device only while it is sharded (never the whole model)."""
+        first (``keep_fp32``: ids of parameters that stay fp32): a unit is whole on the device only while it
+        is sharded (never the whole model). Computed in the dtypes it is stored in, as a half-precision
+        inference pipeline runs it; it is small once sharded, so it stays on the device (no offload)."""
         from torch.distributed.fsdp import fully_shard
 
-        kwargs = self._kwargs(False)  # the frozen teacher is small once sharded: it stays on the device
+        kwargs = self._kwargs(False, cast=False)
         denoiser = getattr(model, model.denoiser_attr)
         for unit in [*denoiser_units(denoiser), denoiser]:
-            _replace_parameters(unit, device, dtype)
+            _replace_parameters(unit, device, dtype, keep_fp32)
             fully_shard(unit, **kwargs)
 
     @staticmethod
@@ -132,7 +135,20 @@ class Sharding:
                              f"run it without FSDP (plain `accelerate launch` or one process): it is small")
 
 
-def _replace_parameters(module: torch.nn.Module, device, dtype: torch.dtype | None) -> None:
+def _frozen_parameter(p: torch.Tensor, device, dtype: torch.dtype | None, keep_fp32: set) -> torch.nn.Parameter:
+    cast = dtype if dtype is not None and id(p) not in keep_fp32 else p.dtype
+    return torch.nn.Parameter(p.detach().to(device=device, dtype=cast), requires_grad=False)
+
+
+def keep_in_fp32(model: torch.nn.Module) -> set:
+    """Ids of the denoiser's parameters diffusers keeps in fp32 when it loads a model in half precision
+    (``_keep_in_fp32_modules``: Wan's norms, time embedder, modulation tables)."""
+    denoiser = getattr(model, model.denoiser_attr)
+    keep = set(getattr(denoiser, "_keep_in_fp32_modules", None) or ())
+    return {id(p) for name, p in denoiser.named_parameters() if keep & set(name.split("."))}
+
+
+def _replace_parameters(module: torch.nn.Module, device, dtype: torch.dtype | None, keep_fp32: set) -> None:
     """Give ``module`` its own copies of the parameters it holds directly or through submodules not yet
     sharded, frozen, on ``device`` and in ``dtype`` (None: unchanged); the originals are left as they are."""
     from torch.distributed.fsdp import FSDPModule
@@ -142,8 +158,7 @@ def _replace_parameters(module: torch.nn.Module, device, dtype: torch.dtype | No
             return  # already sharded, with its own copies
         for name, p in list(m._parameters.items()):
             if p is not None:
-                m._parameters[name] = torch.nn.Parameter(p.detach().to(device=device, dtype=dtype or p.dtype),
-                                                         requires_grad=False)
+                m._parameters[name] = _frozen_parameter(p, device, dtype, keep_fp32)
         for name, b in list(m._buffers.items()):
             if b is not None:
                 m._buffers[name] = b.to(device)
@@ -157,7 +172,8 @@ def frozen_teacher(model: torch.nn.Module, device, dtype: torch.dtype | None, sh
     """The frozen real score for a stage: ``model`` itself in full precision without sharding (moved to
     ``device``, as before), else a copy whose weights are cast to ``dtype`` (the half dtype under mixed
     precision, as diffusers' training scripts keep frozen models) and whose denoiser is sharded (FSDP) or
-    whole on ``device``. The copy shares the original's frozen modules; the original keeps its weights."""
+    whole on ``device``. The copy shares the original's frozen modules; the original keeps its weights.
+    What diffusers keeps in fp32 in a half-precision model (``keep_in_fp32``) stays fp32."""
     if sharding is None and dtype is None:
         return model.to(device).eval().requires_grad_(False)
     # Copies the module structure and buffers; the parameters stay the original's until replaced.
@@ -167,13 +183,15 @@ def frozen_teacher(model: torch.nn.Module, device, dtype: torch.dtype | None, sh
     teacher = copy.deepcopy(model, memo)
     for module in frozen.values():
         module.to(device)
+    keep = keep_in_fp32(teacher)
     if sharding is not None:
-        sharding.shard_frozen(teacher, device, dtype)
-    replace_parameters_outside(teacher, frozen, device, dtype)
+        sharding.shard_frozen(teacher, device, dtype, keep)
+    replace_parameters_outside(teacher, frozen, device, dtype, keep)
     return teacher.eval().requires_grad_(False)
 
 
-def replace_parameters_outside(model: torch.nn.Module, frozen: dict, device, dtype) -> None:
+def replace_parameters_outside(model: torch.nn.Module, frozen: dict, device, dtype,
+                               keep_fp32: set = frozenset()) -> None:
     """Frozen copies on ``device`` (cast to ``dtype``, None: unchanged) of the parameters outside the frozen
     modules that are not sharded (a fixed context), and the buffers moved there; frozen modules stay shared."""
     skip = {id(m) for m in frozen.values()}
@@ -183,8 +201,7 @@ def replace_parameters_outside(model: torch.nn.Module, frozen: dict, device, dty
             return
         for name, p in list(m._parameters.items()):
             if p is not None and not hasattr(p, "device_mesh"):
-                m._parameters[name] = torch.nn.Parameter(p.detach().to(device=device, dtype=dtype or p.dtype),
-                                                         requires_grad=False)
+                m._parameters[name] = _frozen_parameter(p, device, dtype, keep_fp32)
         for name, b in list(m._buffers.items()):
             if b is not None:
                 m._buffers[name] = b.to(device)
