@@ -36,7 +36,7 @@ def main(folder: Path, out: Path) -> None:
     report = {"rank": acc.process_index}
     for name, resume in (("straight", False), ("resumed", True)):
         if resume and acc.is_main_process:
-            newest = sorted(state_dir.glob("state-*.safetensors"))[-1]
+            newest = max(state_dir.glob("state-*.safetensors"))
             newest.rename(out / newest.name)  # set aside: the resume starts one step earlier
         acc.wait_for_everyone()
         result = train_stage(acc, inputs, stage, run, state_dir, resume, out / f"{name}.log.jsonl", progress=False)

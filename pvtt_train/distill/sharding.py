@@ -73,7 +73,7 @@ class Sharding:
     reshard_after_forward: bool = True
 
     @classmethod
-    def of(cls, acc) -> "Sharding | None":
+    def of(cls, acc) -> Sharding | None:
         if not fsdp_enabled(acc):
             return None
         from torch.distributed.device_mesh import init_device_mesh
@@ -90,7 +90,11 @@ class Sharding:
                    reshard_after_forward=reshard)
 
     def _kwargs(self, offload: bool, cast: bool = True) -> dict:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+        )
 
         policy = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32) \
             if self.compute_dtype is not None and cast else MixedPrecisionPolicy()
@@ -250,7 +254,10 @@ def load_model_state(model: torch.nn.Module, state: dict, sharding: Sharding | N
     if sharding is None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
 
         missing, unexpected = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True,
                                                                                           strict=False))
