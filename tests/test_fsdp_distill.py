@@ -89,3 +89,21 @@ def test_mixed_precision_keeps_a_half_precision_teacher_copy(tmp_path):
     assert all(state[k].dtype == torch.float32 and torch.equal(state[k], v) for k, v in original.items())
     # Full precision without sharding: the teacher itself, as before (the fp32 path is unchanged).
     assert frozen_teacher(model, "cpu", None, None) is model
+
+
+def test_a_kept_critic_is_restored_from_a_state_without_the_vae(tmp_path):
+    """Training states leave the frozen VAE out (it is the teacher's); a finished stage's critic
+    (critic_init 'keep') is rebuilt from one with the teacher's VAE."""
+    from pvtt_train.distill.progressive import _final_critic
+    from pvtt_train.distill.sharding import model_state
+    from pvtt_train.distill.state import load_state, save_state
+
+    teacher = load_model(make_wan_vace_folder(tmp_path / "wan")).model
+    critic, params = trainable_copy(teacher, "cpu")
+    with torch.no_grad():
+        params[0].add_(1.0)
+    path = save_state(tmp_path / "state", 1, {"critic": model_state(critic, None)})
+    assert not any(k.startswith("vae.") for k in load_state(path)["critic"])
+    restored = _final_critic(tmp_path / "state", teacher)
+    assert restored.vae is teacher.vae
+    assert all(torch.equal(v, critic.state_dict()[k]) for k, v in restored.state_dict().items())
