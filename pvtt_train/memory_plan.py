@@ -30,9 +30,10 @@ Tokens are ``latent frames x (H / (s * p_h)) x (W / (s * p_w))`` with the VAE's 
 ``s`` and the transformer patch ``p``; Wan-VACE adds one latent frame for the product reference.
 For the embedded pixel-space model ``s`` is 1.
 
-``distill`` runs the same plan for the trainer as it is built (``TRAINER_AS_BUILT``: the teacher
-is replicated on every GPU in the loaded dtype, and the EMA is a full fp32 copy on every GPU) and
-refuses a configuration that does not fit, naming the settings that would.
+``distill`` runs the same plan for the trainer as it is built (``trainer_as_built``: under FSDP the
+teacher, in the half dtype under mixed precision, and the EMA are sharded; under DDP both are whole
+on every GPU) and refuses a configuration that does not fit, naming the settings that would. The
+frozen VAE is one copy in the loaded dtype (fp32), shared by teacher, student and critic.
 """
 
 from __future__ import annotations
@@ -47,10 +48,18 @@ HALF = ("bf16", "fp16")
 #: Placements of the teacher and the EMA copy.
 PLACEMENTS = ("sharded", "replicated", "cpu")
 EMA_PLACEMENTS = (*PLACEMENTS, "off")
-#: What pvtt_train.distill.trainer does today: the teacher is not given to ``accelerator.prepare``
-#: (so FSDP does not shard it) and keeps the dtype it was loaded in; diffusers' EMAModel clones the
-#: student's parameters in fp32 on the GPU before FSDP shards them.
-TRAINER_AS_BUILT = {"teacher": "replicated", "teacher_half": False, "ema": "replicated"}
+
+
+def trainer_as_built(strategy: str, mixed_precision: str, offload: bool = False) -> dict:
+    """Where pvtt_train.distill.trainer puts the teacher and the EMA (``distill.sharding``): under FSDP the
+    frozen teacher is sharded like the student and the EMA is made over each rank's shards (in host RAM
+    with parameter offload, where the shards are); under DDP or one process both are whole on every GPU.
+    Under mixed precision the frozen teacher is kept in the half dtype."""
+    fsdp = strategy == "fsdp"
+    return {"teacher": "sharded" if fsdp else "replicated", "teacher_half": mixed_precision in HALF,
+            "ema": ("cpu" if offload else "sharded") if fsdp else "replicated"}
+
+
 ALLOWANCE_FIXED = 2 * GIB
 ALLOWANCE_SHARE = 0.05
 
@@ -397,7 +406,7 @@ class Planner:
         ema = 4 * p
         gpu["ema"], host["ema"] = {"sharded": (ema / shard, 0), "replicated": (ema, 0), "cpu": (0, ema / shard),
                                    "off": (0, 0)}[s.ema]
-        gpu["vae"] = c.vae * (2 if half else 4)
+        gpu["vae"] = c.vae * 4  # one fp32 copy, shared by teacher, student and critic
         half_bytes = 2 if half else 4
         if fsdp:
             gpu["working_buffers"] = (2 * c.largest_block + c.root) * half_bytes + c.largest_block * 4

@@ -20,15 +20,17 @@ def memory_size(text: str) -> int:
 
 def cmd_plan(args) -> None:
     from .errors import InputError
-    from .memory_plan import Planner, Setup, format_plan, model_spec
+    from .memory_plan import Planner, Setup, format_plan, model_spec, trainer_as_built
 
     if args.strategy == "fsdp" and args.gpus == 1:
         raise InputError("--strategy fsdp with --gpus 1 shards nothing; give the number of GPUs, e.g. --gpus 8")
     planner = Planner(model_spec(args.model))
+    built = trainer_as_built(args.strategy, args.mixed_precision, args.offload)  # what distill builds
     setup = Setup(gpus=args.gpus, gpu_memory=args.gpu_memory, strategy=args.strategy,
                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
                   batch_size=args.batch_size, frames=args.frames, height=args.height, width=args.width,
-                  teacher=args.teacher, teacher_half=True, ema=args.ema, offload=args.offload,
+                  teacher=args.teacher or built["teacher"], teacher_half=built["teacher_half"],
+                  ema=args.ema or built["ema"], offload=args.offload,
                   regression=not args.no_regression, pixel_losses=not args.no_pixel_losses)
     plan = planner.plan(setup)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
@@ -55,22 +57,23 @@ def distributed_setup(gpu_memory: int | None = None) -> dict:
 def check_distill_memory(teacher: str, stages, run) -> None:
     """Refuse, before any weight is loaded, a distillation whose plan does not fit the devices.
 
-    Plans the trainer as it is built (``memory_plan.TRAINER_AS_BUILT``) at the teacher's clip size."""
+    Plans the trainer as it is built (``memory_plan.trainer_as_built``) at the teacher's clip size."""
     import torch
 
     from .errors import InputError
-    from .memory_plan import TRAINER_AS_BUILT, Planner, Setup, model_spec, refusal
+    from .memory_plan import Planner, Setup, model_spec, refusal, trainer_as_built
 
     mixed = run.mixed_precision
     if mixed is None:  # accelerate's own setting (its config file or ACCELERATE_MIXED_PRECISION) decides
         mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     losses = {loss for s in stages for loss in s.losses}
     env = distributed_setup()
+    built = trainer_as_built(env["strategy"], mixed, env["offload"])
     setup = Setup(**env, mixed_precision=mixed, gradient_checkpointing=run.gradient_checkpointing,
                   batch_size=run.batch_size, regression="regression" in losses,
                   pixel_losses=bool(losses & {"temporal", "identity", "perceptual"}),
-                  ema="off" if run.ema_decay <= 0 else TRAINER_AS_BUILT["ema"],
-                  teacher=TRAINER_AS_BUILT["teacher"], teacher_half=TRAINER_AS_BUILT["teacher_half"])
+                  ema="off" if run.ema_decay <= 0 else built["ema"], teacher=built["teacher"],
+                  teacher_half=built["teacher_half"])
     plan = Planner(model_spec(str(teacher))).plan(setup)
     if not plan.fits:
         device = "GPU" if torch.cuda.is_available() else "CPU (available RAM)"
@@ -95,10 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=whole(1), default=None, help="clip frames; default: the model's (81 for Wan)")
     p.add_argument("--height", type=whole(16), default=None, help="clip height; default: the model's")
     p.add_argument("--width", type=whole(16), default=None, help="clip width; default: the model's")
-    p.add_argument("--teacher", choices=("sharded", "replicated", "cpu"), default="sharded",
-                   help="frozen teacher: sharded by FSDP (replicated under DDP), a full copy per GPU, or on CPU")
-    p.add_argument("--ema", choices=("sharded", "replicated", "cpu", "off"), default="sharded",
-                   help="the student's EMA copy: sharded by FSDP (replicated under DDP), per GPU, on CPU, or none")
+    p.add_argument("--teacher", choices=("sharded", "replicated", "cpu"), default=None,
+                   help="frozen teacher: sharded by FSDP (replicated under DDP), a full copy per GPU, or on CPU; "
+                        "default: as distill builds it (sharded under FSDP, in bf16 under mixed precision)")
+    p.add_argument("--ema", choices=("sharded", "replicated", "cpu", "off"), default=None,
+                   help="the student's EMA copy: sharded by FSDP (replicated under DDP), per GPU, on CPU, or none; "
+                        "default: as distill builds it (sharded under FSDP, in host RAM with --offload)")
     p.add_argument("--offload", action="store_true",
                    help="FSDP parameter offload: sharded weights, gradients and AdamW states in host RAM")
     p.add_argument("--no-regression", action="store_true", help="plan without the regression loss's student call")

@@ -182,3 +182,26 @@ def test_accelerate_mixed_precision_survives_the_cli_default(monkeypatch, tmp_pa
         assert make_accelerator(_progressive_from_args(explicit)[1], tmp_path, trackers=False).mixed_precision == "no"
     finally:
         AcceleratorState._reset_state(True)
+
+
+def test_plan_defaults_to_the_trainer_as_built_per_strategy(capsys):
+    """`plan` without --teacher/--ema plans what distill builds (``trainer_as_built``, the pre-check's setup):
+    FSDP shards the bf16 teacher and the EMA (in host RAM with offload); DDP keeps both whole per GPU."""
+    import json
+
+    from pvtt_train.__main__ import main
+
+    def setup(*flags):
+        main(["plan", "--model", "wan2.1-vace-1.3b", "--gpus", "8", "--gradient-checkpointing", "--no-pixel-losses",
+              "--json", *flags])
+        plan = json.loads(capsys.readouterr().out)
+        return plan, {k: plan["setup"][k] for k in ("teacher", "teacher_half", "ema")}
+
+    fsdp, built = setup("--strategy", "fsdp")
+    assert built == {"teacher": "sharded", "teacher_half": True, "ema": "sharded"} and fsdp["fits"]
+    assert fsdp["gpu"]["teacher"] == pytest.approx(2 * fsdp["parameters"]["trainable"] / 8, rel=0.01)
+    assert fsdp["gpu"]["ema"] == pytest.approx(4 * fsdp["parameters"]["trainable"] / 8, rel=0.01)
+    assert fsdp["gpu"]["vae"] == 4 * fsdp["parameters"]["vae"]  # one shared fp32 VAE
+    assert setup("--strategy", "fsdp", "--offload")[1]["ema"] == "cpu"
+    assert setup("--strategy", "ddp")[1] == {"teacher": "replicated", "teacher_half": True, "ema": "replicated"}
+    assert setup("--strategy", "ddp", "--mixed-precision", "no")[1]["teacher_half"] is False

@@ -42,6 +42,7 @@ from .config import RunConfig, StageConfig, check_config
 from .gates import GateEvaluator, GateFailed, as_few_step, check_gate
 from .regression import TrajectoryCache
 from .report import teacher_as_few_step
+from .sharding import load_model_state, shared_copy
 from .signature import check_signature, run_signature, teacher_fingerprint
 from .state import load_state, state_files
 from .trainer import StageInputs, student_schedule, train_stage
@@ -343,15 +344,14 @@ def _keeps_critic(stages: list[StageConfig], index: int) -> bool:
 
 
 def _final_critic(stage_state: Path, like: torch.nn.Module) -> torch.nn.Module:
-    """The critic of a finished stage, from its last training state."""
-    import copy
-
+    """The critic of a finished stage, from its last training state (which leaves out the frozen VAE: the
+    critic shares ``like``'s)."""
     saved = state_files(stage_state)
     if not saved:
         raise CheckpointError(f"no training state in {stage_state} to take the critic from (critic_init 'keep'); "
                               f"rerun that stage or use critic_init 'teacher'.")
-    critic = copy.deepcopy(like)
-    critic.load_state_dict(load_state(saved[-1])["critic"])
+    critic = shared_copy(like)
+    load_model_state(critic, load_state(saved[-1])["critic"], None)
     return critic
 
 

@@ -1,4 +1,4 @@
-"""One DMD2 distillation stage, single-process or under ``accelerate launch`` (DDP).
+"""One DMD2 distillation stage, single-process or under ``accelerate launch`` (DDP, or FSDP: ``sharding.py``).
 
 Per optimizer step of the critic (an *iteration*) the student is rolled out by backward
 simulation: the inference sampler runs to an exit step drawn from a generator shared by all
@@ -17,7 +17,6 @@ is saved atomically every ``save_every`` student steps and restored exactly by `
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -42,6 +41,23 @@ from .adversarial import (
 from .config import RunConfig, StageConfig
 from .dmd import background_loss, critic_loss, dmd_loss
 from .regression import TrajectoryCache, regression_loss
+from .sharding import (
+    Sharding,
+    clip_grad_norm,
+    ema_state,
+    frozen_modules,
+    frozen_teacher,
+    half_dtype,
+    load_ema_state,
+    load_model_state,
+    load_optimizer_state,
+    model_bytes,
+    model_state,
+    optimizer_state,
+    resident_bytes,
+    shared_copy,
+    unsharded,
+)
 from .signature import check_signature, run_signature, saved_signature
 from .state import load_newest_state, rotate_states, save_state
 from .temporal import FlowCache, temporal_loss
@@ -156,13 +172,20 @@ def _trim_log(log_path: Path, g_steps: int) -> None:
 
 
 def trainable_copy(model: torch.nn.Module, device) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
-    """A training copy of ``model`` and the parameters training may update (``model.trainable_parameters()``).
+    """A training copy of ``model`` (on ``device``; None: where ``model`` is) and the parameters training may
+    update (``model.trainable_parameters()``).
 
     Everything else (a Wan VAE, a fixed prompt context) is frozen: ``requires_grad`` False, so it
     is in no optimizer, EMA or gradient clip, and pixel-space losses backpropagate through the
-    decoder without updating it.
+    decoder without updating it. Frozen modules (the VAE) are not copied: the copy uses ``model``'s own
+    (``sharding.shared_copy``), kept in eval mode.
     """
-    copy_ = copy.deepcopy(model).to(device).train().requires_grad_(False)
+    copy_ = shared_copy(model)
+    if device is not None:
+        copy_.to(device)
+    copy_.train().requires_grad_(False)
+    for module in frozen_modules(copy_).values():
+        module.eval()
     params = list(copy_.trainable_parameters())
     for p in params:
         p.requires_grad_(True)
@@ -191,25 +214,43 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     s_schedule = student_schedule(schedule, stage)
     sigmas = s_schedule.student_sigmas(stage.timesteps)
 
-    student, student_params = trainable_copy(inputs.student_init, acc.device)
-    critic, critic_params = trainable_copy(inputs.critic_init, acc.device)
+    # Under FSDP (``sharding``) the copies stay where their source is until ``fully_shard`` moves them to
+    # the device one transformer block at a time.
+    sharding = Sharding.of(acc)
+    student, student_params = trainable_copy(inputs.student_init, acc.device if sharding is None else None)
+    critic, critic_params = trainable_copy(inputs.critic_init, acc.device if sharding is None else None)
     if run.gradient_checkpointing:
         student.enable_gradient_checkpointing()
         critic.enable_gradient_checkpointing()
+    if sharding is not None:
+        sharding.shard_trainable(student)
+        sharding.shard_trainable(critic)
+        # fully_shard replaces the parameters with sharded ones: the optimizers take those.
+        student_params = [p for p in student.parameters() if p.requires_grad]
+        critic_params = [p for p in critic.parameters() if p.requires_grad]
     head, opt_d = _make_discriminator(critic, stage)
     opt_g = torch.optim.AdamW(student_params, lr=stage.lr_student, weight_decay=0.0)
     opt_c = torch.optim.AdamW(critic_params, lr=stage.lr_critic, betas=stage.critic_betas, weight_decay=0.0)
-    ema = EMAModel(student_params, decay=run.ema_decay) if run.ema_decay > 0 else None
     # The discriminator head is small and used through the critic's hooked features, so it is not
     # DDP-wrapped; its gradients are averaged across ranks by hand before each step.
-    student_w, critic_w, opt_g, opt_c = acc.prepare(student, critic, opt_g, opt_c)
+    if sharding is None:
+        student_w, critic_w, opt_g, opt_c = acc.prepare(student, critic, opt_g, opt_c)
+    else:
+        student_w, critic_w = student, critic
+        opt_g, opt_c = acc.prepare(opt_g, opt_c)
     # A sharding wrapper may replace parameter objects; what clipping and EMA see is re-read from the module.
     student_params = [p for p in student.parameters() if p.requires_grad]
     critic_params = [p for p in critic.parameters() if p.requires_grad]
+    # Made after sharding, the EMA copies each rank's own shards (under DDP, the whole student as before).
+    ema = EMAModel(student_params, decay=run.ema_decay) if run.ema_decay > 0 else None
     if head is not None:
         head.to(acc.device)
     routed_student, routed_critic = Routed(student_w, student), Routed(critic_w, critic)
-    real = inputs.real.to(acc.device).eval().requires_grad_(False)
+    # The frozen real score: in the half dtype under mixed precision, sharded under FSDP (``frozen_teacher``).
+    real = frozen_teacher(inputs.real, acc.device, half_dtype(acc), sharding)
+    # What this rank holds of each copy (shards only, under FSDP), for the stage's statistics.
+    resident = {"teacher": model_bytes(real), "student": model_bytes(student), "critic": model_bytes(critic),
+                "ema": resident_bytes(ema.shadow_params) if ema is not None else 0}
     stream = training_stream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
     flows = FlowCache()
     if signature is None:
@@ -222,15 +263,15 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     if saved:
         saved_path, state = newest
         check_signature(saved_signature(state.get("signature")), signature, f"training state {saved_path}")
-        student.load_state_dict(state["student"])
-        critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_c.load_state_dict(state["opt_c"])
+        load_model_state(student, state["student"], sharding)
+        load_model_state(critic, state["critic"], sharding)
+        load_optimizer_state(student, opt_g, state["opt_g"], sharding)
+        load_optimizer_state(critic, opt_c, state["opt_c"], sharding)
         if head is not None:
             head.load_state_dict(state["head"])
             opt_d.load_state_dict(state["opt_d"])
         if ema is not None:
-            ema.load_state_dict(state["ema"])
+            load_ema_state(ema, state["ema"], student_params, sharding)
         _set_rng(state["rng"][rank], gen)
         sync_gen.set_state(state["sync_rng"])
         stream.position = state["stream_position"]
@@ -241,14 +282,19 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
 
     def save_state_now():
         rng = _gathered_rng(acc, gen)
+        # Sharded, gathering the whole state is collective: every rank takes part, the main process saves it.
+        models = {}
+        if acc.is_main_process or sharding is not None:
+            models = {"student": model_state(student, sharding), "critic": model_state(critic, sharding),
+                      "opt_g": optimizer_state(student, opt_g, sharding),
+                      "opt_c": optimizer_state(critic, opt_c, sharding),
+                      "ema": ema_state(ema, sharding, acc.is_main_process) if ema is not None else None}
         if acc.is_main_process:
             save_state(state_dir, g_steps, {
-                "signature": json.dumps(signature, sort_keys=True),
-                "student": student.state_dict(), "critic": critic.state_dict(),
+                "signature": json.dumps(signature, sort_keys=True), **models,
                 "head": head.state_dict() if head is not None else None,
-                "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(),
                 "opt_d": opt_d.state_dict() if opt_d is not None else None,
-                "ema": ema.state_dict() if ema is not None else None, "rng": rng, "sync_rng": sync_gen.get_state(),
+                "rng": rng, "sync_rng": sync_gen.get_state(),
                 "stream_position": stream.position, "g_steps": g_steps, "iteration": iteration,
                 "skipped": skipped, "skipped_critic": skipped_critic, "seconds": time.monotonic() - start,
             }, keep=run.keep_states)
@@ -337,7 +383,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
             finite_g, finite_c = _all_ranks(acc, finite_g), _all_ranks(acc, finite_c)
             if generator_turn:
                 if finite_g:
-                    g_norm = acc.clip_grad_norm_(student_params, run.grad_clip)
+                    g_norm = clip_grad_norm(acc, student_params, run.grad_clip, sharding)
                     opt_g.step()
                     if ema is not None:
                         ema.step(student_params)
@@ -366,7 +412,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     if p.grad is not None:
                         p.grad = acc.reduce(p.grad, "mean")
             if finite_c:
-                c_norm = acc.clip_grad_norm_(critic_params, run.grad_clip)
+                c_norm = clip_grad_norm(acc, critic_params, run.grad_clip, sharding)
                 opt_c.step()
                 if opt_d is not None:
                     opt_d.step()
@@ -408,11 +454,14 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
     deferred_stop.raise_if_pending()  # a signal after the last step's check: the stage's end is saved
     if ema is not None:
         ema.copy_to(student_params)
+    if sharding is not None:  # what a stage hands on (export, gates, the next stage): whole models, on CPU
+        student, critic = unsharded(student, inputs.student_init), unsharded(critic, inputs.critic_init)
     spread = _rank_spread(acc, student)
     if spread > 1e-5:
         raise DistillationAborted(f"stage {stage.name}: the student's weights differ across the {world} processes "
                                   f"(max checksum spread {spread:.3g}); gradients were not synchronised.")
     stats = {"rank_weight_spread": spread, "generator_steps": g_steps, "iterations": iteration, "skipped_steps": skipped,
              "skipped_critic_steps": skipped_critic, "train_seconds": round(time.monotonic() - start, 1),
-             "real_cfg": inputs.real_cfg, "processes": world}
+             "real_cfg": inputs.real_cfg, "processes": world, "sharded": sharding is not None,
+             "resident_bytes": resident}
     return StageResult(student=student.eval(), critic=critic, stats=stats)
