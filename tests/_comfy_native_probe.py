@@ -4,6 +4,10 @@ runs ComfyUI (the rig's venv), which holds ComfyUI's dependencies that PVTT's te
 ``python _comfy_native_probe.py COMFYUI lora MODEL LORA OUT``: ``comfy.sd.load_diffusion_model`` on MODEL,
 then ``comfy.lora`` on LORA exactly as LoraLoaderModelOnly applies it; writes the patched weights to OUT
 and prints a JSON report (detected model class, LoRA keys ComfyUI did not load, weights patched).
+
+``python _comfy_native_probe.py COMFYUI core_schemas NODE...``: the input and output schema of ComfyUI's own
+nodes, as ``tests/comfy_core_nodes.json`` records them for the workflow lint (model-file dropdowns
+reduced to their folder).
 """
 
 from __future__ import annotations
@@ -55,8 +59,41 @@ def lora(model_path: str, lora_path: str, out: str) -> dict:
             "patched": sorted(k[len("diffusion_model."):] for k in accepted)}
 
 
+#: Dropdowns of core nodes that list model files, by the models/ folder they list.
+MODEL_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("LoraLoaderModelOnly", "lora_name"): "loras",
+                 ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae"}
+#: Option keys the workflow lint reads.
+LINT_OPTIONS = ("default", "min", "max", "control_after_generate", "forceInput")
+
+
+def core_schemas(*names: str) -> dict:
+    import asyncio
+
+    import nodes
+
+    asyncio.run(nodes.init_builtin_extra_nodes())
+    schemas = {}
+    for name in names:
+        node = nodes.NODE_CLASS_MAPPINGS[name]
+        spec = node.INPUT_TYPES()
+        schema = {}
+        for group in ("required", "optional"):
+            schema[group] = {}
+            for input_name, (kind, *rest) in spec.get(group, {}).items():
+                options = rest[0] if rest else {}
+                if kind == "COMBO":  # V3 nodes list a dropdown's values in its options
+                    kind = list(options["options"])
+                if (name, input_name) in MODEL_FOLDERS:
+                    kind, options = [], {"model_folder": MODEL_FOLDERS[name, input_name]}
+                schema[group][input_name] = [kind, {k: v for k, v in options.items() if k in LINT_OPTIONS + (
+                    "model_folder",)}]
+        schema["return_types"] = list(node.RETURN_TYPES)
+        schemas[name] = schema
+    return schemas
+
+
 if __name__ == "__main__":
     comfy_dir, command, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     import_comfy(comfy_dir)
-    report = {"lora": lora}[command](*args)
+    report = {"lora": lora, "core_schemas": core_schemas}[command](*args)
     print("PROBE " + json.dumps(report))
