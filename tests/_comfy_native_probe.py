@@ -99,10 +99,14 @@ def graph(pack_root: str, model_path: str, vae_path: str, inputs_path: str, out:
     import comfy.utils
     import torch
     from comfy.k_diffusion.sampling import sample_lcm
-    from comfy_extras.nodes_custom_sampler import Noise_RandomNoise, SamplerCustomAdvanced
+    from comfy_extras.nodes_custom_sampler import (
+        Noise_RandomNoise,
+        SamplerCustomAdvanced,
+    )
     from comfy_extras.nodes_wan import TrimVideoLatent
-    from nodes import VAEDecode
     from safetensors.torch import load_file, save_file
+
+    from nodes import VAEDecode
 
     pack = _import_pack(pack_root)
     nodes = pack.NODE_CLASS_MAPPINGS
@@ -131,7 +135,8 @@ def graph(pack_root: str, model_path: str, vae_path: str, inputs_path: str, out:
     plain = {}
     for name, sampler in (("lcm", comfy.samplers.KSAMPLER(sample_lcm)),
                           ("few_step_plain", nodes["PVTTFewStepSampler"]().sampler(False, False, reinjection)[0])):
-        plain[name] = SamplerCustomAdvanced().sample(Noise_RandomNoise(7), guider, sampler, sigmas, latent)[0]["samples"]
+        plain[name] = SamplerCustomAdvanced().sample(Noise_RandomNoise(7), guider, sampler, sigmas,
+                                                     latent)[0]["samples"]
     save_file({"native": trimmed["samples"].float().contiguous(), "frames": frames.float().contiguous(),
                **{k: v.float().contiguous() for k, v in plain.items()}}, out)
     return {"trim": trim, "model_class": type(patcher.model).__name__,

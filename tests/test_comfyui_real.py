@@ -7,8 +7,9 @@ or refreshed with comfyrig's ``setup.sh``) or a rig ``setup.sh`` already built (
 (default 8190) and stopped afterwards; the screenshot and the frontend's API prompt are kept in
 ``out/comfyui_real/``.
 
-Every workflow in ``workflows/`` but the native Wan-VACE ones (``test_comfyui_native_real.py``) is loaded and run. They load the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the
-pack registers as a second ``pvtt`` model folder.
+Every workflow in ``workflows/`` but the native Wan-VACE ones (``test_comfyui_native_real.py``) is loaded and
+run. They load the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the pack registers
+as a second ``pvtt`` model folder.
 """
 
 from __future__ import annotations
