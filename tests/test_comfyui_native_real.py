@@ -26,7 +26,13 @@ from pathlib import Path
 
 import pytest
 from _comfy_pack import ROOT
-from _native_fixtures import Z16_VAE, comfy_shaped_model, full_wan21_vae, perturbed_student, save_pair
+from _native_fixtures import (
+    Z16_VAE,
+    comfy_shaped_model,
+    full_wan21_vae,
+    perturbed_student,
+    save_pair,
+)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "ComfyUI" / "main.py").is_file(),
