@@ -16,18 +16,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from _native_fixtures import STUDENT_SHIFT, STUDENT_TIMESTEPS, comfy_shaped_model, perturbed_student, save_pair
-from safetensors.torch import load_file
+from _comfy_pack import ROOT
+from _native_fixtures import (
+    STUDENT_SHIFT,
+    STUDENT_TIMESTEPS,
+    Z16_VAE,
+    comfy_shaped_model,
+    full_wan21_vae,
+    perturbed_student,
+    save_pair,
+)
+from safetensors.torch import load_file, save_file
 
 from pvtt_train.__main__ import main
 from pvtt_train.errors import CheckpointError
-from pvtt_train.models import lora_formats
+from pvtt_train.models import lora_formats, native_wan
 from pvtt_train.models.lora import apply_lora, load_lora
-from pvtt_train.models.native_wan import transformer_tensors
 from pvtt_train.models.schedule import FlowSchedule
 from pvtt_train.models.student_sigmas import read_student_sampling
 
 RANK = 4
+#: The SVDs of export-lora on tiny layers run several times faster on one thread than on two busy cores.
+ONE_THREAD = ("--threads", "1")
 EXPECTED_SIGMAS = [*FlowSchedule(STUDENT_SHIFT).student_sigmas(STUDENT_TIMESTEPS), 0.0]
 
 
@@ -47,25 +57,48 @@ needs_comfy = pytest.mark.skipif(comfy_paths() is None, reason="set COMFYUI_DIR 
 
 def probe(*args) -> dict:
     comfy, python = comfy_paths()
-    result = subprocess.run([python, str(Path(__file__).with_name("_comfy_native_probe.py")), str(comfy), *map(str, args)],
-                            capture_output=True, text=True, timeout=900, check=False)
+    script = Path(__file__).with_name("_comfy_native_probe.py")
+    result = subprocess.run([python, str(script), str(comfy), *map(str, args)], capture_output=True, text=True,
+                            timeout=900, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
     assert result.returncode == 0 and lines, result.stderr[-4000:]
     return json.loads(lines[-1][len("PROBE "):])
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Teacher and student checkpoints, the teacher's native export, and the LoRA in all three forms."""
+def teacher():
+    """A tiny Wan-VACE in Wan 2.1's latent layout, so its transformer also runs on ComfyUI's Wan 2.1 VAE."""
+    return comfy_shaped_model(vae_config=Z16_VAE)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, teacher):
+    """Teacher and student checkpoints, the student's native export, and the LoRA in all three forms."""
     root = tmp_path_factory.mktemp("native")
-    teacher = comfy_shaped_model()
     teacher_path, student_path = save_pair(root, teacher, perturbed_student(teacher))
-    main(["export", "--model", str(teacher_path), "--format", "comfy", "--out", str(root / "teacher_native.safetensors")])
-    main(["export", "--model", str(student_path), "--format", "comfy", "--out", str(root / "student_native.safetensors")])
+    main([*ONE_THREAD, "export", "--model", str(student_path), "--format", "comfy",
+          "--out", str(root / "student_native.safetensors")])
     for fmt in lora_formats.FORMATS:
-        main(["export-lora", "--teacher", str(teacher_path), "--student", str(student_path), "--rank", str(RANK),
-              "--format", fmt, "--out", str(root / f"lora_{fmt}.safetensors")])
+        main([*ONE_THREAD, "export-lora", "--teacher", str(teacher_path), "--student", str(student_path),
+              "--rank", str(RANK), "--format", fmt, "--out", str(root / f"lora_{fmt}.safetensors")])
     return root
+
+
+@pytest.fixture(scope="module")
+def teacher_native(files):
+    path = files / "teacher_native.safetensors"
+    main([*ONE_THREAD, "export", "--model", str(files / "teacher.safetensors"), "--format", "comfy",
+          "--out", str(path)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def wan21_vae_file(files):
+    """A random Wan 2.1 VAE in ComfyUI's layout and key names (VAELoader's hard-coded dim 96, z 16)."""
+    vae = full_wan21_vae()
+    path = files / "wan21_vae_random.safetensors"
+    save_file(native_wan.vae_tensors(vae), str(path), metadata=native_wan.vae_header(vae))
+    return path
 
 
 def test_comfy_lora_keys_round_trip_bit_exact(files):
@@ -83,14 +116,14 @@ def test_comfy_lora_keys_round_trip_bit_exact(files):
     assert meta["key_format"].startswith("comfyui")
 
 
-def test_diffusers_lora_has_only_lora_keys_its_wan_loader_accepts(files):
+def test_diffusers_lora_has_only_lora_keys_its_wan_loader_accepts(files, teacher):
     from diffusers.loaders import WanLoraLoaderMixin
 
     state, meta = load_lora(files / "lora_diffusers.safetensors")
     assert state and all("lora" in k and k.startswith("transformer.") for k in state)
     accepted = WanLoraLoaderMixin.lora_state_dict(str(files / "lora_diffusers.safetensors"))
     assert accepted.keys() == state.keys()
-    transformer = comfy_shaped_model().transformer
+    transformer = teacher.transformer
     for key in state:  # every key names a Linear/Conv layer of the Wan-VACE transformer
         module = transformer.get_submodule(key[len("transformer."):].rsplit(".", 2)[0])
         assert isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)), key
@@ -119,8 +152,8 @@ def test_a_teacher_has_no_student_sigmas(files):
 
 
 @needs_comfy
-def test_comfyui_detects_the_export_as_wan_vace_and_patches_every_lora_weight(files):
-    report = probe("lora", files / "teacher_native.safetensors", files / "lora_comfy.safetensors",
+def test_comfyui_detects_the_export_as_wan_vace_and_patches_every_lora_weight(files, teacher_native):
+    report = probe("lora", teacher_native, files / "lora_comfy.safetensors",
                    files / "patched.safetensors")
     assert report["model_class"] == "WAN21_Vace" and report["model_type"] == "vace"
     assert report["not_loaded"] == []
@@ -128,8 +161,8 @@ def test_comfyui_detects_the_export_as_wan_vace_and_patches_every_lora_weight(fi
     from pvtt_train.models.loading import load_model
 
     teacher = load_model(files / "teacher.safetensors").model
-    merged = transformer_tensors(apply_lora(teacher, pvtt).transformer)
-    original = transformer_tensors(teacher.transformer)
+    merged = native_wan.transformer_tensors(apply_lora(teacher, pvtt).transformer)
+    original = native_wan.transformer_tensors(teacher.transformer)
     intended = {k for k in merged if not torch.equal(merged[k], original[k])}
     assert set(report["patched"]) == intended
     patched = load_file(str(files / "patched.safetensors"))
@@ -141,3 +174,61 @@ def test_comfyui_detects_the_export_as_wan_vace_and_patches_every_lora_weight(fi
         torch.testing.assert_close(patched[key], merged[key], atol=1e-6, rtol=1e-5, msg=key)
     for key in skipped_by_comfy:
         assert torch.equal(patched[key], original[key]), f"ComfyUI now applies {key}: drop skipped_by_comfy"
+
+
+def graph_inputs(model, clip=(5, 32, 32)) -> dict:
+    """A designer's inputs at a tiny clip size: template, mask (a box), a non-square product photo, a prompt
+    embedding (CLIPTextEncode's output, UMT5-wide) and the student's sigmas."""
+    frames, height, width = clip
+    g = torch.Generator().manual_seed(4)
+    mask = torch.zeros(frames, height, width)
+    mask[:, 8:24, 4:20] = 1
+    return {"template": torch.rand(frames, height, width, 3, generator=g), "mask": mask,
+            "product": torch.rand(1, 24, 20, 3, generator=g),
+            "context": 0.5 * torch.randn(1, 6, model.transformer.config.text_dim, generator=g)}
+
+
+@needs_comfy
+def test_native_graph_equals_pvtts_own_sampler_and_without_reinjection_comfyuis_lcm(files, wan21_vae_file):
+    """Same files (the `export --format comfy` student, a Wan 2.1 VAE) and the same noise draws: ComfyUI's
+    graph with the PVTT nodes gives PVTT's own 4-step result; with re-injection and the reference slot off
+    the PVTT sampler is ComfyUI's lcm sampler."""
+    from dataclasses import replace
+
+    from pvtt_train.models.loading import load_model
+    from pvtt_train.sampling.samplers import sample_student
+
+    loaded = load_model(files / "student_native.safetensors", dtype=torch.float32, vae=wan21_vae_file)
+    model = loaded.model
+    given = graph_inputs(model)
+    sigmas = read_student_sampling(files / "student_native.safetensors")["sigmas"]
+    cond = model.condition(given["template"][None], given["mask"][None], given["product"])
+    cond = replace(cond, context=given["context"])
+    g = torch.Generator().manual_seed(11)  # PVTT's draws, in its order: initial noise, then one per step
+    noises = torch.stack([torch.randn(cond.background.shape, generator=g) for _ in sigmas[:-1]])
+    expected = sample_student(model, cond, FlowSchedule(**loaded.metadata["schedule"]), sigmas[:-1],
+                              torch.Generator().manual_seed(11), preserve_background=True)
+    save_file({**given, "noises": noises, "sigmas": torch.tensor(sigmas, dtype=torch.float32)},
+              str(files / "graph_inputs.safetensors"))
+    report = probe("graph", ROOT, files / "student_native.safetensors", wan21_vae_file,
+                   files / "graph_inputs.safetensors", files / "graph_out.safetensors")
+    got = load_file(str(files / "graph_out.safetensors"))
+    assert report["trim"] == 1 and report["model_class"] == "WAN21_Vace"
+    mean, std = model._latent_stats(expected)
+    native = (got["native"] - mean) / std  # SamplerCustomAdvanced returns the raw VAE latent
+    assert native.shape == expected.shape
+    frames = model.decode(expected)[0]
+    assert got["frames"].shape == frames.shape == (5, 32, 32, 3)
+    latent_error, frame_error = (native - expected).abs().max(), (got["frames"] - frames).abs().max()
+    print(f"native graph vs PVTT's sampler, max abs: latent {latent_error:.2e}, frames {frame_error:.2e}")
+    assert latent_error < 1e-4 and frame_error < 1e-4
+    assert got["lcm"].abs().max() > 0.1  # a sampled latent, not an empty one
+    assert torch.equal(got["few_step_plain"], got["lcm"])
+
+
+@needs_comfy
+def test_the_workflow_lints_record_of_comfyuis_core_nodes_is_comfyuis():
+    """tests/comfy_core_nodes.json (the schemas test_workflow_lint.py checks the native workflows against)
+    is what this ComfyUI's core nodes declare: input names, order, types, dropdown values and outputs."""
+    recorded = json.loads(Path(__file__).with_name("comfy_core_nodes.json").read_text())
+    assert probe("core_schemas", *recorded) == recorded

@@ -3,6 +3,11 @@
 The frontend stores widget values by position and links by slot index: renaming a node, adding a
 widget in the middle or retyping an output silently breaks saved graphs ("Some Nodes Are
 Missing", "Value not in list", red links). These checks catch that before a designer does.
+
+The native workflows also use ComfyUI's own nodes (UNETLoader, SamplerCustomAdvanced, ...). Their schemas
+come from ``comfy_core_nodes.json``, recorded from ComfyUI by ``_comfy_native_probe.py core_schemas`` and
+checked against the running ComfyUI by ``test_native_comfy.py`` when ``COMFYUI_DIR`` is set; their
+model-file dropdowns accept any ``.safetensors`` name, as the designer's files are not known here.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 import pytest
 from _comfy_pack import ROOT, load_pack
 
-NODES = load_pack().NODE_CLASS_MAPPINGS
+PACK_NODES = load_pack().NODE_CLASS_MAPPINGS
+CORE_SCHEMAS = json.loads((Path(__file__).with_name("comfy_core_nodes.json")).read_text())
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
@@ -26,9 +32,39 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+class CoreNode:
+    """A ComfyUI core node as recorded in comfy_core_nodes.json, behind the node-class interface used here."""
+
+    def __init__(self, schema: dict):
+        self.schema = schema
+        self.RETURN_TYPES = tuple(schema["return_types"])
+
+    def INPUT_TYPES(self):
+        return {group: {name: tuple(spec) for name, spec in self.schema[group].items()}
+                for group in ("required", "optional")}
+
+
+NODES = {**{name: CoreNode(schema) for name, schema in CORE_SCHEMAS.items()}, **PACK_NODES}
+
+
 def input_specs(node_type: str) -> dict[str, tuple]:
     schema = NODES[node_type].INPUT_TYPES()
     return {**schema.get("required", {}), **schema.get("optional", {})}
+
+
+def is_model_file_choice(node_type: str, name: str, spec: tuple, value) -> bool:
+    """A model-file dropdown's value: any .safetensors name for a core loader; for PVTT Student Sigmas, one
+    in the folders it lists (the files themselves are the designer's)."""
+    if not isinstance(value, str) or not value.endswith(".safetensors"):
+        return False
+    if len(spec) > 1 and spec[1].get("model_folder"):
+        return True
+    if node_type == "PVTTStudentSigmas" and name == "student":
+        from importlib import import_module
+
+        folders = import_module(load_pack().__name__ + ".nodes.native_nodes").SIGMA_FOLDERS + ("pvtt",)
+        return value.partition("/")[0] in folders
+    return False
 
 
 def is_widget(spec: tuple) -> bool:
@@ -58,7 +94,7 @@ def test_workflow_is_ui_format_version_0_4(path):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_every_node_type_is_registered(path):
     unknown = {n["type"] for n in load(path)["nodes"]} - set(NODES) - FRONTEND_ONLY
-    assert not unknown, f"{path.name} uses node types this pack does not register: {unknown}"
+    assert not unknown, f"{path.name} uses node types neither this pack nor comfy_core_nodes.json knows: {unknown}"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -92,7 +128,8 @@ def test_widget_values_are_valid(path):
             where = f"node {node['id']} ({node['type']}).{name} = {value!r}"
             if isinstance(spec[0], list):
                 allowed = set(spec[0]) | (SHIPPED_MODELS if name == "model_name" else set())
-                assert value in allowed, f"{where} is not in the dropdown"
+                assert value in allowed or is_model_file_choice(node["type"], name, spec, value), \
+                    f"{where} is not in the dropdown"
             elif spec[0] == "BOOLEAN":
                 assert isinstance(value, bool), where
             elif spec[0] == "STRING":
