@@ -777,7 +777,7 @@ def test_tensorrt_without_cuda_names_the_install_and_the_fallback(model):
 @pytest.mark.parametrize("node", ["PVTTAccelerate", "PVTTOnnxRuntime", "PVTTTensorRT"])
 def test_accelerating_an_accelerated_model_says_to_connect_the_loader(node, model):
     fast = execute("PVTTAccelerate", model=model, attention="sdpa", precision="fp32", compile="off", int8="off",
-                   token_merging=0.0)[0]
+                   token_merging=0.0)["result"][0]  # the node also returns its report as UI text
     inputs = {"PVTTAccelerate": {"attention": "sdpa", "precision": "bf16", "compile": "off", "int8": "off", "token_merging": 0.0},
               "PVTTOnnxRuntime": {"batch_profile": "auto"},
               "PVTTTensorRT": {"precision": "fp16", "batch_profile": "auto", "workspace_gb": 1.0}}[node]

@@ -167,6 +167,10 @@ CASES = [
                                          "--calibrate-cfg", "--cfg", "1"],
      ["--calibrate-cfg", "guided weights (> 1)", "only 1"], ["add some, e.g. --cfg 1 1.25"]),
     ("teacher-eval-clips-zero", ["teacher-eval", "--out", "{work}/e", "--clips", "0"], ["--clips"], [">= 1"]),
+    # --- heldout-eval
+    ("heldout-eval-clips-zero", ["heldout-eval", "--out", "{work}/h", "--clips", "0"], ["--clips", "'0'"], [">= 1"]),
+    ("heldout-eval-missing-model", ["heldout-eval", "--model", "{work}/nope.safetensors", "--out", "{work}/h"],
+     ["--model", "nope.safetensors", "not found"], ["pass the path of a PVTT teacher or student checkpoint"]),
     # --- distill
     ("distill-path-increasing", ["distill", "--teacher", "{teacher}", "--path", "4,8"], ["--path", "'4,8'"],
      ["strictly decreasing", "e.g. 16,8,4"]),
