@@ -141,8 +141,9 @@ def test_template_transfer_node_takes_the_prompts_as_optional_last_inputs(folder
     nodes = importlib.import_module(f"{PACKAGE}.nodes.sampling_nodes")
     loading = importlib.import_module(f"{PACKAGE}.pvtt_train.models.loading")
     schema = nodes.PVTTTemplateTransfer.INPUT_TYPES()
-    assert list(schema["optional"]) == ["prompt", "negative_prompt"]
-    assert all(spec[1]["tooltip"] and spec[1]["multiline"] for spec in schema["optional"].values())
+    assert list(schema["optional"])[:2] == ["prompt", "negative_prompt"]  # photo_detail came after them
+    assert all(schema["optional"][name][1]["tooltip"] and schema["optional"][name][1]["multiline"]
+               for name in ("prompt", "negative_prompt"))
     model = loading.load_model(folder)
     template, mask, reference = designer_inputs()
     node = nodes.PVTTTemplateTransfer()
