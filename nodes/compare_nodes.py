@@ -84,7 +84,7 @@ def labelled(video, lines: list[str]):
     import numpy as np
     import torch
 
-    from ..pvtt_train.pipeline import resize_video
+    from ..pvtt_train.media.resize import resize_video
 
     frames, height, width, _ = video.shape
     if height > MAX_PANEL_HEIGHT:

@@ -20,14 +20,13 @@ model's output stays as it is.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .media.resize import resize_video
 
 
 def _down_up(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[F,C,H,W] through the working size and back: the pipeline's own resampling."""
-    size = video.shape[-2:]
-    small = F.interpolate(video, size=(height, width), mode="area")
-    return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    """[F,H,W,C] through the working size and back: the pipeline's own resampling."""
+    return resize_video(resize_video(video, height, width), video.shape[1], video.shape[2])
 
 
 def photo_detail(warp: torch.Tensor, coverage: torch.Tensor, working_size: tuple[int, int]) -> torch.Tensor:
@@ -36,10 +35,10 @@ def photo_detail(warp: torch.Tensor, coverage: torch.Tensor, working_size: tuple
     h, w = working_size
     if warp.shape[1] <= h and warp.shape[2] <= w:
         return torch.zeros_like(warp)  # nothing finer than the working size
-    cov = coverage.clamp(0, 1)[:, None]
-    x = warp.permute(0, 3, 1, 2) * cov
+    cov = coverage.clamp(0, 1)[..., None]
+    x = warp * cov
     low = _down_up(x, h, w) / _down_up(cov, h, w).clamp_min(1e-3)
-    return (x - low * cov).permute(0, 2, 3, 1)
+    return x - low * cov
 
 
 def add_photo_detail(generated: torch.Tensor, warp: torch.Tensor, coverage: torch.Tensor,

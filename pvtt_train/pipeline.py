@@ -15,11 +15,11 @@ import logging
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .aligned_warp import aligned_warp
 from .detail_transfer import add_photo_detail
 from .errors import InputError
+from .media.resize import resize_video
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
@@ -35,16 +35,6 @@ def check_inputs(template, mask, reference) -> tuple[torch.Tensor, torch.Tensor,
     InputError that names the input, the problem and the fix (see ``validation``)."""
     template, mask = clip_and_mask(template, mask, "template video", "the template video")
     return template, mask, product_photo(reference, "product image")
-
-
-def resize_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[F,H,W,C] -> [F,height,width,C]; area filter when shrinking, bilinear when growing."""
-    if video.shape[1:3] == (height, width):
-        return video
-    x = video.permute(0, 3, 1, 2)
-    mode = "area" if height <= video.shape[1] and width <= video.shape[2] else "bilinear"
-    kwargs = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(x, size=(height, width), mode=mode, **kwargs).permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
