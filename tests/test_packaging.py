@@ -36,3 +36,117 @@ def test_no_text_names_a_workflow_by_its_old_file_name():
         text = re.sub(r"screenshots/\w+\.png", "", path.read_text())  # screenshots keep their file names
         stale = [name for name in old if name in text]
         assert not stale, f"{path.relative_to(ROOT)} still names {stale}"
+
+
+# --- the trainer's extra: ComfyUI users never install it -------------------------------------------------
+
+TRAIN_ONLY = {"matplotlib", "tensorboard", "scikit-image"}
+
+
+def requirement_names(path) -> set[str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return {re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line and not line.startswith("-")}
+
+
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_trainer_only_packages_are_in_the_train_extra_not_the_runtime():
+    runtime = requirement_names(ROOT / "requirements.txt")
+    assert not runtime & TRAIN_ONLY, runtime & TRAIN_ONLY
+    assert requirement_names(ROOT / "requirements-train.txt") == TRAIN_ONLY
+    project = pyproject()["project"]
+    dependencies = {re.split(r"[<>=!~\[; ]", d)[0].lower() for d in project["dependencies"]}
+    assert dependencies == runtime, "pyproject's dependencies and requirements.txt differ"
+    train = {re.split(r"[<>=!~\[; ]", d)[0].lower() for d in project["optional-dependencies"]["train"]}
+    assert train == TRAIN_ONLY
+
+
+def test_the_helper_names_the_same_packages_as_requirements_train():
+    from pvtt_train import training_extra
+
+    assert {req.split(">")[0] for req, _ in training_extra.PACKAGES.values()} == TRAIN_ONLY
+
+
+def test_run_sh_installs_the_train_extra_for_the_demo_and_the_tests():
+    script = (ROOT / "run.sh").read_text()
+    demo = script.split("demo)")[1].split(";;")[0]
+    test = script.split("test)")[1].split(";;")[0]
+    assert "requirements-train.txt" in demo and "requirements-train.txt" in test
+
+
+def test_the_pack_loads_in_comfyui_without_the_train_extra():
+    """ComfyUI imports the pack; none of the trainer-only packages may be needed for that."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('matplotlib', 'tensorboard', 'skimage'): sys.modules[name] = None  # not installed\n"
+            "sys.path.insert(0, 'tests')\n"
+            "from _comfy_pack import load_pack\n"
+            "print(len(load_pack().NODE_CLASS_MAPPINGS))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.strip().splitlines()[-1]) > 10
+
+
+def test_a_missing_trainer_package_is_one_clear_message(monkeypatch):
+    from pvtt_train import training_extra
+
+    monkeypatch.setattr(training_extra, "available", lambda module: module != "matplotlib")
+    training_extra.require("bench", "tensorboard")  # present: no error
+    try:
+        training_extra.require("bench (its bench.png plot)", "matplotlib", "tensorboard")
+    except training_extra.MissingTrainingPackage as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("no error for a missing package")
+    assert message.startswith("bench (its bench.png plot) needs matplotlib>=3.7, which is not installed")
+    assert "pip install -r requirements-train.txt" in message and "pvtt[train]" in message
+    assert "\n" not in message
+
+
+def test_tensorboard_missing_falls_back_to_jsonl_with_a_hint(monkeypatch, capsys):
+    from pvtt_train import training_extra
+
+    monkeypatch.setattr(training_extra, "available", lambda module: module != "tensorboard")
+    assert training_extra.tensorboard_or_jsonl() is None
+    hint = capsys.readouterr().out
+    assert "logging to JSONL only" in hint and "requirements-train.txt" in hint
+    monkeypatch.setattr(training_extra, "available", lambda module: True)
+    assert training_extra.tensorboard_or_jsonl() == "tensorboard"
+
+
+def test_make_accelerator_without_tensorboard_logs_jsonl_only(monkeypatch, tmp_path, capsys):
+    from pvtt_train import training_extra
+    from pvtt_train.distill.config import RunConfig
+    from pvtt_train.distill.progressive import make_accelerator
+
+    monkeypatch.setattr(training_extra, "available", lambda module: module != "tensorboard")
+    accelerator = make_accelerator(RunConfig(), tmp_path)
+    assert not accelerator.log_with, accelerator.log_with
+    assert "logging to JSONL only" in capsys.readouterr().out
+
+
+def test_cli_commands_stop_before_any_work_when_the_extra_is_missing(monkeypatch, tmp_path, capsys):
+    import sys
+
+    import pytest
+    from pvtt_train.__main__ import main
+
+    for module, argv, feature in (
+            ("matplotlib", ["bench", "--quick", "--out", str(tmp_path / "bench")], "bench (its bench.png plot)"),
+            ("matplotlib", ["demo", "--out", str(tmp_path / "demo")], "the demo (its report plot)"),
+            ("skimage", ["heldout-eval", "--out", str(tmp_path / "heldout")], "heldout-eval")):
+        with monkeypatch.context() as patched:
+            patched.setitem(sys.modules, module, None)  # find_spec answers None: not installed
+            with pytest.raises(SystemExit) as stopped:
+                main(argv)
+        assert stopped.value.code == 2, argv
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and feature in error and "requirements-train.txt" in error, error
+        assert not any(tmp_path.iterdir()), f"{argv[0]} wrote files before failing"
