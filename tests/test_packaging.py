@@ -4,6 +4,7 @@ ComfyUI user gets (issue 16, item 6)."""
 from __future__ import annotations
 
 import re
+import warnings
 
 from _comfy_pack import ROOT
 
@@ -150,3 +151,59 @@ def test_cli_commands_stop_before_any_work_when_the_extra_is_missing(monkeypatch
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and feature in error and "requirements-train.txt" in error, error
         assert not any(tmp_path.iterdir()), f"{argv[0]} wrote files before failing"
+
+
+# --- .comfyignore: what the Comfy registry archive ships -------------------------------------------------
+
+def registry_file_list() -> set[str]:
+    """The files ``comfy node publish`` zips: git-tracked files minus .comfyignore's gitwildmatch patterns,
+    as comfy-cli's ``file_utils.zip_files`` builds the list (comment and blank lines dropped)."""
+    import subprocess
+
+    import pathspec
+
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    lines = (ROOT / ".comfyignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    with warnings.catch_warnings():  # pathspec 1.x deprecates the name; comfy-cli still uses it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        spec = pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+    return {path for path in tracked if path.strip() and not spec.match_file(path)}
+
+
+def test_the_registry_archive_ships_what_the_readme_says():
+    shipped = registry_file_list()
+    readme = (ROOT / "README.md").read_text()
+    # models_shipped/: "the tiny teacher, the 16-, 8- and 4-step students (with training logs), and the
+    # identity and video encoders"
+    assert "(with training logs)" in readme
+    for name in ("pvtt_teacher", "pvtt_student_16step", "pvtt_student_8step", "pvtt_student_4step"):
+        assert {f"models_shipped/{name}.safetensors", f"models_shipped/{name}.log.jsonl"} <= shipped, name
+    for name in ("pvtt_identity_encoder", "pvtt_video_encoder"):
+        assert f"models_shipped/{name}.safetensors" in shipped
+    tracked_models = {p.relative_to(ROOT).as_posix() for p in (ROOT / "models_shipped").iterdir()}
+    assert tracked_models & registry_tracked() <= shipped, "every tracked file in models_shipped/ ships"
+    # "sample inputs (in samples/) make every workflow run"; the example workflows and their thumbnails
+    for folder in ("samples", "workflows", "web", "nodes", "pvtt_train", "pvtt_accel"):
+        tracked = {p for p in registry_tracked() if p.startswith(folder + "/")}
+        assert tracked and tracked <= shipped, f"{folder}/ does not ship whole: {sorted(tracked - shipped)[:5]}"
+    # what ComfyUI and ComfyUI-Manager read
+    assert {"__init__.py", "pyproject.toml", "requirements.txt", "README.md"} <= shipped
+    # images the README shows
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme):
+        if not image.startswith("http"):
+            assert image in shipped, f"the README shows {image}, which does not ship"
+
+
+def test_the_registry_archive_leaves_out_tests_and_local_state():
+    shipped = registry_file_list()
+    assert not [p for p in shipped if p.startswith(("tests/", ".ci/", "out/", "runs/", "models/", "docs/bench/cache/"))]
+    assert not [p for p in shipped if "/.pytest_cache/" in p or p.endswith(".pyc")]
+
+
+def registry_tracked() -> set[str]:
+    import subprocess
+
+    return set(subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                              check=True).stdout.splitlines())
