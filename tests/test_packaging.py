@@ -207,3 +207,29 @@ def registry_tracked() -> set[str]:
 
     return set(subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
                               check=True).stdout.splitlines())
+
+
+# --- registry metadata: the icon, and no invented URLs ---------------------------------------------------
+
+def test_the_icon_is_a_400px_square_png_that_ships():
+    from PIL import Image
+
+    with Image.open(ROOT / "docs" / "icon.png") as icon:
+        assert icon.format == "PNG" and icon.size == (400, 400)
+    assert "docs/icon.png" in registry_file_list()
+
+
+def test_registry_urls_are_real_urls_or_left_for_the_publisher():
+    """The registry takes URLs for Icon, Banner and [project.urls]; a repository-relative path would be
+    published as a broken link. Unset is allowed (no public remote yet): the comment says what to set."""
+    data = pyproject()
+    comfy = data["tool"]["comfy"]
+    for key in ("Icon", "Banner"):
+        assert comfy[key] == "" or re.match(r"https://\S+\.(png|jpg|jpeg|gif|svg)$", comfy[key]), (key, comfy[key])
+    for key, url in data["project"].get("urls", {}).items():
+        assert re.match(r"https://\S+$", url) and "<" not in url, (key, url)
+    text = (ROOT / "pyproject.toml").read_text()
+    if not comfy["Icon"]:
+        assert "docs/icon.png" in text and "Icon = \"https://" in text  # the comment shows what to set
+    if "Repository" not in data["project"].get("urls", {}):
+        assert "Repository = \"https://" in text
