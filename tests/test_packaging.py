@@ -198,7 +198,8 @@ def test_the_registry_archive_ships_what_the_readme_says():
 
 def test_the_registry_archive_leaves_out_tests_and_local_state():
     shipped = registry_file_list()
-    assert not [p for p in shipped if p.startswith(("tests/", ".ci/", "out/", "runs/", "models/", "docs/bench/cache/"))]
+    assert not [p for p in shipped if p.startswith(("tests/", ".ci/", "out/", "runs/", "models/", "docs/bench/cache/",
+                                                    ".venv"))]
     assert not [p for p in shipped if "/.pytest_cache/" in p or p.endswith(".pyc")]
 
 
