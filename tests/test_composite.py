@@ -220,3 +220,14 @@ def test_bad_inputs_give_one_clear_error():
         with pytest.raises(InputError, match=match.strip()):
             background_preserve(**args)
     assert issubclass(InputError, ValueError)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_exact_at_both_ends_in_every_float_dtype(dtype):
+    mask = disk_mask()
+    template, generated = (c.to(dtype) for c in scene(mask, seed=4))
+    out = background_preserve(template, generated, mask, 2, 1.0)
+    assert out.dtype == dtype
+    beyond = grow_mask(mask, 2) == 0
+    assert beyond.sum() > 1000 and torch.equal(out[beyond], template[beyond])
+    assert torch.equal(out[mask >= 0.5], generated[mask >= 0.5])

@@ -129,9 +129,10 @@ def background_preserve(template: torch.Tensor, generated: torch.Tensor, mask: t
     """
     mask = _check_clips(template, generated, mask)
     alpha = preserve_alpha(mask, grow, feather).expand(template.shape[:-1])
-    a = alpha[..., None].to(torch.promote_types(template.dtype, torch.float32))
-    mixed = a * generated + (1 - a) * template
-    out = torch.where(a > 0, mixed, template.to(mixed.dtype)).to(template.dtype)
+    # lerp computes start + w * (end - start) below w = 0.5 and end - (end - start) * (1 - w) above, so
+    # w = 0 gives the template and w = 1 the generated clip bit for bit (finite inputs), with one output
+    # allocation (a 33-frame 1080p clip is 0.8 GB per copy).
+    out = torch.lerp(template, generated.to(template.dtype), alpha[..., None].to(template.dtype))
     return (out, alpha) if return_alpha else out
 
 
