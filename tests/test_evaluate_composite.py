@@ -54,8 +54,8 @@ def test_the_old_composites_are_gone():
             assert name not in text, f"{path}: {name}"
 
 
-@pytest.mark.parametrize("workflow", ["pvtt_4step_template_transfer", "pvtt_accelerated",
-                                      "pvtt_background_mask_editing"])
+@pytest.mark.parametrize("workflow", ["PVTT 4-step template transfer", "PVTT accelerated template transfer",
+                                      "PVTT mask editing and background preserve"])
 def test_shipped_workflows_use_the_defaults(workflow):
     graph = json.loads((ROOT / "workflows" / f"{workflow}.json").read_text())
     preserve = [n for n in graph["nodes"] if n["type"] == "PVTTBackgroundPreserve"]

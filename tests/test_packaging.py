@@ -160,8 +160,9 @@ def registry_file_list() -> set[str]:
     as comfy-cli's ``file_utils.zip_files`` builds the list (comment and blank lines dropped)."""
     import subprocess
 
-    import pathspec
+    import pytest
 
+    pathspec = pytest.importorskip("pathspec", reason="pathspec (requirements-dev.txt) matches .comfyignore as comfy-cli does")
     tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
                              check=True).stdout.splitlines()
     lines = (ROOT / ".comfyignore").read_text(encoding="utf-8").splitlines()
