@@ -19,7 +19,9 @@ PREVIEW_SIZE = 256
 class PVTTTemplateTransfer:
     DESCRIPTION = ("Re-renders the template video with the new product in place of the masked one, following the "
                    "template's motion, scale and lighting. Inputs of any size and length are resized to the model's "
-                   "resolution and processed in windows of its frame count; the result comes back at input size.")
+                   "resolution and processed in windows of its frame count; the result comes back at input size. "
+                   "Takes a PVTT model (PVTT Load Model) or a Wan2.1-VACE MODEL already loaded by ComfyUI "
+                   "(UNETLoader, with its VAE), whose weights it shares rather than loading them again.")
     CATEGORY = "PVTT/sampling"
     FUNCTION = "transfer"
     RETURN_TYPES = ("IMAGE",)
