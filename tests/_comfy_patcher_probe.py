@@ -6,7 +6,8 @@ folder, with a ComfyUI-native Wan-VACE student), ``diffusion_models/`` (the same
 (its Wan 2.1 VAE, for VAELoader and for PVTT Load Model). On the template, mask and product in INPUTS:
 
 - ``pvtt``: PVTT Load Model -> PVTT Template Transfer (the PVTT_MODEL path), through ComfyUI's model management;
-- ``reloaded``: the same after ``comfy.model_management.unload_all_models()`` ("Unload models");
+- ``reloaded``: the same after ``comfy.model_management.unload_all_models()`` ("Unload models"); then the file is
+  overwritten (new mtime) while the model is loaded, and Load Model must unload the old one;
 - ``native``: UNETLoader + VAELoader + PVTT Student Sigmas -> PVTT Template Transfer's native_model/vae/sigmas;
 - ``native_built``: what the native path samples with, checked for storage shared with ComfyUI's tensors.
 
@@ -16,6 +17,7 @@ Writes the three clips to OUT and prints a JSON report.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +68,15 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
     report["loaded_after_rerun"] = managed.is_loaded(loaded)
     report["managed_unload"] = managed.unload(loaded)
     report["loaded_after_managed_unload"] = managed.is_loaded(loaded)
+    # the file overwritten while ComfyUI holds the old model: Load Model unloads the old one through model management
+    managed.load_for_sampling(loaded)
+    report["loaded_before_overwrite"] = managed.is_loaded(loaded)
+    path = fx / "pvtt" / "student_native.safetensors"
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
+    fresh = nodes["PVTTLoadModel"]().load("student_native.safetensors")[0]
+    report["overwrite"] = {"new_model": fresh is not loaded, "old_loaded": managed.is_loaded(loaded),
+                           "new_managed": fresh.patcher is not None and fresh.patcher is not patcher}
+    del fresh
 
     # (b) + (c) the native MODEL path on the same file: UNETLoader's weights, shared
     native_model = comfy_nodes.UNETLoader().load_unet("student_native.safetensors", "default")[0]

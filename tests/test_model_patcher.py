@@ -223,6 +223,8 @@ def test_load_model_gives_a_patcher_managed_model_that_unloads_and_reloads_to_th
     assert report["loaded_size_after_run_mb"] == pytest.approx(patcher["size_mb"])
     assert not report["loaded_after_unload_all"] and report["loaded_size_after_unload_mb"] == 0
     assert report["loaded_after_rerun"] and report["managed_unload"] and not report["loaded_after_managed_unload"]
+    assert report["loaded_before_overwrite"] and report["overwrite"] == {"new_model": True, "old_loaded": False,
+                                                                      "new_managed": True}
     assert torch.equal(clips["reloaded"], clips["pvtt"])
     print(f"PVTT model: {patcher['size_mb']:.0f} MB in a ModelPatcher ({patcher['load_device']} / "
           f"{patcher['offload_device']}); unload + reload: identical output")
