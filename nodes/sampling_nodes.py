@@ -46,9 +46,6 @@ class PVTTTemplateTransfer:
                                                 "tooltip": "Keep the model's view of the background tied to the "
                                                            "template at every step (recommended)."}),
         }, "optional": {  # appended after the original widgets, so saved workflows keep their values
-            # Was the first required input; a socket, so saved workflows (which name their links) still load.
-            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model. Optional when native_model is "
-                                                "connected; one of the two is needed."}),
             "prompt": ("STRING", {"default": "", "multiline": True,
                                   "tooltip": "What the clip should show, for a model with a text encoder (a Wan-VACE "
                                              "folder and its students), as in the stock Wan pipeline. The embedded "
@@ -64,6 +61,10 @@ class PVTTTemplateTransfer:
                                                     "model supplies light, shading and blending, the photo the "
                                                     "detail. No effect when the clip is no larger than the working "
                                                     "size."}),
+            # Was the first required input; appended here (a socket, not a widget): saved workflows name their
+            # links, so they still load.
+            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model. Optional when native_model is "
+                                                "connected; one of the two is needed."}),
             "native_model": ("MODEL", {"tooltip": "A ComfyUI Wan2.1-VACE MODEL (UNETLoader, optionally through "
                                                   "LoraLoaderModelOnly with the PVTT LoRA) to sample instead of a "
                                                   "PVTT model file: PVTT runs on ComfyUI's loaded weights, shared, "

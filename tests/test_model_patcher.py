@@ -75,8 +75,8 @@ def test_model_is_an_optional_socket_and_the_native_sockets_are_appended():
     assert list(spec["required"]) == ["template_video", "mask", "product_image", "steps", "seed",
                                       "preserve_background"]
     optional = list(spec["optional"])
-    assert optional[-3:] == ["native_model", "vae", "sigmas"]
-    assert optional[:-3] == ["model", "prompt", "negative_prompt", "photo_detail"]  # widgets keep their order
+    assert optional == ["prompt", "negative_prompt", "photo_detail",  # the widgets keep their order
+                        "model", "native_model", "vae", "sigmas"]
     assert [spec["optional"][k][0] for k in ("model", "native_model", "vae", "sigmas")] == \
         ["PVTT_MODEL", "MODEL", "VAE", "SIGMAS"]
     assert all(spec["optional"][k][1].get("tooltip") for k in optional)
