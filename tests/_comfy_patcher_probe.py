@@ -30,7 +30,6 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
     import comfy.model_management as mm
     import comfy.model_patcher
     import folder_paths
-    import torch
     from safetensors.torch import load_file, save_file
 
     import nodes as comfy_nodes

@@ -204,9 +204,10 @@ def probed(tmp_path_factory):
     save_file({"template": given["template_video"], "mask": given["mask"], "product": given["product_image"]},
               str(root / "inputs.safetensors"))
     script = Path(__file__).with_name("_comfy_patcher_probe.py")
-    result = subprocess.run([python, str(script), str(comfy), str(ROOT), str(fixtures), str(root / "inputs.safetensors"),
-                             str(root / "out.safetensors")], capture_output=True, text=True, timeout=900, check=False,
-                            cwd=script.parent, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [python, str(script), str(comfy), str(ROOT), str(fixtures), str(root / "inputs.safetensors"),
+               str(root / "out.safetensors")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, cwd=script.parent,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE ")]
     assert result.returncode == 0 and lines, result.stderr[-4000:]
     return json.loads(lines[-1][len("PROBE "):]), load_file(str(root / "out.safetensors"))
