@@ -31,7 +31,6 @@ class PVTTTemplateTransfer:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model."}),
-            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
             "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background "
@@ -60,11 +59,19 @@ class PVTTTemplateTransfer:
                                                     "model supplies light, shading and blending, the photo the "
                                                     "detail. No effect when the clip is no larger than the working "
                                                     "size."}),
+            # optional since template_core_video can stand in for it; connect exactly one of the two
+            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load "
+                                                    "Video). Connect this or template_core_video, not both."}),
+            "template_core_video": ("VIDEO", {"tooltip": "The template clip as a core ComfyUI VIDEO (from core Load "
+                                                         "Video or Create Video), instead of template_video."}),
         }}
 
-    def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background, prompt="",
-                 negative_prompt="", photo_detail=True):
+    def transfer(self, model, template_video=None, mask=None, product_image=None, steps=0, seed=0,
+                 preserve_background=True, prompt="", negative_prompt="", photo_detail=True, template_core_video=None):
         from ..pvtt_train.pipeline import transfer
+        from .core_video import template_frames
+
+        template_video = template_frames(template_video, template_core_video, "PVTT Template Transfer")
 
         trained = model.sampler.get("steps")
         if steps and steps != trained:
