@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def test_node_help_pages_are_served(comfy):
 def test_workflow_is_offered_as_a_template(comfy, workflow):
     templates = get_json("/api/workflow_templates")
     assert workflow.stem in templates.get(ROOT.name, []), templates
-    served = get_json(f"/api/workflow_templates/{ROOT.name}/{workflow.name}")
+    served = get_json(f"/api/workflow_templates/{ROOT.name}/{urllib.parse.quote(workflow.name)}")
     assert served == json.loads(workflow.read_text())
 
 
