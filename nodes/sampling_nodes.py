@@ -19,7 +19,9 @@ PREVIEW_SIZE = 256
 class PVTTTemplateTransfer:
     DESCRIPTION = ("Re-renders the template video with the new product in place of the masked one, following the "
                    "template's motion, scale and lighting. Inputs of any size and length are resized to the model's "
-                   "resolution and processed in windows of its frame count; the result comes back at input size.")
+                   "resolution and processed in windows of its frame count; the result comes back at input size. "
+                   "Takes a PVTT model (PVTT Load Model) or a Wan2.1-VACE MODEL already loaded by ComfyUI "
+                   "(UNETLoader, with its VAE), whose weights it shares rather than loading them again.")
     CATEGORY = "PVTT/sampling"
     FUNCTION = "transfer"
     RETURN_TYPES = ("IMAGE",)
@@ -30,7 +32,11 @@ class PVTTTemplateTransfer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
+<<<<<<< HEAD
             "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model."}),
+=======
+            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
+>>>>>>> main
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
             "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background "
@@ -59,6 +65,7 @@ class PVTTTemplateTransfer:
                                                     "model supplies light, shading and blending, the photo the "
                                                     "detail. No effect when the clip is no larger than the working "
                                                     "size."}),
+<<<<<<< HEAD
             # optional since template_core_video can stand in for it; connect exactly one of the two
             "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load "
                                                     "Video). Connect this or template_core_video, not both."}),
@@ -72,11 +79,44 @@ class PVTTTemplateTransfer:
         from .core_video import template_frames
 
         template_video = template_frames(template_video, template_core_video, "PVTT Template Transfer")
+=======
+            # Was the first required input; appended here (a socket, not a widget): saved workflows name their
+            # links, so they still load.
+            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model. Optional when native_model is "
+                                                "connected; one of the two is needed."}),
+            "native_model": ("MODEL", {"tooltip": "A ComfyUI Wan2.1-VACE MODEL (UNETLoader, optionally through "
+                                                  "LoraLoaderModelOnly with the PVTT LoRA) to sample instead of a "
+                                                  "PVTT model file: PVTT runs on ComfyUI's loaded weights, shared, "
+                                                  "not loaded again. Needs 'vae'. With 'model' connected too, "
+                                                  "that model's sampler, size and prompt context apply."}),
+            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (VAELoader) for native_model; its loaded weights are "
+                                       "shared too. Unused without native_model."}),
+            "sigmas": ("SIGMAS", {"tooltip": "Sample with PVTT's few-step sampler at exactly these sigmas (PVTT "
+                                             "Student Sigmas for a student file or the PVTT LoRA) instead of the "
+                                             "model's own sampler; overrides steps."}),
+        }}
 
+    def transfer(self, model=None, template_video=None, mask=None, product_image=None, steps=0, seed=0,
+                 preserve_background=True, prompt="", negative_prompt="", photo_detail=True, native_model=None,
+                 vae=None, sigmas=None):
+        from ..pvtt_train.pipeline import transfer
+        from .managed_models import load_for_sampling
+        from .native_model import resolve_model
+>>>>>>> main
+
+        if native_model is not None:  # the working size comes from the template: refuse a bad one clearly first
+            from ..pvtt_train.pipeline import check_inputs
+
+            template_video, mask, product_image = check_inputs(template_video, mask, product_image)
+        model = resolve_model(model, native_model, vae, sigmas, template_video)
         trained = model.sampler.get("steps")
+        if sigmas is not None and steps:
+            log.warning("steps=%d is ignored: the connected sigmas give %d steps", steps, trained)
+            steps = 0
         if steps and steps != trained:
             log.warning("steps=%d differs from the %s steps %s was trained for; expect lower quality "
                         "(set steps to 0 to use the trained count)", steps, trained, model.path.name)
+        load_for_sampling(model)
         bar = progress_bar(1)
 
         def on_step(i, total, x0):
