@@ -32,7 +32,6 @@ class PVTTTemplateTransfer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
             "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background "
@@ -75,14 +74,22 @@ class PVTTTemplateTransfer:
             "sigmas": ("SIGMAS", {"tooltip": "Sample with PVTT's few-step sampler at exactly these sigmas (PVTT "
                                              "Student Sigmas for a student file or the PVTT LoRA) instead of the "
                                              "model's own sampler; overrides steps."}),
+            # optional since template_core_video can stand in for it; connect exactly one of the two
+            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load "
+                                                    "Video). Connect this or template_core_video, not both."}),
+            "template_core_video": ("VIDEO", {"tooltip": "The template clip as a core ComfyUI VIDEO (from core Load "
+                                                         "Video or Create Video), instead of template_video."}),
         }}
 
     def transfer(self, model=None, template_video=None, mask=None, product_image=None, steps=0, seed=0,
                  preserve_background=True, prompt="", negative_prompt="", photo_detail=True, native_model=None,
-                 vae=None, sigmas=None):
+                 vae=None, sigmas=None, template_core_video=None):
         from ..pvtt_train.pipeline import transfer
+        from .core_video import template_frames
         from .managed_models import load_for_sampling
         from .native_model import resolve_model
+
+        template_video = template_frames(template_video, template_core_video, "PVTT Template Transfer")
 
         if native_model is not None:  # the working size comes from the template: refuse a bad one clearly first
             from ..pvtt_train.pipeline import check_inputs

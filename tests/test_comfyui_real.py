@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from urllib.parse import quote
 from pathlib import Path
@@ -36,7 +37,8 @@ PORT = int(os.environ.get("COMFYUI_PORT", "8190"))
 URL = f"http://127.0.0.1:{PORT}"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 #: The native Wan-VACE workflows need a designer's Wan files; test_comfyui_native_real.py runs them on tiny ones.
-PVTT_MODEL_WORKFLOWS = [w for w in WORKFLOWS if not w.stem.startswith("Native ")]
+PVTT_MODEL_WORKFLOWS = [w for w in WORKFLOWS if not w.stem.startswith("Native ")
+                        and '"LoadVideo"' not in w.read_text()]  # core Load Video: test_comfyui_media_real.py
 STUDENT = "pvtt_student_4step.safetensors"
 ARTIFACTS = ROOT / "out" / "comfyui_real"
 
