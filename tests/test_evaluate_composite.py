@@ -25,7 +25,10 @@ def widgets():
 
 def test_the_node_keeps_its_widget_names_and_order_with_the_new_defaults():
     required = widgets()
-    assert list(required) == ["generated", "template_video", "mask", "dilate_px", "feather_px"]  # saved workflows
+    # saved workflows: the widgets keep their order; template_video became an optional socket beside
+    # template_core_video (issue 16), which sockets may do without shifting any widget value
+    assert list(required) == ["generated", "mask", "dilate_px", "feather_px"]
+    assert list(NODE.INPUT_TYPES()["optional"]) == ["template_video", "template_core_video"]
     assert required["dilate_px"][1]["default"] == 0 and required["feather_px"][1]["default"] == 0.0
     assert (required["dilate_px"][1]["min"], required["dilate_px"][1]["max"]) == (0, 64)
     assert (required["feather_px"][1]["min"], required["feather_px"][1]["max"]) == (0.0, 32.0)
