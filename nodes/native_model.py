@@ -10,7 +10,11 @@ in float32, PVTT's model is built around ComfyUI's tensors:
   (``wan_keys``: a pure renaming), so every weight shares its storage with ComfyUI's model, in
   ComfyUI's dtype: nothing is copied or converted;
 - the result is rebuilt at every run and dropped afterwards, so it never holds weights ComfyUI has
-  since unpatched or offloaded.
+  since unpatched or offloaded;
+- patches ComfyUI leaves out of the weights are applied to copies of those few tensors (``pending_patches``):
+  ``ModelPatcher.load`` patches the parameters of leaf modules only, so a LoRA's full delta of a parameter that
+  sits on a block itself (Wan's ``modulation`` tables, which PVTT's export-lora writes as ``.diff``) would be
+  dropped silently. ComfyUI's tensors are never written.
 
 Sampling is PVTT's own (conditioning, background re-injection, windows, photo detail). A native file
 carries no PVTT metadata: the working size is the template's, snapped to Wan's grid and capped at
@@ -73,7 +77,7 @@ def native_loaded(native_model, vae, template: torch.Tensor, pvtt_model=None):
 
     comfy.model_management.load_models_gpu(patchers, force_full_load=True)
     device = native_model.load_device
-    transformer = shared_transformer(diffusion_model)
+    transformer = shared_transformer(diffusion_model, pending_patches(native_model))
     vae_module = shared_vae(vae.first_stage_model) if vae is not None else pvtt_model.model.vae
     context = pvtt_model.model.context.detach() if pvtt_model is not None else None
     try:
@@ -101,8 +105,28 @@ def _check_dtypes(params: dict[str, torch.Tensor], what: str) -> None:
                          f"without a copy; load it with weight_dtype 'default' (float16/bfloat16/float32).")
 
 
-def shared_transformer(diffusion_model: torch.nn.Module):
-    """diffusers' Wan-VACE transformer whose parameters are ``diffusion_model``'s own (ComfyUI's VaceWanModel)."""
+PATCH_PREFIX = "diffusion_model."
+
+
+def pending_patches(native_model) -> dict:
+    """The MODEL's weight patches (LoRA, ...) that ComfyUI has not applied to its loaded weights, by parameter name
+    in ``diffusion_model``. ``load_models_gpu`` backs up every weight it patches; a patched key without a backup
+    was skipped (a parameter of a non-leaf module, such as a Wan block's ``modulation``)."""
+    patches, backup = getattr(native_model, "patches", None) or {}, getattr(native_model, "backup", None) or {}
+    return {k[len(PATCH_PREFIX):]: v for k, v in patches.items() if k.startswith(PATCH_PREFIX) and k not in backup}
+
+
+def _patched_copy(weight: torch.Tensor, patches: list, key: str) -> torch.Tensor:
+    """``weight`` with ComfyUI's ``patches`` applied the way ModelPatcher applies them, as a new tensor."""
+    import comfy.lora
+
+    out = comfy.lora.calculate_weight(patches, weight.detach().to(torch.float32, copy=True), key)
+    return out.to(weight.dtype)
+
+
+def shared_transformer(diffusion_model: torch.nn.Module, pending: dict | None = None):
+    """diffusers' Wan-VACE transformer whose parameters are ``diffusion_model``'s own (ComfyUI's VaceWanModel),
+    except the few named in ``pending`` (patches ComfyUI left out), which are patched copies."""
     from diffusers import WanVACETransformer3DModel
 
     from ..pvtt_train.errors import CheckpointError
@@ -115,6 +139,12 @@ def shared_transformer(diffusion_model: torch.nn.Module):
         raise InputError(f"{NODE}: native_model is a {type(diffusion_model).__name__} without VACE; PVTT needs "
                          f"Wan2.1-VACE (e.g. wan2.1_vace_1.3B_fp16.safetensors in UNETLoader).")
     _check_dtypes(params, "native model")
+    patched = sorted(set(pending or {}) & set(params))
+    for name in patched:
+        params[name] = _patched_copy(params[name], pending[name], PATCH_PREFIX + name)
+    if patched:
+        log.info("%s: applied %d weight patch(es) ComfyUI leaves out of the loaded weights (%s)", NODE, len(patched),
+                 ", ".join(patched[:4]) + (", ..." if len(patched) > 4 else ""))
     try:
         config = native_wan.transformer_config({k: tuple(v.shape) for k, v in params.items()})
         names = {transformer_key_to_diffusers(k): v for k, v in params.items()}

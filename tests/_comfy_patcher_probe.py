@@ -9,7 +9,11 @@ folder, with a ComfyUI-native Wan-VACE student), ``diffusion_models/`` (the same
 - ``reloaded``: the same after ``comfy.model_management.unload_all_models()`` ("Unload models"); then the file is
   overwritten (new mtime) while the model is loaded, and Load Model must unload the old one;
 - ``native``: UNETLoader + VAELoader + PVTT Student Sigmas -> PVTT Template Transfer's native_model/vae/sigmas;
-- ``native_built``: what the native path samples with, checked for storage shared with ComfyUI's tensors.
+- ``native_built``: what the native path samples with, checked for storage shared with ComfyUI's tensors;
+- ``lora``: UNETLoader (the teacher, ``diffusion_models/teacher_native.safetensors``) -> core LoraLoaderModelOnly
+  (``loras/lora_comfy.safetensors``, PVTT's export-lora --format comfy) -> native_model; ``merged``: the teacher
+  with that LoRA merged in by PVTT (``diffusion_models/merged_native.safetensors``) through UNETLoader, unpatched;
+  ``base``: the teacher without the LoRA, run after the LoRA so ComfyUI has to unpatch the shared weights.
 
 Writes the three clips to OUT and prints a JSON report.
 """
@@ -38,6 +42,7 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
     folder_paths.folder_names_and_paths["pvtt"] = ([str(fx / "pvtt")], {".safetensors"})
     folder_paths.add_model_folder_path("diffusion_models", str(fx / "diffusion_models"), is_default=True)
     folder_paths.add_model_folder_path("vae", str(fx / "vae"), is_default=True)
+    folder_paths.add_model_folder_path("loras", str(fx / "loras"), is_default=True)
     pack = _import_pack(pack_root)
     nodes = pack.NODE_CLASS_MAPPINGS
     managed = sys.modules[f"{Path(pack_root).name}.nodes.managed_models"]
@@ -99,7 +104,20 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
                         "pvtt_bytes": sum(p.numel() * p.element_size() for p in pvtt_params),
                         "comfy_bytes": sum(p.numel() * p.element_size() for p in comfy_params.values())}
     report["native_metadata"] = {k: built.metadata[k] for k in ("sampler", "schedule", "video")}
-    save_file({"pvtt": pvtt.contiguous(), "reloaded": reloaded.contiguous(), "native": native.contiguous()}, out)
+    del built
+
+    # (d) a LoRA applied by core LoraLoaderModelOnly: its patches must be in the weights PVTT samples with
+    teacher = comfy_nodes.UNETLoader().load_unet("teacher_native.safetensors", "default")[0]
+    with_lora = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(teacher, "lora_comfy.safetensors", 1.0)[0]
+    report["lora_patches"] = len(with_lora.patches)
+    lora = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)[0]
+    base = transfer.transfer(native_model=teacher, vae=vae, sigmas=sigmas, **clip)[0]
+    lora_again = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)[0]
+    merged_model = comfy_nodes.UNETLoader().load_unet("merged_native.safetensors", "default")[0]
+    merged = transfer.transfer(native_model=merged_model, vae=vae, sigmas=sigmas, **clip)[0]
+    save_file({"pvtt": pvtt.contiguous(), "reloaded": reloaded.contiguous(), "native": native.contiguous(),
+               "lora": lora.contiguous(), "base": base.contiguous(), "lora_again": lora_again.contiguous(),
+               "merged": merged.contiguous()}, out)
     return report
 
 

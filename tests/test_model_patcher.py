@@ -8,13 +8,16 @@ ComfyUI checkout): ComfyUI's code runs in its own Python (``COMFYUI_PYTHON``, de
   and the next run reloads it with the same output;
 - the native MODEL path (UNETLoader + VAELoader + PVTT Student Sigmas) equals the PVTT_MODEL path on the same
   file and seed;
-- the native path's weights are ComfyUI's tensors (same storage), not a float32 copy.
+- the native path's weights are ComfyUI's tensors (same storage), not a float32 copy;
+- a PVTT LoRA (export-lora --format comfy) applied by core LoraLoaderModelOnly is in the weights the native path
+  samples with: the same clip as the LoRA merged by PVTT, unlike the base model without it.
 
 The rest runs on the CPU without ComfyUI.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -161,6 +164,16 @@ def test_a_half_precision_or_fp8_native_model_is_refused_only_when_it_cannot_run
         native.shared_transformer(_NativeHolder(no_vace))
 
 
+def test_only_the_patches_comfyui_left_out_of_its_weights_are_pending():
+    """ComfyUI backs up each weight it patches on load; a patched key without a backup (a Wan block's own
+    ``modulation``, which ModelPatcher.load skips) is the one PVTT has to apply itself."""
+    model = SimpleNamespace(patches={"diffusion_model.blocks.0.modulation": ["m"],
+                                     "diffusion_model.blocks.0.self_attn.q.weight": ["q"], "other.weight": ["o"]},
+                            backup={"diffusion_model.blocks.0.self_attn.q.weight": "backed up"})
+    assert native.pending_patches(model) == {"blocks.0.modulation": ["m"]}
+    assert native.pending_patches(SimpleNamespace()) == {}
+
+
 def test_outside_comfyui_model_management_changes_nothing():
     module = torch.nn.Linear(2, 2)
     loaded = managed.manage(LoadedModel(model=module, metadata={}, path=Path("m")))
@@ -181,6 +194,26 @@ def ensure_pack_requirements(python: str) -> None:
     subprocess.run([python, "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt"), *extra], check=True)
 
 
+def save_lora_case(root: Path, fixtures: Path, teacher) -> None:
+    """The teacher (native), its LoRA to the student in ComfyUI's format, and the teacher with it merged by PVTT."""
+    from pvtt_train.__main__ import main
+    from pvtt_train.models.checkpoint import load_checkpoint, save_checkpoint
+    from pvtt_train.models.lora import apply_lora, load_lora
+
+    one = ["--threads", "1"]
+    main([*one, "export", "--model", str(root / "teacher.safetensors"), "--format", "comfy",
+          "--out", str(fixtures / "diffusion_models" / "teacher_native.safetensors")])
+    for fmt, out in (("comfy", fixtures / "loras" / "lora_comfy.safetensors"), ("pvtt", root / "lora_pvtt.safetensors")):
+        main([*one, "export-lora", "--teacher", str(root / "teacher.safetensors"), "--student",
+              str(root / "student.safetensors"), "--rank", "4", "--format", fmt, "--out", str(out)])
+    student = load_checkpoint(root / "student.safetensors")
+    merged = apply_lora(copy.deepcopy(teacher), load_lora(root / "lora_pvtt.safetensors")[0])
+    save_checkpoint(root / "merged.safetensors", merged, {k: student.metadata[k] for k in
+                                                          ("stage", "schedule", "video", "sampler")})
+    main([*one, "export", "--model", str(root / "merged.safetensors"), "--format", "comfy",
+          "--out", str(fixtures / "diffusion_models" / "merged_native.safetensors")])
+
+
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory):
     """The probe's report and clips on a ComfyUI-native 4-step student, in PVTT's and ComfyUI's model folders."""
@@ -192,10 +225,11 @@ def probed(tmp_path_factory):
     teacher = comfy_shaped_model(vae_config=Z16_VAE)
     _, student = save_pair(root, teacher, perturbed_student(teacher))
     fixtures = root / "models"
-    for folder in ("pvtt", "diffusion_models", "vae"):
+    for folder in ("pvtt", "diffusion_models", "vae", "loras"):
         (fixtures / folder).mkdir(parents=True)
     exported = fixtures / "pvtt" / "student_native.safetensors"
     main(["--threads", "1", "export", "--model", str(student), "--format", "comfy", "--out", str(exported)])
+    save_lora_case(root, fixtures, teacher)
     (fixtures / "diffusion_models" / exported.name).write_bytes(exported.read_bytes())
     vae = full_wan21_vae()
     save_file(native_wan.vae_tensors(vae), str(fixtures / "vae" / "wan21_vae.safetensors"),
@@ -253,3 +287,20 @@ def test_native_model_path_shares_comfyuis_weights_instead_of_loading_them_again
     assert shared["pvtt_bytes"] == shared["comfy_bytes"]
     print(f"native path: {shared['sharing_storage']}/{shared['pvtt_weights']} weights share storage with ComfyUI's "
           f"({shared['comfy_bytes'] / 2**20:.0f} MB not loaded a second time)")
+
+
+@needs_comfy
+def test_a_lora_from_core_lora_loader_model_only_is_in_the_weights_the_native_path_samples_with(probed):
+    """UNETLoader -> LoraLoaderModelOnly (PVTT's LoRA in ComfyUI's format) -> native_model renders what the LoRA
+    merged into the weights by PVTT renders, and not what the base model renders; ComfyUI unpatching the shared
+    weights for the base run and patching them again leaves the LoRA run unchanged."""
+    report, clips = probed
+    assert report["lora_patches"] > 0
+    error = (clips["lora"] - clips["merged"]).abs().max().item()
+    from_base = (clips["lora"] - clips["base"]).abs().max().item()
+    again = (clips["lora_again"] - clips["lora"]).abs().max().item()
+    print(f"UNETLoader -> LoraLoaderModelOnly -> native_model vs PVTT-merged weights, max abs: {error:.2e}; "
+          f"vs the base model without the LoRA: {from_base:.2e}; LoRA run after the base run: {again:.2e}")
+    assert clips["merged"].std() > 0.05
+    assert error <= 1e-4 and again <= 1e-4
+    assert from_base > 100 * max(error, 1e-6)
