@@ -6,7 +6,7 @@ classes; torch, OpenCV and the pvtt_train stack are imported when a node first r
 
 import logging
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, paths
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, paths, sample_previews
 
 WEB_DIRECTORY = "./web"
 
@@ -17,3 +17,4 @@ log = logging.getLogger("[PVTT]")
 paths.register_model_folder()
 if not paths.model_names():
     log.warning(paths.missing_model_message())
+sample_previews.install_in_comfyui()  # the upload widgets' previews of samples/<name>
