@@ -242,27 +242,41 @@ class PVTTSaveVideo:
                     "default": "webp",
                     "tooltip": "Animated preview saved next to the MP4: webp keeps full colour and holds the "
                                "workflow; gif (256 colours, no workflow) opens in tools without WebP support."}),
+                "frames_per_clip": ("INT", {
+                    "default": 0, "min": 0, "max": 100000, "forceInput": True,
+                    "tooltip": "Connect PVTT Template Transfer's frames_per_clip to save a batch of products as a "
+                               "numbered set: one MP4 (and preview) per clip, prefix_00001, prefix_00002, ... "
+                               "Unconnected (or 0): all frames go into one file."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None):
+    def save(self, images, filename_prefix, fps, preview_format="webp", frames_per_clip=None, prompt=None,
+             extra_pnginfo=None):
         from ..pvtt_train.validation import image_batch
-        from ..pvtt_train.media.video_io import write_gif, write_mp4, write_webp
+        from .clip_sets import clips_of
 
-        images = image_batch(images, "images")
-        folder, stem, subfolder = next_output_name(filename_prefix)
-        frames = (images * 255).round().to("cpu").byte().numpy()
-        write_mp4(folder / f"{stem}.mp4", frames, fps)
-        if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
-            preview = f"{stem}.gif"
-            write_gif(folder / preview, frames, fps)
-        else:
-            preview = f"{stem}.webp"
-            write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
-        log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
-        return {"ui": {"images": [{"filename": preview, "subfolder": subfolder, "type": "output"}],
-                       "animated": (True,)}}
+        clips = clips_of(image_batch(images, "images"), frames_per_clip)  # checked before any file is written
+        saved = [save_clip(clip, filename_prefix, fps, preview_format, prompt, extra_pnginfo) for clip in clips]
+        return {"ui": {"images": saved, "animated": (True,) * len(saved)}}
+
+
+def save_clip(images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None) -> dict:
+    """One clip [F,H,W,3] in 0..1 saved as ``<prefix>_NNNNN.mp4`` with its animated preview; returns the
+    preview's entry for the node's UI images."""
+    from ..pvtt_train.media.video_io import write_gif, write_mp4, write_webp
+
+    folder, stem, subfolder = next_output_name(filename_prefix)
+    frames = (images * 255).round().to("cpu").byte().numpy()
+    write_mp4(folder / f"{stem}.mp4", frames, fps)
+    if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
+        preview = f"{stem}.gif"
+        write_gif(folder / preview, frames, fps)
+    else:
+        preview = f"{stem}.webp"
+        write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
+    log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
+    return {"filename": preview, "subfolder": subfolder, "type": "output"}
 
 
 def next_output_name(filename_prefix: str):

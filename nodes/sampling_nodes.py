@@ -1,8 +1,11 @@
 """PVTT Template Transfer: the template clip re-rendered with the new product.
 
 Sampling follows the checkpoint's metadata (the student's trained timesteps, the teacher's Euler
-steps and CFG); the node reports each step to ComfyUI's progress bar, with a preview of the
-current estimate, and stops at once when the user presses Cancel.
+steps and CFG); the node reports each step to ComfyUI's progress bar, with a cheap preview of the
+current estimate when ComfyUI's preview method asks for one (``step_preview``), and stops at once
+when the user presses Cancel. A batch of product photos renders one clip per photo
+(``pvtt_train.product_batch``), and the node tells the designer on the canvas what working size and
+frame windows the model really renders at (``pvtt_train.working_size``).
 """
 
 from __future__ import annotations
@@ -13,19 +16,25 @@ from .runtime import check_interrupted, progress_bar
 
 log = logging.getLogger("[PVTT]")
 
-PREVIEW_SIZE = 256
+FIT_CHOICES = ["crop", "pad", "stretch"]  # pvtt_train.media.fit.FITS, listed here so start-up imports no torch
 
 
 class PVTTTemplateTransfer:
     DESCRIPTION = ("Re-renders the template video with the new product in place of the masked one, following the "
-                   "template's motion, scale and lighting. Inputs of any size and length are resized to the model's "
-                   "resolution and processed in windows of its frame count; the result comes back at input size.")
+                   "template's motion, scale and lighting. Inputs of any size and length are fitted to the model's "
+                   "working size (16x16 and 9-frame windows for the embedded model; see fit) and processed in "
+                   "overlapping windows of its frame count; the result comes back at input size, and the node "
+                   "shows the working size and the upscale on the canvas. A batch of N product photos gives N "
+                   "clips, one after another, concatenated (frames_per_clip frames each).")
     CATEGORY = "PVTT/sampling"
     FUNCTION = "transfer"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("generated",)
-    OUTPUT_TOOLTIPS = (("The generated clip at the template's size. Pass it through PVTT Background Preserve to keep "
-                        "the template's exact pixels outside the mask."),)
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("generated", "frames_per_clip")
+    OUTPUT_TOOLTIPS = (("The generated clip at the template's size (N clips one after another for a batch of N "
+                        "product photos). Pass it through PVTT Background Preserve to keep the template's exact "
+                        "pixels outside the mask."),
+                       ("Frames in each clip (the template's frame count). Connect it to PVTT Save Video's "
+                        "frames_per_clip to save a batch as one numbered file per product."))
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -34,8 +43,9 @@ class PVTTTemplateTransfer:
             "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
-            "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background "
-                                                   "(the first image is used if a batch is connected)."}),
+            "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background. A batch of "
+                                                   "N photos renders N clips, one per product, with the same seed; "
+                                                   "Cancel stops between clips too."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 200, "step": 1,
                               "tooltip": "Sampling steps; 0 uses the count the checkpoint was trained for (4 for the "
                                          "student). Other values work but usually look worse on a distilled model."}),
@@ -60,34 +70,45 @@ class PVTTTemplateTransfer:
                                                     "model supplies light, shading and blending, the photo the "
                                                     "detail. No effect when the clip is no larger than the working "
                                                     "size."}),
+            "fit": (FIT_CHOICES, {"default": "crop",
+                                  "tooltip": "How the clip reaches the model's working size (16x16 for the embedded "
+                                             "model; the canvas shows the size after a run). crop: a region with "
+                                             "the model's aspect ratio around the mask is rendered and pasted back, "
+                                             "the rest keeps the template's pixels. pad: letterboxed, rendered, bars "
+                                             "cut off. stretch: squeezed and stretched back (aspect ratio not kept; "
+                                             "earlier versions)."}),
         }}
 
     def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background, prompt="",
-                 negative_prompt="", photo_detail=True):
+                 negative_prompt="", photo_detail=True, fit="crop"):
         from ..pvtt_train.pipeline import transfer
+        from ..pvtt_train.product_batch import check_batch_memory, product_photos, render_products
+        from ..pvtt_train.working_size import working_size_text
+        from ..pvtt_train.validation import clip_and_mask
+        from .step_preview import step_previewer
 
         trained = model.sampler.get("steps")
         if steps and steps != trained:
             log.warning("steps=%d differs from the %s steps %s was trained for; expect lower quality "
                         "(set steps to 0 to use the trained count)", steps, trained, model.path.name)
-        bar = progress_bar(1)
+        template, mask_checked = clip_and_mask(template_video, mask, "template video", "the template video")
+        photos = product_photos(product_image)
+        check_batch_memory(len(photos), *template.shape[:3])
+        bar = progress_bar(len(photos))
+        preview = step_previewer(model)
 
-        def on_step(i, total, x0):
-            check_interrupted()
-            bar.update_absolute(i, total, preview(model, x0))
+        def render(photo, clip):
+            def on_step(i, total, x0):
+                check_interrupted()
+                bar.update_absolute(clip * total + i, len(photos) * total, preview(x0) if preview else None)
 
-        out = transfer(model, template_video, mask, product_image, steps=steps or None,
-                       seed=seed, preserve_background=preserve_background, callback=on_step,
-                       prompt=prompt or None, negative_prompt=negative_prompt or None, photo_detail=photo_detail)
-        return (out,)
+            return transfer(model, template_video, mask, photo, steps=steps or None, seed=seed,
+                            preserve_background=preserve_background, callback=on_step, prompt=prompt or None,
+                            negative_prompt=negative_prompt or None, photo_detail=photo_detail, fit=fit)
 
-
-def preview(model, x0):
-    """Middle frame of the current estimate, upscaled, in the ("JPEG", image, size) form ComfyUI sends."""
-    from PIL import Image
-
-    video = model.model.decode(x0)[0]
-    frame = (video[video.shape[0] // 2].float().cpu().numpy() * 255).round().astype("uint8")
-    image = Image.fromarray(frame)
-    scale = max(1, PREVIEW_SIZE // max(image.size))
-    return ("JPEG", image.resize((image.width * scale, image.height * scale), Image.NEAREST), PREVIEW_SIZE)
+        out, frames_per_clip = render_products(render, photos, check_cancel=check_interrupted)
+        video = model.video
+        text = working_size_text((video["height"], video["width"]), video["frames"], tuple(template.shape[1:3]),
+                                 template.shape[0], fit, mask_checked, clips=len(photos), photo_detail=photo_detail)
+        log.info("%s", text)
+        return {"ui": {"text": [text]}, "result": (out, frames_per_clip)}
