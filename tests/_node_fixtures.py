@@ -30,7 +30,7 @@ def run(node_id: str, **inputs):
 
 def outputs(value):
     """A node's outputs tuple, also when it returns ComfyUI's {"ui": ..., "result": (...)} form."""
-    return value["result"] if isinstance(value, dict) else value
+    return value.get("result", ()) if isinstance(value, dict) else value
 
 
 @pytest.fixture(scope="session")
