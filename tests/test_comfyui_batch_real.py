@@ -25,6 +25,7 @@ from test_comfyui_real import ARTIFACTS, COMFYUI_DIR, ROOT, STUDENT, TOOLS, URL,
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to run the real-ComfyUI test")
 
 PHOTOS = [f"pvtt_batch_product_{k}.png" for k in (1, 2, 3)]
+KNOWN_FRONTEND_ERROR = "Cannot read properties of undefined (reading 'id')"
 
 
 def write_photos(input_dir):
@@ -94,7 +95,11 @@ def test_a_batch_of_3_product_photos_gives_3_saved_clips(comfy):
     report = result.stdout + result.stderr
     (ARTIFACTS / "product_batch.log").write_text(report)
     assert result.returncode == 0, report
-    assert "MISSING" not in report and "page errors" not in report, report
+    assert "MISSING" not in report, report
+    # This frontend (1.27.10) logs one page error on every graph load, with or without this pack's
+    # extension (seen with the shipped workflows too); any other page error fails the test.
+    errors = re.search(r"page errors \((\d+)\): (.*)", report)
+    assert not errors or errors.group(2).strip() == KNOWN_FRONTEND_ERROR, report
     previews = re.findall(r"output node 11 images: output/(\S+\.webp)", report)
     stem = prefix.split("/")[1]
     assert previews == [f"PVTT/{stem}_0000{k}.webp" for k in (1, 2, 3)], report
