@@ -20,6 +20,7 @@ from .aligned_warp import aligned_warp
 from .detail_transfer import add_photo_detail
 from .errors import InputError
 from .media.fit import from_model, plan_fit, to_model
+from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
