@@ -76,6 +76,9 @@ class PVTTAccelerate:
         from ..pvtt_accel.auto_candidates import is_auto, known_slow
         from ..pvtt_accel.machine import probe
 
+        from .managed_models import load_for_sampling
+
+        load_for_sampling(model)  # on ComfyUI's device, through its model management
         request = {"precision": precision, "compile": compile, "int8": int8}
         profile = probe()
         started = time.perf_counter()

@@ -56,11 +56,13 @@ class PVTTCompareModels:
 
     def compare(self, template_video, mask, product_image, model_a, seed, model_b=None, model_c=None, model_d=None):
         from ..pvtt_train.pipeline import transfer
+        from .managed_models import load_for_sampling
 
         models = [m for m in (model_a, model_b, model_c, model_d) if m is not None]
         bar = progress_bar(len(models))
         panels, rows = [], []
         for index, model in enumerate(models):
+            load_for_sampling(model)  # through ComfyUI's model management, which may offload the previous one
             started = time.perf_counter()
             out = transfer(model, template_video, mask, product_image, seed=seed,
                            callback=lambda *_: check_interrupted())

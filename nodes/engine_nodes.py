@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from . import paths
+from .managed_models import load_for_sampling
 from .runtime import check_interrupted, is_interrupted, progress_bar, torch_device
 
 log = logging.getLogger("[PVTT]")
@@ -56,6 +57,7 @@ class PVTTOnnxRuntime:
         from ..pvtt_accel.onnx_export import onnx_dir
         from ..pvtt_accel.ort_backend import ort_accelerate
 
+        load_for_sampling(model)
         fast = ort_accelerate(model, onnx_dir(paths.models_root()), shape_profile(model, batch_profile))
         log.info("ONNX Runtime: %s", fast.metadata["acceleration"]["onnx"])
         return (fast,)
@@ -92,6 +94,7 @@ class PVTTTensorRT:
             tensorrt_accelerate,
         )
 
+        load_for_sampling(model)
         bar = progress_bar(100)
         try:
             fast = tensorrt_accelerate(model, precision, shape_profile(model, batch_profile), paths.models_root(),

@@ -1,19 +1,24 @@
 """PVTT Background Preserve: the generated product over the template's own pixels.
 
 The model works at low resolution, so its background is only close to the template's. Compositing
-in pixel space at full resolution puts back the exact template everywhere outside the mask. The soft
-edge lies inside the mask (``inward_alpha``): growing it outwards, as earlier versions did, spread the
-model's blurry pixels over the background. The widgets keep their names, ranges and order so saved
-workflows load; ``dilate_px`` now sets how far inside the edge the blend sits.
+in pixel space at full resolution puts back the exact template everywhere outside the mask, with
+``sampling.composite.background_preserve`` (the one composite ``sample``, ``evaluate`` and the
+distillation gates use too). The generated clip covers the whole mask, so no rim of the template's
+old product survives inside it. The widgets keep their names, ranges and order so saved workflows
+load; ``dilate_px`` grows the generated region outwards over the background and ``feather_px`` fades
+the outer edge of that grown band (both 0 by default: the mask exactly).
 """
 
 from __future__ import annotations
 
 
 class PVTTBackgroundPreserve:
-    DESCRIPTION = ("Pastes the generated product region over the original template video, so everything outside the "
-                   "mask keeps the template's exact pixels. The seam is softened inside the mask only (dilate_px in, "
-                   "feather_px soft); grow the mask with PVTT Mask Grow/Shrink/Feather first to cover more.")
+    DESCRIPTION = ("Pastes the generated clip over the original template video inside the mask, so everything outside "
+                   "the mask keeps the template's exact pixels and nothing of the template's old product is left "
+                   "inside it. Mask values of 0.5 and above are fully generated, an anti-aliased fringe below 0.5 is "
+                   "blended (a ramp from 0 at mask 0.02 to 1 at 0.5; codec noise up to 0.02 counts as 0), 0 is the "
+                   "template. Optionally grow the generated region over the "
+                   "background (dilate_px) and fade the grown band's outer edge (feather_px).")
     CATEGORY = "PVTT/masking"
     FUNCTION = "composite"
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -31,20 +36,23 @@ class PVTTBackgroundPreserve:
             "template_video": ("IMAGE", {"tooltip": "The same template clip that went into PVTT Template Transfer."}),
             "mask": ("MASK", {"tooltip": "The same product mask: pixels above 0.5 (white) are the product, as in "
                                          "Template Transfer."}),
-            "dilate_px": ("INT", {"default": 2, "min": 0, "max": 64, "step": 1,
-                                  "tooltip": "Inset of the soft edge: the blend's midpoint sits about this many pixels "
-                                             "inside the mask edge, and the generated clip never reaches past the "
-                                             "mask (earlier versions grew the mask outwards by this much; use PVTT "
-                                             "Mask Grow/Shrink/Feather for that). 0 with feather_px 0 is a hard cut."}),
-            "feather_px": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 32.0, "step": 0.5,
-                                     "tooltip": "Softness of the edge inside the mask (Gaussian sigma in pixels); 0 "
-                                                "gives a hard edge. Keep it at most half of dilate_px so the blend "
-                                                "starts from the template at the mask edge without a step."}),
+            "dilate_px": ("INT", {"default": 0, "min": 0, "max": 64, "step": 1,
+                                  "tooltip": "Grow: also generate this many pixels of background around the mask "
+                                             "(a square dilation), to hide a mask that is slightly too tight. The "
+                                             "generated clip never reaches past the grown mask; 0 (default) keeps "
+                                             "it exactly to the mask."}),
+            "feather_px": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 32.0, "step": 0.5,
+                                     "tooltip": "Soft edge of the grown band (Gaussian sigma in pixels): fades the "
+                                                "generated pixels into the template's background towards the grown "
+                                                "edge, never into the old product inside the mask. Needs dilate_px; "
+                                                "with dilate_px 0 it has no effect. Keep dilate_px at least 2 x "
+                                                "feather_px so the fade reaches 0 at the edge. 0 (default) is a "
+                                                "hard edge."}),
         }}
 
     def composite(self, generated, template_video, mask, dilate_px, feather_px):
         from ..pvtt_train.errors import InputError
-        from ..pvtt_train.sampling.composite import blend, inward_alpha
+        from ..pvtt_train.sampling.composite import background_preserve
         from ..pvtt_train.validation import (
             check_mask_coverage,
             check_mask_fits,
@@ -64,7 +72,6 @@ class PVTTBackgroundPreserve:
         check_mask_fits(mask, *generated.shape[:3], video="the generated clip")
         check_mask_coverage(mask)
         check_output_memory(generated)
-        mask = (mask > 0.5).to(generated)  # the product region, as Template Transfer reads it
-        soft = inward_alpha(mask, dilate_px, feather_px).expand(generated.shape[0], -1, -1)
-        video = blend(generated, template_video, soft)
-        return (video.clamp(0, 1), soft.contiguous())
+        video, soft = background_preserve(template_video, generated, mask, grow=int(dilate_px),
+                                          feather=float(feather_px), return_alpha=True)
+        return (video, soft.contiguous())

@@ -7,8 +7,7 @@ import weakref
 from pathlib import Path
 
 from ..pvtt_train.errors import InputError
-from . import paths
-from .runtime import torch_device
+from . import managed_models, paths
 
 log = logging.getLogger("[PVTT]")
 
@@ -22,18 +21,28 @@ _CACHE: weakref.WeakValueDictionary[tuple[str, float, str], object] = weakref.We
 def load_model_cached(path: Path):
     """``pvtt_train.models.loading.load_model`` (PVTT file, diffusers Wan-VACE folder or ComfyUI-native
     Wan-VACE file, whose VAE is looked for beside it and in ComfyUI's models/vae) behind the
-    weak (path, mtime, device) cache; logs when the model is released."""
+    weak (path, mtime, device) cache; logs when the model is released.
+
+    Inside ComfyUI the model is loaded to ComfyUI's offload device and handed to its model management
+    (``managed_models``: a ModelPatcher as ``loaded.patcher``), which moves it to the GPU when a node
+    samples with it and may offload or unload it afterwards. An older version of the same file (it was
+    overwritten) still held by ComfyUI is unloaded through model management before the new one is read."""
     from ..pvtt_train.models.loading import load_model
 
-    device = torch_device()
-    key = (str(path.resolve()), path.stat().st_mtime, str(device))
+    device = managed_models.offload_device()
+    resolved = str(path.resolve())
+    key = (resolved, path.stat().st_mtime, str(device))
     loaded = _CACHE.get(key)
     if loaded is not None:
-        return loaded
+        return managed_models.manage(loaded)
+    for old_key in [k for k in list(_CACHE.keys()) if k[0] == resolved and k != key]:
+        old = _CACHE.get(old_key)
+        if old is not None and managed_models.unload(old):
+            log.info("unloaded the previous version of %s", path.name)
     loaded = load_model(path, device=device, vae_dirs=paths.vae_dirs())  # vae_dirs: for a ComfyUI-native file
     _CACHE[key] = loaded
     weakref.finalize(loaded, log.info, "released %s (%s)", path.name, device)
-    return loaded
+    return managed_models.manage(loaded)
 
 
 def describe(loaded) -> str:

@@ -25,7 +25,9 @@ class PVTTTemplateTransfer:
                    "working size (16x16 and 9-frame windows for the embedded model; see fit) and processed in "
                    "overlapping windows of its frame count; the result comes back at input size, and the node "
                    "shows the working size and the upscale on the canvas. A batch of N product photos gives N "
-                   "clips, one after another, concatenated (frames_per_clip frames each).")
+                   "clips, one after another, concatenated (frames_per_clip frames each). "
+                   "Takes a PVTT model (PVTT Load Model) or a Wan2.1-VACE MODEL already loaded by ComfyUI "
+                   "(UNETLoader, with its VAE), whose weights it shares rather than loading them again.")
     CATEGORY = "PVTT/sampling"
     FUNCTION = "transfer"
     RETURN_TYPES = ("IMAGE", "INT")
@@ -39,7 +41,6 @@ class PVTTTemplateTransfer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model."}),
             "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
@@ -70,6 +71,20 @@ class PVTTTemplateTransfer:
                                                     "model supplies light, shading and blending, the photo the "
                                                     "detail. No effect when the clip is no larger than the working "
                                                     "size."}),
+            # Was the first required input; appended here (a socket, not a widget): saved workflows name their
+            # links, so they still load.
+            "model": ("PVTT_MODEL", {"tooltip": "The model from PVTT Load Model. Optional when native_model is "
+                                                "connected; one of the two is needed."}),
+            "native_model": ("MODEL", {"tooltip": "A ComfyUI Wan2.1-VACE MODEL (UNETLoader, optionally through "
+                                                  "LoraLoaderModelOnly with the PVTT LoRA) to sample instead of a "
+                                                  "PVTT model file: PVTT runs on ComfyUI's loaded weights, shared, "
+                                                  "not loaded again. Needs 'vae'. With 'model' connected too, "
+                                                  "that model's sampler, size and prompt context apply."}),
+            "vae": ("VAE", {"tooltip": "The Wan 2.1 VAE (VAELoader) for native_model; its loaded weights are "
+                                       "shared too. Unused without native_model."}),
+            "sigmas": ("SIGMAS", {"tooltip": "Sample with PVTT's few-step sampler at exactly these sigmas (PVTT "
+                                             "Student Sigmas for a student file or the PVTT LoRA) instead of the "
+                                             "model's own sampler; overrides steps."}),
             "fit": (FIT_CHOICES, {"default": "crop",
                                   "tooltip": "How the clip reaches the model's working size (16x16 for the embedded "
                                              "model; the canvas shows the size after a run). crop: a region with "
@@ -79,20 +94,29 @@ class PVTTTemplateTransfer:
                                              "earlier versions)."}),
         }}
 
-    def transfer(self, model, template_video, mask, product_image, steps, seed, preserve_background, prompt="",
-                 negative_prompt="", photo_detail=True, fit="crop"):
+    def transfer(self, model=None, template_video=None, mask=None, product_image=None, steps=0, seed=0,
+                 preserve_background=True, prompt="", negative_prompt="", photo_detail=True, native_model=None,
+                 vae=None, sigmas=None, fit="crop"):
         from ..pvtt_train.pipeline import transfer
         from ..pvtt_train.product_batch import check_batch_memory, product_photos, render_products
-        from ..pvtt_train.working_size import working_size_text
         from ..pvtt_train.validation import clip_and_mask
+        from ..pvtt_train.working_size import working_size_text
+        from .managed_models import load_for_sampling
+        from .native_model import resolve_model
         from .step_preview import step_previewer
 
+        # Checked first (the native path takes its working size from the template): every photo before any clip.
+        template, mask_checked = clip_and_mask(template_video, mask, "template video", "the template video")
+        photos = product_photos(product_image)
+        model = resolve_model(model, native_model, vae, sigmas, template)
         trained = model.sampler.get("steps")
+        if sigmas is not None and steps:
+            log.warning("steps=%d is ignored: the connected sigmas give %d steps", steps, trained)
+            steps = 0
         if steps and steps != trained:
             log.warning("steps=%d differs from the %s steps %s was trained for; expect lower quality "
                         "(set steps to 0 to use the trained count)", steps, trained, model.path.name)
-        template, mask_checked = clip_and_mask(template_video, mask, "template video", "the template video")
-        photos = product_photos(product_image)
+        load_for_sampling(model)
         check_batch_memory(len(photos), *template.shape[:3])
         bar = progress_bar(len(photos))
         preview = step_previewer(model)

@@ -1,7 +1,7 @@
 """``python -m pvtt_train sample``: one template transfer from files, as the ComfyUI workflow does it.
 
 Template video -> PVTT Template Transfer (``pipeline.transfer``: the nodes' input checks, windows,
-prompts, CFG) -> PVTT Background Preserve (``sampling.composite.composite_inside``, the node's defaults) -> MP4,
+prompts, CFG) -> PVTT Background Preserve (``sampling.composite.background_preserve``, the node's defaults) -> MP4,
 written atomically, with a progress bar over the sampling steps. The template and the mask are
 MP4 files or folders of numbered frames; the mask is read as luminance (white = replace), as PVTT
 Load Video's MASK output; a transparent product photo is flattened onto white, as PVTT Load Image.
@@ -13,8 +13,8 @@ import argparse
 import re
 from pathlib import Path
 
-#: PVTT Background Preserve's defaults.
-INSET_PX, FEATHER_PX = 2, 1.0
+#: PVTT Background Preserve's defaults (its dilate_px and feather_px widgets).
+GROW_PX, FEATHER_PX = 0, 0.0
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 DEFAULT_FPS = 16.0
 
@@ -92,7 +92,7 @@ def cmd_sample(args) -> None:
     from .errors import InputError
     from .models.loading import load_model
     from .pipeline import check_inputs, transfer
-    from .sampling.composite import composite_inside
+    from .sampling.composite import background_preserve
 
     for flag, value in (("--template", args.template), ("--mask", args.mask), ("--product", args.product)):
         if not Path(value).exists():
@@ -125,7 +125,7 @@ def cmd_sample(args) -> None:
         bar.close()
     if mask.shape[0] == 1:
         mask = mask.expand(template.shape[0], -1, -1)
-    result = composite_inside(generated, template, (mask > 0.5).float(), INSET_PX, FEATHER_PX)
+    result = background_preserve(template, generated, mask, GROW_PX, FEATHER_PX)
     write_video(out, result, args.fps or fps or DEFAULT_FPS)
     print(f"wrote {out} ({result.shape[0]} frames, {result.shape[2]}x{result.shape[1]})")
 

@@ -297,12 +297,12 @@ def test_background_preserve_keeps_the_template_exactly_outside_the_mask(model, 
     template, mask, _ = sample_inputs
     generated = transfer(model, sample_inputs)
     video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
-                      dilate_px=2, feather_px=2.0)
-    outside = mask <= 0.5
+                      dilate_px=0, feather_px=0.0)  # the defaults
+    outside = mask <= 0.02  # background, and the codec noise of an MP4 mask (FRINGE_FLOOR)
     assert torch.equal(video[outside], template[outside]) and (soft[outside] == 0).all()
-    deep = -torch.nn.functional.max_pool2d(-(mask > 0.5).float()[:, None], 13, stride=1, padding=6)[:, 0] > 0
-    assert deep.any() and (soft[deep] == 1).all()  # 6 px inside the edge: fully generated
-    assert torch.allclose(video[deep], generated[deep])
+    inside = mask >= 0.5
+    assert inside.any() and (soft[inside] == 1).all()  # the whole product region, up to its edge: generated
+    assert torch.equal(video[inside], generated[inside])
 
 
 def test_background_preserve_accepts_a_single_mask_for_all_frames(model, sample_inputs):

@@ -10,7 +10,7 @@ from _node_fixtures import run
 from pvtt_train.data.synthetic import SyntheticConfig, SyntheticVideoGenerator
 from pvtt_train.models.loading import load_model
 from pvtt_train.pipeline import transfer
-from pvtt_train.sampling.composite import composite
+from pvtt_train.sampling.composite import grow_mask
 
 STUDENT = ROOT / "models_shipped" / "pvtt_student_4step.safetensors"
 
@@ -35,13 +35,16 @@ def psnr_outside(video, template, mask):
 def test_background_preserve_keeps_the_template_exactly_outside_the_mask(student):
     template, mask, reference = clip(0, size=64, frames=9)
     generated = transfer(student, template, mask, reference, seed=0)
-    # The saved workflows' widget values (2, 2.0) and the node's defaults (2, 1.0).
-    for dilate_px, feather_px in ((2, 2.0), (2, 1.0)):
-        video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
-                          dilate_px=dilate_px, feather_px=feather_px)
-        outside = (mask <= 0.5)
-        assert torch.equal(video[outside], template[outside]) and (soft[outside] == 0).all()
-        assert psnr_outside(video, template, mask) >= 50
-        assert (soft[mask > 0.5] > 0).any() and soft.max() == 1.0
-    old = composite(generated, template, mask, 2, 2.0)  # the old grow-and-feather, for contrast
-    assert psnr_outside(old, template, mask) < 50
+    # The node's defaults and the shipped workflows' values (0, 0.0): exactly the mask.
+    video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
+                      dilate_px=0, feather_px=0.0)
+    outside, inside = mask <= 0.02, mask >= 0.5
+    assert torch.equal(video[outside], template[outside]) and (soft[outside] == 0).all()
+    assert psnr_outside(video, template, mask) >= 50
+    assert torch.equal(video[inside], generated[inside]) and (soft[inside] == 1).all()  # no rim of the old product
+    # Grown by 2 px with a 1 px feather: the template outside the grown mask, still bit for bit.
+    video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
+                      dilate_px=2, feather_px=1.0)
+    beyond = grow_mask((mask > 0.02).float(), 2) == 0
+    assert torch.equal(video[beyond], template[beyond]) and (soft[beyond] == 0).all()
+    assert torch.equal(video[inside], generated[inside])

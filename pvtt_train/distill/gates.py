@@ -4,7 +4,8 @@ Each stage is scored on the same held-out clips (``GATE_OFFSET``, disjoint from 
 CFG-calibration clips) with the same noise: a Fréchet distance between its composited samples
 and the ground truth in the features of a frozen video encoder (the project's shipped encoder by
 default, or an I3D), plus product and raw background PSNR. The teacher (its own 50-step CFG
-sampler) is scored once per run and cached on disk, keyed by checkpoint hash and clips.
+sampler) is scored once per run and cached on disk, keyed by checkpoint hash, clips and the composite
+(``evaluate.COMPOSITE``): composites cached under another composite are never reused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
-from ..eval.evaluate import generate, warm_up
+from ..eval.evaluate import COMPOSITE, generate, warm_up
 from ..eval.frechet import frechet_distance
 from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_error
 from ..eval.video_encoder import load_video_encoder
@@ -104,7 +105,7 @@ class GateEvaluator:
     def score_teacher(self, teacher: LoadedModel) -> dict:
         """The teacher's scores, from the cache when this teacher was scored on these clips before."""
         signed = {"teacher": source_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
-                  "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK}
+                  "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK, "composite": COMPOSITE}
         if self.data_key.get("kind") == "dataset":  # synthetic clips follow from the teacher; a dataset does not
             signed["data"] = self.data_key
         key = json.dumps(signed, sort_keys=True)

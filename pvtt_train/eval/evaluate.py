@@ -21,7 +21,7 @@ import torch
 from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel
-from ..sampling.composite import composite
+from ..sampling.composite import background_preserve
 from ..sampling.samplers import require_finite, sample_from_metadata
 from .metrics import all_metrics
 
@@ -44,8 +44,13 @@ def model_calls(metadata: dict) -> int:
     return s["steps"]
 
 
-def generate(loaded: LoadedModel, batch: dict, seed: int, dilate_px: int = 1, feather_px: float = 1.0) -> Generated:
-    """Condition, sample, decode and composite a batch; timed end to end."""
+#: The composite every evaluation and gate uses: PVTT Background Preserve's defaults (grow, feather).
+#: Part of the gates' teacher-cache key, so cached composites never outlive a change here.
+COMPOSITE = {"fn": "background_preserve", "grow": 0, "feather": 0.0}
+
+
+def generate(loaded: LoadedModel, batch: dict, seed: int) -> Generated:
+    """Condition, sample, decode and composite (``COMPOSITE``) a batch; timed end to end."""
     model = loaded.model
     start = time.perf_counter()
     with torch.no_grad():
@@ -55,7 +60,7 @@ def generate(loaded: LoadedModel, batch: dict, seed: int, dilate_px: int = 1, fe
         x0 = sample_from_metadata(model, cond, loaded.metadata, generator=torch.Generator().manual_seed(seed),
                                   source=loaded.path)
         raw = require_finite(model.decode(x0), loaded.path, "pixels")
-        comp = composite(raw, batch["template"], batch["mask"], dilate_px, feather_px)
+        comp = background_preserve(batch["template"], raw, batch["mask"], COMPOSITE["grow"], COMPOSITE["feather"])
     return Generated(raw=raw, composited=comp, seconds=time.perf_counter() - start,
                      model_calls=model_calls(loaded.metadata))
 

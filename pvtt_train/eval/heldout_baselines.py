@@ -1,16 +1,19 @@
 """What a designer could do without a model, scored beside it: paste the photo, fill flat, or change nothing.
 
-Each baseline returns the final clip [F, H, W, 3]: its product inside the mask (> 0.5), the template's
-exact pixels outside. ``warped_product`` is the one place the photo is warped onto the mask, so a better
+Each baseline returns the final clip [F, H, W, 3]: its product inside the mask, the template's exact
+pixels outside, composited by ``sampling.composite.background_preserve`` with Background Preserve's
+defaults, exactly as the models' outputs are. ``warped_product`` is the one place the photo is warped onto the mask, so a better
 warp (rotation-following, matted without fringes) replaces it for every baseline at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..aligned_warp import aligned_warp
 from ..conditioning import product_alpha
+from ..sampling.composite import background_preserve
 
 
 def warped_product(product: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -21,7 +24,8 @@ def warped_product(product: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _inside_mask(fill: np.ndarray, template: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.where(mask[..., None] > 0.5, fill, template).astype(np.float32)
+    clips = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (template, fill, mask)]
+    return background_preserve(*clips).numpy()
 
 
 def paste(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:

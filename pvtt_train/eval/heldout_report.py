@@ -43,7 +43,8 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         ("Models run through the nodes (PVTT Load Model, Template Transfer, Background Preserve) with their "
-        f"default widgets ({json.dumps(report['nodes'])}); baselines are composited with a hard mask."),
+        f"default widgets ({json.dumps(report['nodes'])}); baselines are composited by the same "
+        "background_preserve at those defaults."),
         "- product PSNR / SSIM: inside the mask, against the ground truth.",
         ("- detail ratio: Laplacian energy of the luminance inside the mask eroded by 2 px, output over truth "
         "(1 = as sharp as the truth)."),

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,9 @@ class LoadedModel:
     model: torch.nn.Module
     metadata: dict
     path: Path
+    #: Inside ComfyUI, the ``comfy.model_patcher.ModelPatcher`` through which ComfyUI's model management loads,
+    #: offloads and unloads ``model`` (``nodes/managed_models.py``); None elsewhere.
+    patcher: object = field(default=None, repr=False, compare=False)
 
     @property
     def schedule(self) -> FlowSchedule:
