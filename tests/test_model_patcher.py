@@ -76,7 +76,7 @@ def test_model_is_an_optional_socket_and_the_native_sockets_are_appended():
                                       "preserve_background"]
     optional = list(spec["optional"])
     assert optional == ["prompt", "negative_prompt", "photo_detail",  # the widgets keep their order
-                        "model", "native_model", "vae", "sigmas"]
+                        "model", "native_model", "vae", "sigmas", "fit"]  # fit: a widget appended after them
     assert [spec["optional"][k][0] for k in ("model", "native_model", "vae", "sigmas")] == \
         ["PVTT_MODEL", "MODEL", "VAE", "SIGMAS"]
     assert all(spec["optional"][k][1].get("tooltip") for k in optional)
