@@ -160,13 +160,18 @@ def test_background_preserve_keeps_the_one_template_outside_the_mask_in_every_cl
     template, mask, _ = sample_inputs
     generated = torch.rand(3 * template.shape[0], *template.shape[1:], generator=torch.Generator().manual_seed(1))
     video, soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
-                      dilate_px=2, feather_px=1.0)
+                      dilate_px=0, feather_px=0.0)  # the defaults: the mask exactly
     assert video.shape == generated.shape and soft.shape == (27, *mask.shape[1:])
-    outside = (mask <= 0.5)[..., None].expand_as(template)
+    outside = (mask <= 0.02)[..., None].expand_as(template)  # codec noise up to 0.02 counts as background
     for clip in video.split(9):
         assert torch.equal(clip[outside], template[outside])
     single, single_soft = run("PVTTBackgroundPreserve", generated=generated[9:18], template_video=template,
                               mask=mask, dilate_px=2, feather_px=1.0)
+    grown, grown_soft = run("PVTTBackgroundPreserve", generated=generated, template_video=template, mask=mask,
+                            dilate_px=2, feather_px=1.0)
+    assert torch.equal(grown[9:18], single) and torch.equal(grown_soft[9:18], single_soft)
+    single, single_soft = run("PVTTBackgroundPreserve", generated=generated[9:18], template_video=template,
+                              mask=mask, dilate_px=0, feather_px=0.0)
     assert torch.equal(video[9:18], single) and torch.equal(soft[9:18], single_soft)
 
 
