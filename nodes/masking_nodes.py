@@ -33,7 +33,6 @@ class PVTTBackgroundPreserve:
         return {"required": {
             "generated": ("IMAGE", {"tooltip": "The clip from PVTT Template Transfer (for a batch of products, "
                                                "its N clips: the template and mask are repeated per clip)."}),
-            "template_video": ("IMAGE", {"tooltip": "The same template clip that went into PVTT Template Transfer."}),
             "mask": ("MASK", {"tooltip": "The same product mask: pixels above 0.5 (white) are the product, as in "
                                          "Template Transfer."}),
             "dilate_px": ("INT", {"default": 0, "min": 0, "max": 64, "step": 1,
@@ -48,9 +47,15 @@ class PVTTBackgroundPreserve:
                                                 "with dilate_px 0 it has no effect. Keep dilate_px at least 2 x "
                                                 "feather_px so the fade reaches 0 at the edge. 0 (default) is a "
                                                 "hard edge."}),
+        }, "optional": {  # template_video was required; either it or template_core_video must be connected
+            "template_video": ("IMAGE", {"tooltip": "The same template clip that went into PVTT Template Transfer. "
+                                                    "Connect this or template_core_video, not both."}),
+            "template_core_video": ("VIDEO", {"tooltip": "The template clip as a core ComfyUI VIDEO (from core Load "
+                                                         "Video or Create Video), instead of template_video."}),
         }}
 
-    def composite(self, generated, template_video, mask, dilate_px, feather_px):
+    def composite(self, generated, template_video=None, mask=None, dilate_px=0, feather_px=0.0,
+                  template_core_video=None):
         from ..pvtt_train.errors import InputError
         from ..pvtt_train.sampling.composite import background_preserve
         from ..pvtt_train.validation import (
@@ -60,6 +65,9 @@ class PVTTBackgroundPreserve:
             image_batch,
             mask_frames,
         )
+        from .core_video import template_frames
+
+        template_video = template_frames(template_video, template_core_video, "PVTT Background Preserve")
 
         from .clip_sets import template_for
 

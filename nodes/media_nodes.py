@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import paths
+from .core_video import make_video
+from .filename_tokens import expand_tokens
 from .runtime import check_interrupted, progress_bar
 
 log = logging.getLogger("[PVTT]")
@@ -113,21 +115,27 @@ class PVTTLoadVideo:
                    "and a black-and-white mask video (white = the product to replace) for MASK.")
     CATEGORY = "PVTT/video"
     FUNCTION = "load"
-    RETURN_TYPES = ("IMAGE", "MASK", "INT", "FLOAT")
-    RETURN_NAMES = ("frames", "mask", "frame_count", "fps")
+    # outputs are appended only: saved links refer to them by index
+    RETURN_TYPES = ("IMAGE", "MASK", "INT", "FLOAT", "VIDEO", "AUDIO")
+    RETURN_NAMES = ("frames", "mask", "frame_count", "fps", "video", "audio")
     OUTPUT_TOOLTIPS = (
         "The loaded frames, [frames, height, width, 3] in 0..1.",
         "The frames' luminance, [frames, height, width] in 0..1 (white = 1): use with a mask video.",
         "Number of frames loaded.",
         "Frame rate of the loaded frames (the file's rate or sequence_fps, divided by select_every_nth).",
+        "The loaded frames and their sound as a core ComfyUI VIDEO (for core Save Video, Get Video Components "
+        "or PVTT Template Transfer's template_core_video).",
+        "The sound of the loaded span (skipped frames' sound is cut too) as core AUDIO; nothing (None) when the "
+        "file has no sound. Connect it to PVTT Save Video's audio to keep the template's sound.",
     )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "video": (paths.media_names(paths.VIDEO_EXTENSIONS) + sequence_names(), {
-                "tooltip": "A video in ComfyUI's input folder, a folder of numbered frames there (listed as "
-                           "'<folder>/'), or a shipped example under samples/."}),
+                "video_upload": True,
+                "tooltip": "A video in ComfyUI's input folder (or upload one with the button), a folder of numbered "
+                           "frames there (listed as '<folder>/'), or a shipped example under samples/."}),
             "frame_load_cap": ("INT", {
                 "default": 0, "min": 0, "max": 10000, "step": 1,
                 "tooltip": "Load at most this many frames (after skipping and sub-sampling); 0 loads all."}),
@@ -167,15 +175,28 @@ class PVTTLoadVideo:
 
         selection = {"frame_load_cap": frame_load_cap, "skip_first_frames": skip_first_frames,
                      "select_every_nth": select_every_nth, "on_frame": on_frame}
+        audio = None
         if is_sequence(video):
             frames, fps = read_sequence(resolve_sequence(video), fps=sequence_fps, **selection)
         else:
-            frames, fps = read_video(paths.resolve_media(video), **selection)
+            path = paths.resolve_media(video)
+            frames, fps = read_video(path, **selection)
+            audio = _loaded_sound(path, len(frames), fps, skip_first_frames, select_every_nth)
         image = torch.from_numpy(frames).float().div_(255.0)
         luminance = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
-        log.info("loaded %d frames of %s (%dx%d, %.2f fps)", len(frames), video, frames.shape[2], frames.shape[1],
-                 fps)
-        return (image, luminance.clamp_(0, 1), len(frames), fps)
+        log.info("loaded %d frames of %s (%dx%d, %.2f fps%s)", len(frames), video, frames.shape[2], frames.shape[1],
+                 fps, ", with sound" if audio is not None else "")
+        return (image, luminance.clamp_(0, 1), len(frames), fps, make_video(image, fps, audio), audio)
+
+
+def _loaded_sound(path, count: int, fps: float, skip_first_frames: int, select_every_nth: int):
+    """The file's sound over the time the loaded frames span: from the first kept frame to the end of the last
+    (``fps`` is already divided by select_every_nth, so each kept frame lasts 1/fps seconds of the file)."""
+    from ..pvtt_train.media.av_io import read_audio
+
+    file_fps = fps * select_every_nth
+    start = skip_first_frames / file_fps
+    return read_audio(path, start, start + count / fps)
 
 
 class PVTTLoadImage:
@@ -193,7 +214,9 @@ class PVTTLoadImage:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": (paths.media_names(paths.IMAGE_EXTENSIONS), {
-                "tooltip": "A product photo in ComfyUI's input folder, or a shipped example under samples/."}),
+                "image_upload": True,
+                "tooltip": "A product photo in ComfyUI's input folder (or upload one with the button), or a "
+                           "shipped example under samples/."}),
         }}
 
     @classmethod
@@ -214,10 +237,11 @@ class PVTTLoadImage:
 
 
 class PVTTSaveVideo:
-    DESCRIPTION = ("Saves frames as an MP4 in ComfyUI's output folder and shows an animated preview "
-                   "(also saved: an animated WebP that holds the workflow, drop it on ComfyUI to reload; or a GIF). "
-                   "Frames are rounded to 8 bits; the MP4 and WebP are lossy (the MP4 stores colour at half "
-                   "resolution) and the GIF has 256 colours, so none of them holds the exact frames.")
+    DESCRIPTION = ("Saves frames as an H.264 MP4 (plays in browsers and editors) in ComfyUI's output folder, with "
+                   "the template's sound when audio is connected and the workflow inside (drop the MP4 on ComfyUI to "
+                   "reload it), and shows an animated preview (also saved: an animated WebP that holds the workflow, "
+                   "or a GIF). Frames are rounded to 8 bits; the MP4 and WebP are lossy (the MP4 stores colour at "
+                   "half resolution) and the GIF has 256 colours, so none of them holds the exact frames.")
     CATEGORY = "PVTT/video"
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -231,7 +255,9 @@ class PVTTSaveVideo:
                 "filename_prefix": ("STRING", {
                     "default": "PVTT/pvtt",
                     "tooltip": "File name start, relative to the output folder; a '/' makes a subfolder. "
-                               "A counter is appended so nothing is overwritten."}),
+                               "A counter is appended so nothing is overwritten. Tokens as in core ComfyUI: "
+                               "%date:yyyy-MM-dd%, %year%, %month%, %day%, %hour%, %minute%, %second%, %width%, "
+                               "%height%."}),
                 "fps": ("FLOAT", {
                     "default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1,
                     "tooltip": "Frames per second of the saved video (use the Load Video fps to keep the "
@@ -242,6 +268,9 @@ class PVTTSaveVideo:
                     "default": "webp",
                     "tooltip": "Animated preview saved next to the MP4: webp keeps full colour and holds the "
                                "workflow; gif (256 colours, no workflow) opens in tools without WebP support."}),
+                "audio": ("AUDIO", {
+                    "tooltip": "Sound to put in the MP4 (AAC), e.g. PVTT Load Video's audio: the template's sound. "
+                               "Cut to the clip's length; a clip longer than the sound is silent at the end."}),
                 "frames_per_clip": ("INT", {
                     "default": 0, "min": 0, "max": 100000, "forceInput": True,
                     "tooltip": "Connect PVTT Template Transfer's frames_per_clip to save a batch of products as a "
@@ -251,24 +280,30 @@ class PVTTSaveVideo:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, filename_prefix, fps, preview_format="webp", frames_per_clip=None, prompt=None,
+    def save(self, images, filename_prefix, fps, preview_format="webp", audio=None, frames_per_clip=None, prompt=None,
              extra_pnginfo=None):
         from ..pvtt_train.validation import image_batch
         from .clip_sets import clips_of
 
-        clips = clips_of(image_batch(images, "images"), frames_per_clip)  # checked before any file is written
-        saved = [save_clip(clip, filename_prefix, fps, preview_format, prompt, extra_pnginfo) for clip in clips]
-        return {"ui": {"images": saved, "animated": (True,) * len(saved)}}
+        images = image_batch(images, "images")
+        clips = clips_of(images, frames_per_clip)  # checked before any file is written
+        prefix = expand_tokens(filename_prefix, images.shape[2], images.shape[1])
+        saved = [save_clip(clip, prefix, fps, preview_format, audio, prompt, extra_pnginfo) for clip in clips]
+        return {"ui": {"images": [preview for preview, _ in saved], "animated": (True,) * len(saved),
+                       "pvtt_mp4": [mp4 for _, mp4 in saved]}}
 
 
-def save_clip(images, filename_prefix, fps, preview_format="webp", prompt=None, extra_pnginfo=None) -> dict:
-    """One clip [F,H,W,3] in 0..1 saved as ``<prefix>_NNNNN.mp4`` with its animated preview; returns the
-    preview's entry for the node's UI images."""
-    from ..pvtt_train.media.video_io import write_gif, write_mp4, write_webp
+def save_clip(images, filename_prefix, fps, preview_format="webp", audio=None, prompt=None, extra_pnginfo=None):
+    """One clip [F,H,W,3] in 0..1 saved as ``<prefix>_NNNNN.mp4`` (with ``audio``, cut to the clip) and its
+    animated preview; returns the UI entries of the preview and of the MP4. PVTT Save Video calls it once
+    per clip of a batch, so the clips become a numbered set."""
+    from ..pvtt_train.media.av_io import write_mp4
+    from ..pvtt_train.media.video_io import write_gif, write_webp
 
     folder, stem, subfolder = next_output_name(filename_prefix)
     frames = (images * 255).round().to("cpu").byte().numpy()
-    write_mp4(folder / f"{stem}.mp4", frames, fps)
+    write_mp4(folder / f"{stem}.mp4", frames, fps, audio, workflow_metadata(prompt, extra_pnginfo),
+              on_frame=lambda *_: check_interrupted())
     if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
         preview = f"{stem}.gif"
         write_gif(folder / preview, frames, fps)
@@ -276,7 +311,8 @@ def save_clip(images, filename_prefix, fps, preview_format="webp", prompt=None, 
         preview = f"{stem}.webp"
         write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
     log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
-    return {"filename": preview, "subfolder": subfolder, "type": "output"}
+    return ({"filename": preview, "subfolder": subfolder, "type": "output"},
+            {"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"})
 
 
 def next_output_name(filename_prefix: str):
@@ -300,6 +336,25 @@ def next_output_name(filename_prefix: str):
     counter = max((int(t) for t in taken if t.isdigit()), default=0) + 1
     subfolder = "" if folder == root else folder.relative_to(root).as_posix()
     return folder, f"{base}_{counter:05d}", subfolder
+
+
+def _metadata_disabled() -> bool:
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False
+    return bool(args.disable_metadata)
+
+
+def workflow_metadata(prompt, extra_pnginfo) -> dict:
+    """The MP4's container metadata as core ComfyUI's SaveVideo writes it: each extra_pnginfo item (the
+    ``workflow``) and the ``prompt``, JSON-encoded by the writer; empty with --disable-metadata."""
+    if _metadata_disabled():
+        return {}
+    metadata = dict(extra_pnginfo or {})
+    if prompt is not None:
+        metadata["prompt"] = prompt
+    return metadata
 
 
 def workflow_exif(prompt, extra_pnginfo):

@@ -262,14 +262,44 @@ def media_names(extensions: set[str]) -> list[str]:
     return listing(input_dir()) + [SAMPLE_PREFIX + n for n in listing(SAMPLES_DIR)]
 
 
+#: ComfyUI's annotated names, ``clip.mp4 [output]``: the annotation picks the folder (a plain name is in the
+#: input folder). As in ``folder_paths.annotated_filepath``, the space before the bracket is cut too.
+ANNOTATIONS = ("input", "output", "temp")
+
+
+def annotated_folder(name: str) -> tuple[str, Path]:
+    """(name without annotation, folder), as ComfyUI's ``folder_paths.annotated_filepath`` reads it. Outside
+    ComfyUI the output folder is PVTT's standalone one and temp is a ``temp`` folder beside it."""
+    fp = _folder_paths()
+    if fp is not None:
+        leaf, base = fp.annotated_filepath(name)
+        return leaf, Path(base) if base is not None else input_dir()
+    for kind in ANNOTATIONS:
+        if name.endswith(f"[{kind}]"):
+            folders = {"input": input_dir(), "output": output_dir(), "temp": output_dir().parent / "temp"}
+            return name[:-len(kind) - 3], folders[kind]
+    return name, input_dir()
+
+
 def resolve_media(name: str) -> Path:
-    """Path of a dropdown name; only files directly in the input or samples folder resolve."""
-    folder, leaf = (SAMPLES_DIR, name[len(SAMPLE_PREFIX):]) if name.startswith(SAMPLE_PREFIX) else (input_dir(), name)
-    path = _inside(folder, leaf)
-    if path is None or path.parent != folder.resolve() or not path.is_file():
+    """Path of a dropdown name: ``samples/<file>`` is a shipped sample; anything else is resolved the way
+    ComfyUI's ``get_annotated_filepath`` does (``sub/clip.mp4``, ``clip.mp4 [output]``), so the file an
+    upload button put in a subfolder of the input folder loads. The file must lie inside that folder
+    (no ``..``, no symlink out of it) and no part of its path may be hidden."""
+    if name.startswith(SAMPLE_PREFIX):
+        folder, leaf = SAMPLES_DIR, name[len(SAMPLE_PREFIX):]
+        path = _inside(folder, leaf)
+        ok = path is not None and path.parent == folder.resolve() and path.is_file()
+    else:
+        leaf, folder = annotated_folder(name)
+        path = _inside(folder, leaf)
+        ok = (path is not None and path.is_file()
+              and not any(part.startswith(".") for part in PurePosixPath(leaf.replace("\\", "/")).parts))
+    if not ok:
         raise FileNotFoundError(
-            f"PVTT: file {name!r} not found. Put your videos and images in ComfyUI's input folder "
-            f"({input_dir()}) and pick them from the list, or pick one of the shipped 'samples/' files.")
+            f"PVTT: file {name!r} not found. Put your videos and images in ComfyUI's input folder ({input_dir()}) "
+            f"and pick them from the list (or upload one with the node's upload button), or pick one of the "
+            f"shipped 'samples/' files.")
     return path
 
 

@@ -41,7 +41,6 @@ class PVTTTemplateTransfer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load Video)."}),
             "mask": ("MASK", {"tooltip": "Where the old product is, per frame: white (1) = replace. One mask per frame, "
                                          "or a single mask used for every frame; same size as the video."}),
             "product_image": ("IMAGE", {"tooltip": "Photo of the new product on a plain light background. A batch of "
@@ -85,6 +84,11 @@ class PVTTTemplateTransfer:
             "sigmas": ("SIGMAS", {"tooltip": "Sample with PVTT's few-step sampler at exactly these sigmas (PVTT "
                                              "Student Sigmas for a student file or the PVTT LoRA) instead of the "
                                              "model's own sampler; overrides steps."}),
+            # optional since template_core_video can stand in for it; connect exactly one of the two
+            "template_video": ("IMAGE", {"tooltip": "The template clip whose product is replaced (from PVTT Load "
+                                                    "Video). Connect this or template_core_video, not both."}),
+            "template_core_video": ("VIDEO", {"tooltip": "The template clip as a core ComfyUI VIDEO (from core Load "
+                                                         "Video or Create Video), instead of template_video."}),
             "fit": (FIT_CHOICES, {"default": "crop",
                                   "tooltip": "How the clip reaches the model's working size (16x16 for the embedded "
                                              "model; the canvas shows the size after a run). crop: a region with "
@@ -96,15 +100,17 @@ class PVTTTemplateTransfer:
 
     def transfer(self, model=None, template_video=None, mask=None, product_image=None, steps=0, seed=0,
                  preserve_background=True, prompt="", negative_prompt="", photo_detail=True, native_model=None,
-                 vae=None, sigmas=None, fit="crop"):
+                 vae=None, sigmas=None, template_core_video=None, fit="crop"):
         from ..pvtt_train.pipeline import transfer
         from ..pvtt_train.product_batch import check_batch_memory, product_photos, render_products
         from ..pvtt_train.validation import clip_and_mask
         from ..pvtt_train.working_size import working_size_text
+        from .core_video import template_frames
         from .managed_models import load_for_sampling
         from .native_model import resolve_model
         from .step_preview import step_previewer
 
+        template_video = template_frames(template_video, template_core_video, "PVTT Template Transfer")
         # Checked first (the native path takes its working size from the template): every photo before any clip.
         template, mask_checked = clip_and_mask(template_video, mask, "template video", "the template video")
         photos = product_photos(product_image)

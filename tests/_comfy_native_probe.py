@@ -146,6 +146,9 @@ def graph(pack_root: str, model_path: str, vae_path: str, inputs_path: str, out:
 #: Dropdowns of core nodes that list model files, by the models/ folder they list.
 MODEL_FOLDERS = {("UNETLoader", "unet_name"): "diffusion_models", ("LoraLoaderModelOnly", "lora_name"): "loras",
                  ("CLIPLoader", "clip_name"): "text_encoders", ("VAELoader", "vae_name"): "vae"}
+#: Dropdowns of files in ComfyUI's input folder (differs per install): recorded as empty, with the content type
+#: (the lint accepts any file name of that kind, as the designer's files are not known here).
+INPUT_FILES = {("LoadVideo", "file"): "video"}
 #: Option keys the workflow lint reads.
 LINT_OPTIONS = ("default", "min", "max", "control_after_generate", "forceInput")
 
@@ -167,10 +170,12 @@ def core_schemas(*names: str) -> dict:
                 options = rest[0] if rest else {}
                 if kind == "COMBO":  # V3 nodes list a dropdown's values in its options
                     kind = list(options["options"])
+                if (name, input_name) in INPUT_FILES:
+                    kind, options = [], {**options, "input_files": INPUT_FILES[name, input_name]}
                 if (name, input_name) in MODEL_FOLDERS:
                     kind, options = [], {"model_folder": MODEL_FOLDERS[name, input_name]}
                 schema[group][input_name] = [kind, {k: v for k, v in options.items() if k in LINT_OPTIONS + (
-                    "model_folder",)}]
+                    "model_folder", "input_files")}]
         schema["return_types"] = list(node.RETURN_TYPES)
         schemas[name] = schema
     return schemas

@@ -105,8 +105,7 @@ def test_fit_is_the_last_optional_widget_defaulting_to_crop():
     assert optional[-1] == "fit" and optional[:3] == ["prompt", "negative_prompt", "photo_detail"]
     choices, options = schema["optional"]["fit"]
     assert list(choices) == list(FITS) and options["default"] == "crop" and options["tooltip"]
-    assert list(schema["required"]) == ["template_video", "mask", "product_image", "steps", "seed",
-                                        "preserve_background"]
+    assert list(schema["required"]) == ["mask", "product_image", "steps", "seed", "preserve_background"]
 
 
 def test_an_old_workflow_without_fit_opens_with_crop():

@@ -171,7 +171,7 @@ def test_raw_mjpeg_without_a_frame_count_is_stopped_while_decoding(folders, monk
 def test_raw_mjpeg_loads_when_the_cap_fits(folders, monkeypatch):
     write_raw_mjpeg(folders / "input" / "raw.avi")
     monkeypatch.setattr(video_io, "available_memory", lambda: budget_for(5, 64, 80))
-    frames, _, count, _ = run("PVTTLoadVideo", video="raw.avi", **{**ALL, "frame_load_cap": 5})
+    frames, _, count, _ = run("PVTTLoadVideo", video="raw.avi", **{**ALL, "frame_load_cap": 5})[:4]
     assert count == 5 and frames.shape == (5, 64, 80, 3)
     assert [round(float(f.mean()) * 255 / 20) for f in frames] == [0, 1, 2, 3, 4]
 

@@ -155,7 +155,7 @@ def test_load_video_lists_input_files_and_shipped_samples(folders):
 
 def test_load_video_returns_frames_mask_count_and_fps(folders):
     frames, mask, count, fps = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0,
-                                   select_every_nth=1)
+                                   select_every_nth=1)[:4]  # then VIDEO and AUDIO (test_media_av.py)
     assert frames.shape == (9, 128, 128, 3) and frames.dtype == torch.float32
     assert mask.shape == (9, 128, 128) and count == 9 and fps == pytest.approx(8.0)
     assert 0 <= float(frames.min()) and float(frames.max()) <= 1
@@ -170,7 +170,7 @@ def test_load_video_of_a_mask_gives_a_binary_mask(sample_inputs):
 def test_load_video_skips_caps_and_subsamples_frames(folders):
     full = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=0, skip_first_frames=0, select_every_nth=1)[0]
     frames, _, count, fps = run("PVTTLoadVideo", video=TEMPLATE, frame_load_cap=3, skip_first_frames=1,
-                                select_every_nth=2)
+                                select_every_nth=2)[:4]
     assert count == 3 and fps == pytest.approx(4.0)
     assert torch.equal(frames, full[[1, 3, 5]])
 
@@ -213,7 +213,7 @@ def test_save_video_round_trips_through_load_video(folders, sample_inputs, monke
     assert Image.open(saved / item["filename"]).n_frames == 9
     monkeypatch.setenv("PVTT_INPUT_DIR", str(saved))
     frames, _, count, fps = run("PVTTLoadVideo", video="roundtrip_00001.mp4", frame_load_cap=0,
-                                skip_first_frames=0, select_every_nth=1)
+                                skip_first_frames=0, select_every_nth=1)[:4]
     assert count == 9 and fps == pytest.approx(8.0)
     assert float((frames - template).abs().mean()) < 0.03
 

@@ -101,7 +101,7 @@ def test_video_list_shows_frame_folders_after_the_files(folders):
 
 def test_sequence_loads_frames_in_natural_order_at_sequence_fps(folders):
     write_frames(folders / "input" / "shot", ["frame_1.png", "frame_2.png", "frame_10.png"])  # sorted as text: 1, 10, 2
-    frames, mask, count, fps = run("PVTTLoadVideo", video="shot/", **ALL, sequence_fps=12.0)
+    frames, mask, count, fps = run("PVTTLoadVideo", video="shot/", **ALL, sequence_fps=12.0)[:4]
     assert frames.shape == (3, 16, 16, 3) and mask.shape == (3, 16, 16)
     assert count == 3 and fps == pytest.approx(12.0)
     assert frame_indices(frames) == [0, 1, 2]
@@ -115,7 +115,7 @@ def test_sequence_fps_defaults_to_8(folders):
 def test_sequence_applies_cap_skip_and_stride_like_a_video(folders):
     write_frames(folders / "input" / "shot", [f"{k:04d}.png" for k in range(10)])
     frames, _, count, fps = run("PVTTLoadVideo", video="shot/", frame_load_cap=2, skip_first_frames=1,
-                                select_every_nth=3, sequence_fps=12.0)
+                                select_every_nth=3, sequence_fps=12.0)[:4]
     assert count == 2 and frame_indices(frames) == [1, 4] and fps == pytest.approx(4.0)
 
 
@@ -163,7 +163,7 @@ def test_sequence_is_changed_only_when_its_frames_change(folders):
 def test_gif_loads_every_frame_at_its_frame_rate(folders):
     images = [Image.fromarray(grey(k)) for k in range(5)]
     images[0].save(folders / "input" / "anim.gif", save_all=True, append_images=images[1:], duration=100, loop=0)
-    frames, _, count, fps = run("PVTTLoadVideo", video="anim.gif", **ALL)
+    frames, _, count, fps = run("PVTTLoadVideo", video="anim.gif", **ALL)[:4]
     assert count == 5 and fps == pytest.approx(10.0) and frame_indices(frames) == [0, 1, 2, 3, 4]
 
 
@@ -178,7 +178,7 @@ def test_webm_loads_every_frame_at_its_frame_rate(folders):
     for k in range(5):
         writer.write(grey(k))
     writer.release()
-    frames, _, count, fps = run("PVTTLoadVideo", video="clip.webm", **ALL)
+    frames, _, count, fps = run("PVTTLoadVideo", video="clip.webm", **ALL)[:4]
     assert count == 5 and fps == pytest.approx(8.0) and frame_indices(frames) == [0, 1, 2, 3, 4]
 
 

@@ -26,6 +26,8 @@ SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 #: Checkpoints the workflows may name although no models folder exists in CI (the lead ships them).
 SHIPPED_MODELS = {"pvtt_student_4step.safetensors", "pvtt_teacher.safetensors"}
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+#: A core Load Video's file is the designer's upload, in the input folder (not known here).
+VIDEO_FILES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v"}
 
 
 def load(path: Path) -> dict:
@@ -55,6 +57,8 @@ def input_specs(node_type: str) -> dict[str, tuple]:
 def is_model_file_choice(node_type: str, name: str, spec: tuple, value) -> bool:
     """A model-file dropdown's value: any .safetensors name for a core loader; for PVTT Student Sigmas, one
     in the folders it lists (the files themselves are the designer's)."""
+    if isinstance(value, str) and len(spec) > 1 and spec[1].get("input_files") == "video":
+        return Path(value.removesuffix(" [input]")).suffix.lower() in VIDEO_FILES  # the designer's upload
     if not isinstance(value, str) or not value.endswith(".safetensors"):
         return False
     if len(spec) > 1 and spec[1].get("model_folder"):
@@ -73,6 +77,11 @@ def is_widget(spec: tuple) -> bool:
 
 def socket_type(spec: tuple) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+def has_upload_button(node_type: str) -> bool:
+    return any(len(spec) > 1 and (spec[1].get("image_upload") or spec[1].get("video_upload")
+                                  or spec[1].get("input_files")) for spec in input_specs(node_type).values())
 
 
 def pvtt_nodes(workflow: dict) -> list[dict]:
@@ -102,6 +111,8 @@ def test_node_inputs_match_the_schema(path):
     for node in pvtt_nodes(load(path)):
         specs = input_specs(node["type"])
         for slot in node["inputs"]:
+            if slot["name"] == "upload" and slot["type"] == "IMAGEUPLOAD" and has_upload_button(node["type"]):
+                continue  # the frontend's upload button, added for image_upload / video_upload
             assert slot["name"] in specs, f"node {node['id']} has an input {slot['name']!r} the schema lacks"
             assert slot["type"] == socket_type(specs[slot["name"]]), f"node {node['id']} input {slot['name']}"
         sockets = [name for name, spec in specs.items() if not is_widget(spec)]
@@ -112,8 +123,20 @@ def test_node_inputs_match_the_schema(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_node_outputs_match_the_schema(path):
+    """Outputs are only ever appended (links refer to them by index): a graph saved before an output was added
+    lists a prefix of today's outputs, and its links still land on the same types."""
     for node in pvtt_nodes(load(path)):
-        assert [o["type"] for o in node["outputs"]] == list(NODES[node["type"]].RETURN_TYPES)
+        saved, now = [o["type"] for o in node["outputs"]], list(NODES[node["type"]].RETURN_TYPES)
+        assert saved == now[:len(saved)] and (saved or not now), f"node {node['id']} ({node['type']}) outputs {saved} vs {now}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_template_comes_from_exactly_one_socket(path):
+    """Template Transfer and Background Preserve take the template as IMAGE or as core VIDEO, not both."""
+    for node in pvtt_nodes(load(path)):
+        if "template_core_video" in input_specs(node["type"]):
+            linked = {s["name"] for s in node["inputs"] if s.get("link") is not None}
+            assert len(linked & {"template_video", "template_core_video"}) == 1, f"node {node['id']}"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -140,6 +163,8 @@ def test_widget_values_are_valid(path):
                 assert spec[1].get("min", value) <= value <= spec[1].get("max", value), f"{where} out of range"
                 if spec[1].get("control_after_generate"):
                     assert values and values.pop(0) in SEED_CONTROLS, f"{where} lacks its control_after_generate"
+        if values == ["image"] and has_upload_button(node["type"]):
+            values = []  # the frontend saves its upload button's label last; it is never sent to the server
         assert not values, f"node {node['id']} ({node['type']}) has extra widget values {values}"
 
 
