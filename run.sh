@@ -19,12 +19,12 @@ setup() {
 case "${1:-}" in
   demo)
     shift
-    setup
+    setup -r requirements-train.txt
     exec "$VENV/bin/python" -m pvtt_train demo --out "${PVTT_DEMO_OUT:-out/demo}" "$@"
     ;;
   test)
     shift
-    setup -r requirements-dev.txt
+    setup -r requirements-train.txt -r requirements-dev.txt
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
   *)

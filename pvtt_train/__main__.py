@@ -38,6 +38,7 @@ from .cli_args import (
     whole,
 )
 from .errors import DISK_ERRORS
+from .training_extra import require as require_training_extra
 
 PROG = "python -m pvtt_train"
 DEBUG_ENV = "PVTT_DEBUG"
@@ -133,6 +134,8 @@ def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
     _check_progressive_inputs(args, any_form=True)
+    if args.report_clips:
+        require_training_extra("distill --report-clips (its quality_speed.png plot)", "matplotlib")
     if not args.skip_memory_check:
         from .plan_cli import check_distill_memory
 
@@ -215,6 +218,7 @@ def cmd_demo(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
     _check_progressive_inputs(args)
+    require_training_extra("the demo (its report plot)", "matplotlib")
 
     from .demo import run_demo
 
@@ -400,7 +404,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [InputError, CheckpointError, FileNotFoundError, NotADirectoryError,
                                         IsADirectoryError, PermissionError, FileExistsError]
     # Optional or heavy modules: if one was never imported, none of its errors can have been raised.
-    for module, name in (("pvtt_accel.optional", "MissingPackage"), ("pvtt_train.data.export", "ExportError")):
+    for module, name in (("pvtt_accel.optional", "MissingPackage"), ("pvtt_train.data.export", "ExportError"),
+                         ("pvtt_train.training_extra", "MissingTrainingPackage")):
         if module in sys.modules:
             types.append(getattr(sys.modules[module], name))
     return tuple(types)

@@ -411,6 +411,9 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    from .training_extra import require
+
+    require("bench.png", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

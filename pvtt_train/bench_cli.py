@@ -35,7 +35,9 @@ def cmd_bench(args) -> None:
 
     from .bench import default_variants, quick_variants, run_bench
     from .cli_args import check_model_file
+    from .training_extra import require
 
+    require("bench (its bench.png plot)", "matplotlib")
     torch.set_num_threads(args.threads)
     check_device(args.device)
     device = torch.device(args.device)

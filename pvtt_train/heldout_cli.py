@@ -16,7 +16,9 @@ def cmd_heldout_eval(args) -> None:
     from .eval.heldout_eval import run_heldout_eval
     from .eval.heldout_report import markdown, write_report
     from .paths import SHIPPED_MODELS
+    from .training_extra import require
 
+    require("heldout-eval (its product photos come from scikit-image)", "skimage")
     models = [Path(m) for m in (args.model or [SHIPPED_MODELS / DEFAULT_MODEL])]
     for model in models:
         check_model_file(model, "--model", "model", folder_ok=True)

@@ -27,7 +27,7 @@ from pvtt_train.media.av_io import read_audio, write_mp4
 from pvtt_train.media.video_io import read_video
 
 CORE_WORKFLOW = ROOT / "workflows" / "PVTT core video template transfer.json"
-PVTT_WORKFLOW = ROOT / "workflows" / "pvtt_4step_template_transfer.json"
+PVTT_WORKFLOW = ROOT / "workflows" / "PVTT 4-step template transfer.json"
 TONE_HZ, FRAMES, FPS = 441.0, 9, 8.0
 
 

@@ -43,8 +43,8 @@ PORT = int(os.environ.get("COMFYUI_NATIVE_PORT", "8191"))
 URL = f"http://127.0.0.1:{PORT}"
 ARTIFACTS = ROOT / "out" / "comfyui_native_real"
 SCREENSHOT = ROOT / "docs" / "screenshots" / "native_wan_vace_pvtt_lora.png"
-WORKFLOWS = {"lora": ROOT / "workflows" / "native_wan_vace_pvtt_lora.json",
-             "student": ROOT / "workflows" / "native_wan_vace_pvtt_student.json"}
+WORKFLOWS = {"lora": ROOT / "workflows" / "Native Wan-VACE with the PVTT LoRA.json",
+             "student": ROOT / "workflows" / "Native Wan-VACE with the PVTT student.json"}
 PROMPT_NODES = {"CLIPLoader", "CLIPTextEncode"}
 #: The SVDs of export-lora on tiny layers run several times faster on one thread than on two busy cores.
 ONE_THREAD = ("--threads", "1")

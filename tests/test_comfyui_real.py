@@ -22,6 +22,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ PORT = int(os.environ.get("COMFYUI_PORT", "8190"))
 URL = f"http://127.0.0.1:{PORT}"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 #: The native Wan-VACE workflows need a designer's Wan files; test_comfyui_native_real.py runs them on tiny ones.
-PVTT_MODEL_WORKFLOWS = [w for w in WORKFLOWS if not w.stem.startswith("native_")
+PVTT_MODEL_WORKFLOWS = [w for w in WORKFLOWS if not w.stem.startswith("Native ")
                         and '"LoadVideo"' not in w.read_text()]  # core Load Video: test_comfyui_media_real.py
 STUDENT = "pvtt_student_4step.safetensors"
 ARTIFACTS = ROOT / "out" / "comfyui_real"
@@ -111,7 +112,7 @@ def test_node_help_pages_are_served(comfy):
 def test_workflow_is_offered_as_a_template(comfy, workflow):
     templates = get_json("/api/workflow_templates")
     assert workflow.stem in templates.get(ROOT.name, []), templates
-    served = get_json(f"/api/workflow_templates/{ROOT.name}/{urllib.parse.quote(workflow.name)}")
+    served = get_json(f"/api/workflow_templates/{quote(ROOT.name)}/{quote(workflow.name)}")
     assert served == json.loads(workflow.read_text())
 
 
@@ -155,7 +156,7 @@ def post_json(path: str, body: dict):
 def api_prompt(**changes) -> dict:
     """The 4-step workflow's API prompt as the frontend made it (saved by the workflow test above),
     with ``changes`` as {node id: {input: value}}."""
-    saved = ARTIFACTS / "pvtt_4step_template_transfer.api.json"
+    saved = ARTIFACTS / "PVTT 4-step template transfer.api.json"
     assert saved.is_file(), "run test_workflow_runs_in_the_real_frontend first (it saves the API prompt)"
     prompt = json.loads(saved.read_text())
     for node_id, inputs in changes.items():
@@ -179,7 +180,7 @@ def server_log(rig: Path) -> str:
 
 def test_a_designer_mistake_shows_in_the_error_dialog_with_the_fix(comfy):
     """The mask video loaded from frame 5 (4 frames skipped) no longer matches the 9-frame template."""
-    ui = json.loads((ROOT / "workflows" / "pvtt_4step_template_transfer.json").read_text())
+    ui = json.loads((ROOT / "workflows" / "PVTT 4-step template transfer.json").read_text())
     mask_loader = next(n for n in ui["nodes"] if n["type"] == "PVTTLoadVideo"
                        and n["widgets_values"][0] == "samples/pvtt_mask.mp4")
     mask_loader["widgets_values"][2] = 4  # skip_first_frames

@@ -25,7 +25,10 @@ def widgets():
 
 def test_the_node_keeps_its_widget_names_and_order_with_the_new_defaults():
     required = widgets()
-    assert list(required) == ["generated", "template_video", "mask", "dilate_px", "feather_px"]  # saved workflows
+    # saved workflows: the widgets keep their order; template_video became an optional socket beside
+    # template_core_video (issue 16), which sockets may do without shifting any widget value
+    assert list(required) == ["generated", "mask", "dilate_px", "feather_px"]
+    assert list(NODE.INPUT_TYPES()["optional"]) == ["template_video", "template_core_video"]
     assert required["dilate_px"][1]["default"] == 0 and required["feather_px"][1]["default"] == 0.0
     assert (required["dilate_px"][1]["min"], required["dilate_px"][1]["max"]) == (0, 64)
     assert (required["feather_px"][1]["min"], required["feather_px"][1]["max"]) == (0.0, 32.0)
@@ -54,8 +57,8 @@ def test_the_old_composites_are_gone():
             assert name not in text, f"{path}: {name}"
 
 
-@pytest.mark.parametrize("workflow", ["pvtt_4step_template_transfer", "pvtt_accelerated",
-                                      "pvtt_background_mask_editing"])
+@pytest.mark.parametrize("workflow", ["PVTT 4-step template transfer", "PVTT accelerated template transfer",
+                                      "PVTT mask editing and background preserve"])
 def test_shipped_workflows_use_the_defaults(workflow):
     graph = json.loads((ROOT / "workflows" / f"{workflow}.json").read_text())
     preserve = [n for n in graph["nodes"] if n["type"] == "PVTTBackgroundPreserve"]

@@ -81,7 +81,7 @@ def test_the_scanner_tells_conditional_claims_from_unconditional_ones(claim, bad
 
 def test_the_scan_reads_every_shipped_text():
     texts = shipped_texts()
-    assert "nodes/accel_nodes.py" in texts and "workflows/pvtt_accelerated.json" in texts
+    assert "nodes/accel_nodes.py" in texts and "workflows/PVTT accelerated template transfer.json" in texts
     assert "web/docs/PVTTAccelerate.md" in texts
     assert any("bf16" in s for s in texts["nodes/accel_nodes.py"])
 

@@ -57,14 +57,9 @@ def make_accelerator(run: RunConfig, run_dir: Path, trackers: bool = True):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    log_with = None
-    if trackers:
-        try:
-            import tensorboard  # noqa: F401
+    from ..training_extra import tensorboard_or_jsonl
 
-            log_with = "tensorboard"
-        except ImportError:
-            print("tensorboard is not installed: logging to JSONL only (pip install tensorboard)")
+    log_with = tensorboard_or_jsonl() if trackers else None
     # mixed_precision=None lets accelerate read its own setting (ACCELERATE_MIXED_PRECISION, which
     # `accelerate launch` sets from its config file), so only an explicit --mixed-precision overrides it.
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=run.mixed_precision, log_with=log_with,

@@ -90,6 +90,9 @@ def markdown(report: dict) -> str:
 def plot(report: dict, path: Path) -> None:
     """Steps against each quality metric, the gate distance and latency: the students as a line,
     the 50-step teacher as a star, the undistilled teacher at the last stage's steps as a cross."""
+    from ..training_extra import require
+
+    require("the report's quality_speed.png", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -84,6 +84,9 @@ class HeldoutClip:
 @functools.cache
 def sample_photo(name: str) -> np.ndarray:
     """One of scikit-image's bundled sample photos as float32 RGB [H, W, 3] (grey ones repeated)."""
+    from ..training_extra import require
+
+    require("the held-out evaluation's product photos", "skimage")
     import skimage.data
 
     image = getattr(skimage.data, name)()
