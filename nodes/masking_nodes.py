@@ -31,7 +31,8 @@ class PVTTBackgroundPreserve:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "generated": ("IMAGE", {"tooltip": "The clip from PVTT Template Transfer."}),
+            "generated": ("IMAGE", {"tooltip": "The clip from PVTT Template Transfer (for a batch of products, "
+                                               "its N clips: the template and mask are repeated per clip)."}),
             "mask": ("MASK", {"tooltip": "The same product mask: pixels above 0.5 (white) are the product, as in "
                                          "Template Transfer."}),
             "dilate_px": ("INT", {"default": 0, "min": 0, "max": 64, "step": 1,
@@ -68,11 +69,14 @@ class PVTTBackgroundPreserve:
 
         template_video = template_frames(template_video, template_core_video, "PVTT Background Preserve")
 
+        from .clip_sets import template_for
+
         generated, template_video = image_batch(generated, "generated"), image_batch(template_video, "template_video")
+        mask = mask_frames(mask)
+        template_video, mask = template_for(generated, template_video, mask)  # N clips made from one template
         if generated.shape != template_video.shape:
             raise InputError(f"generated clip {tuple(generated.shape)} and template video {tuple(template_video.shape)} "
                              f"differ in shape; connect the template that went into PVTT Template Transfer.")
-        mask = mask_frames(mask)
         check_mask_fits(mask, *generated.shape[:3], video="the generated clip")
         check_mask_coverage(mask)
         check_output_memory(generated)

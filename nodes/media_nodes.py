@@ -271,30 +271,48 @@ class PVTTSaveVideo:
                 "audio": ("AUDIO", {
                     "tooltip": "Sound to put in the MP4 (AAC), e.g. PVTT Load Video's audio: the template's sound. "
                                "Cut to the clip's length; a clip longer than the sound is silent at the end."}),
+                "frames_per_clip": ("INT", {
+                    "default": 0, "min": 0, "max": 100000, "forceInput": True,
+                    "tooltip": "Connect PVTT Template Transfer's frames_per_clip to save a batch of products as a "
+                               "numbered set: one MP4 (and preview) per clip, prefix_00001, prefix_00002, ... "
+                               "Unconnected (or 0): all frames go into one file."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save(self, images, filename_prefix, fps, preview_format="webp", audio=None, prompt=None, extra_pnginfo=None):
-        from ..pvtt_train.media.av_io import write_mp4
-        from ..pvtt_train.media.video_io import write_gif, write_webp
+    def save(self, images, filename_prefix, fps, preview_format="webp", audio=None, frames_per_clip=None, prompt=None,
+             extra_pnginfo=None):
         from ..pvtt_train.validation import image_batch
+        from .clip_sets import clips_of
 
         images = image_batch(images, "images")
-        folder, stem, subfolder = next_output_name(expand_tokens(filename_prefix, images.shape[2], images.shape[1]))
-        frames = (images * 255).round().to("cpu").byte().numpy()
-        write_mp4(folder / f"{stem}.mp4", frames, fps, audio, workflow_metadata(prompt, extra_pnginfo),
-                  on_frame=lambda *_: check_interrupted())
-        if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
-            preview = f"{stem}.gif"
-            write_gif(folder / preview, frames, fps)
-        else:
-            preview = f"{stem}.webp"
-            write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
-        log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
-        return {"ui": {"images": [{"filename": preview, "subfolder": subfolder, "type": "output"}],
-                       "animated": (True,),
-                       "pvtt_mp4": [{"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"}]}}
+        clips = clips_of(images, frames_per_clip)  # checked before any file is written
+        prefix = expand_tokens(filename_prefix, images.shape[2], images.shape[1])
+        saved = [save_clip(clip, prefix, fps, preview_format, audio, prompt, extra_pnginfo) for clip in clips]
+        return {"ui": {"images": [preview for preview, _ in saved], "animated": (True,) * len(saved),
+                       "pvtt_mp4": [mp4 for _, mp4 in saved]}}
+
+
+def save_clip(images, filename_prefix, fps, preview_format="webp", audio=None, prompt=None, extra_pnginfo=None):
+    """One clip [F,H,W,3] in 0..1 saved as ``<prefix>_NNNNN.mp4`` (with ``audio``, cut to the clip) and its
+    animated preview; returns the UI entries of the preview and of the MP4. PVTT Save Video calls it once
+    per clip of a batch, so the clips become a numbered set."""
+    from ..pvtt_train.media.av_io import write_mp4
+    from ..pvtt_train.media.video_io import write_gif, write_webp
+
+    folder, stem, subfolder = next_output_name(filename_prefix)
+    frames = (images * 255).round().to("cpu").byte().numpy()
+    write_mp4(folder / f"{stem}.mp4", frames, fps, audio, workflow_metadata(prompt, extra_pnginfo),
+              on_frame=lambda *_: check_interrupted())
+    if preview_format == "gif":  # the file name never takes the widget's text, so it stays in folder
+        preview = f"{stem}.gif"
+        write_gif(folder / preview, frames, fps)
+    else:
+        preview = f"{stem}.webp"
+        write_webp(folder / preview, frames, fps, workflow_exif(prompt, extra_pnginfo))
+    log.info("saved %d frames to %s.mp4", len(frames), folder / stem)
+    return ({"filename": preview, "subfolder": subfolder, "type": "output"},
+            {"filename": f"{stem}.mp4", "subfolder": subfolder, "type": "output"})
 
 
 def next_output_name(filename_prefix: str):

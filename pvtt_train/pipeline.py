@@ -19,7 +19,8 @@ import torch
 from .aligned_warp import aligned_warp
 from .detail_transfer import add_photo_detail
 from .errors import InputError
-from .media.resize import resize_video
+from .media.fit import from_model, plan_fit, to_model
+from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
@@ -43,7 +44,7 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
              callback: Callable[[int, int, torch.Tensor], None] | None = None, prompt: str | None = None,
              negative_prompt: str | None = None, guidance: float | None = None, guidance_mode: str | None = None,
              text_encoder=None, window_overlap: int | None = None,
-             photo_detail: bool = True) -> torch.Tensor:
+             photo_detail: bool = True, fit: str = "stretch") -> torch.Tensor:
     """Generate the template clip with the new product; returns [F,H,W,3] in 0..1 at input size.
 
     ``reference`` is the product photo [H,W,3] (or an IMAGE batch, whose first image is used).
@@ -54,6 +55,8 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     that only touch, as before). ``photo_detail`` adds, inside the mask, the fine detail of the product
     photo warped onto the mask (``aligned_warp``) that the model's working size cannot hold
     (``detail_transfer``); it changes nothing when the clip is no larger than the working size.
+    ``fit`` is how the clip reaches the working size (``media.fit``): "crop" (the model's aspect ratio
+    around the mask, pasted back), "pad" (letterboxed) or "stretch" (the default, as before).
     """
     template, mask, reference = check_inputs(template, mask, reference)
     check_output_memory(template)
@@ -67,8 +70,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         _told_no_text.add(str(loaded.path))
         logger.info("%s takes no text prompt (it has no text encoder); the prompt is ignored", loaded.path.name)
     h, w, window = loaded.video["height"], loaded.video["width"], loaded.video["frames"]
-    tmpl = resize_video(template, h, w)
-    msk = (resize_video(mask[..., None], h, w)[..., 0] > 0.5).float()
+    plan = plan_fit(fit, tuple(template.shape[1:3]), (h, w), mask)
+    tmpl = to_model(plan, template)
+    msk = (to_model(plan, mask[..., None])[..., 0] > 0.5).float()
     if float(msk.max()) <= 0.5:
         raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
                          f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
@@ -96,9 +100,10 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         # The decoder (a VAE) can overflow where the latent did not; the clamp below would keep a NaN.
         decoded = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
         out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
-    out = resize_video(out, template.shape[1], template.shape[2]).clamp(0, 1)
-    if photo_detail and (template.shape[1] > h or template.shape[2] > w):
+    out = from_model(plan, out, template).clamp(0, 1)
+    working = plan.effective_size  # the model's resolution over the whole clip
+    if photo_detail and (template.shape[1] > working[0] or template.shape[2] > working[1]):
         inside = (mask > 0.5).float()
         warp = torch.from_numpy(aligned_warp(reference.numpy(), inside.numpy()))
-        out = add_photo_detail(out, warp, inside, (h, w))
+        out = add_photo_detail(out, warp, inside, working)
     return out

@@ -61,14 +61,14 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
         "unet_offload_device": str(mm.unet_offload_device()), "size_mb": patcher.model_size() / 2**20}
     report["loaded_before_run"] = managed.is_loaded(loaded)
     started = time.perf_counter()
-    pvtt = transfer.transfer(model=loaded, **clip)[0]
+    pvtt = transfer.transfer(model=loaded, **clip)["result"][0]
     report["pvtt_seconds"] = time.perf_counter() - started
     report["loaded_after_run"] = managed.is_loaded(loaded)
     report["loaded_size_after_run_mb"] = patcher.loaded_size() / 2**20
     mm.unload_all_models()
     report["loaded_after_unload_all"] = managed.is_loaded(loaded)
     report["loaded_size_after_unload_mb"] = patcher.loaded_size() / 2**20
-    reloaded = transfer.transfer(model=loaded, **clip)[0]
+    reloaded = transfer.transfer(model=loaded, **clip)["result"][0]
     report["loaded_after_rerun"] = managed.is_loaded(loaded)
     report["managed_unload"] = managed.unload(loaded)
     report["loaded_after_managed_unload"] = managed.is_loaded(loaded)
@@ -90,7 +90,7 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
     report["vae_dtype"] = str(vae.vae_dtype)
     report["sigmas"] = [float(s) for s in sigmas]
     started = time.perf_counter()
-    native = transfer.transfer(native_model=native_model, vae=vae, sigmas=sigmas, **clip)[0]
+    native = transfer.transfer(native_model=native_model, vae=vae, sigmas=sigmas, **clip)["result"][0]
     report["native_seconds"] = time.perf_counter() - started
 
     native_module = sys.modules[f"{Path(pack_root).name}.nodes.native_model"]

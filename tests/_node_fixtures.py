@@ -28,6 +28,11 @@ def run(node_id: str, **inputs):
     return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
+def outputs(value):
+    """A node's outputs tuple, also when it returns ComfyUI's {"ui": ..., "result": (...)} form."""
+    return value.get("result", ()) if isinstance(value, dict) else value
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     """A models folder holding one random-weights tiny checkpoint with a 2-step few-step sampler."""

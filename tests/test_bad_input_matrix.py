@@ -21,7 +21,7 @@ import pytest
 import torch
 from _comfy_pack import PACKAGE
 from _media_files import feathered_disk, flip_idat_bit, gradient_png, png_bomb, write_raw_mjpeg
-from _node_fixtures import TINY_NAME, nodes, run
+from _node_fixtures import TINY_NAME, nodes, outputs, run
 
 errors = importlib.import_module(f"{PACKAGE}.pvtt_train.errors")
 validation = importlib.import_module(f"{PACKAGE}.pvtt_train.validation")
@@ -268,7 +268,7 @@ def test_bad_tensor_input_is_refused_with_problem_and_fix(case_id, ctx, folders)
 def same_as_clean(node, make_input, name):
     """The node on the transformed input gives exactly what it gives on the clean input."""
     def check(out, ctx):
-        clean = execute(node, **defaults(ctx)[node])
+        clean = outputs(execute(node, **defaults(ctx)[node]))
         for got, want in zip(out, clean):
             if isinstance(want, torch.Tensor):
                 assert got.dtype == torch.float32 and torch.equal(got, want)
@@ -308,9 +308,9 @@ ACCEPTED = {
         "PVTTTemplateTransfer", template_video=lambda v: clip(3, 2, 2),
         mask=lambda m: torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])), transfer_shape(3, 2, 2)),
     "TemplateTransfer-tall-3x301": Accepted("PVTTTemplateTransfer", odd(3, 301, 3), transfer_shape(3, 301, 3)),
-    "TemplateTransfer-product-batch-of-2": Accepted(
+    "TemplateTransfer-product-batch-of-2": Accepted(  # one clip per product photo, frames_per_clip beside them
         "PVTTTemplateTransfer", override("PVTTTemplateTransfer", product_image=lambda p: torch.cat([p, p * 0.5])),
-        transfer_shape(FRAMES, H, W)),
+        lambda out, ctx: (transfer_shape(2 * FRAMES, H, W)(out, ctx), _assert(out[1] == FRAMES))),
     "TemplateTransfer-product-grey-1px": Accepted(
         "PVTTTemplateTransfer", override("PVTTTemplateTransfer", product_image=lambda p: torch.rand(1, 1, 2, 3)),
         transfer_shape(FRAMES, H, W)),
@@ -356,7 +356,7 @@ def _saved_size(ctx, frames, height, width):
 def test_unusual_valid_tensor_input_gives_the_right_output(case_id, ctx, folders):
     case = ACCEPTED[case_id]
     ctx["folders"] = folders
-    out = execute(case.node, **case.inputs(ctx))
+    out = outputs(execute(case.node, **case.inputs(ctx)))  # Template Transfer also returns UI text
     case.check(out, ctx)
 
 

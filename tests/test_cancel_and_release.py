@@ -19,7 +19,7 @@ import weakref
 import pytest
 import torch
 from _comfy_pack import PACKAGE
-from _node_fixtures import TINY_NAME, run
+from _node_fixtures import TINY_NAME, outputs, run
 
 model_nodes = importlib.import_module(f"{PACKAGE}.nodes.model_nodes")
 denoiser_mod = importlib.import_module(f"{PACKAGE}.pvtt_accel.denoiser")
@@ -145,10 +145,10 @@ def test_a_cancelled_transfer_leaves_the_model_usable(model, comfy):
             seed=0, preserve_background=True)
     handle.remove()
     assert len(calls) == 1
-    after = run("PVTTTemplateTransfer", model=model, template_video=template, mask=mask, product_image=product,
-                steps=0, seed=0, preserve_background=True)[0]
-    again = run("PVTTTemplateTransfer", model=model, template_video=template, mask=mask, product_image=product,
-                steps=0, seed=0, preserve_background=True)[0]
+    after = outputs(run("PVTTTemplateTransfer", model=model, template_video=template, mask=mask,
+                        product_image=product, steps=0, seed=0, preserve_background=True))[0]
+    again = outputs(run("PVTTTemplateTransfer", model=model, template_video=template, mask=mask,
+                        product_image=product, steps=0, seed=0, preserve_background=True))[0]
     assert torch.equal(after, again) and torch.isfinite(after).all()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _comfy_pack import PACKAGE
-from _node_fixtures import MASK, PRODUCT, TEMPLATE, TINY_NAME, nodes, paths, run
+from _node_fixtures import MASK, PRODUCT, TEMPLATE, TINY_NAME, nodes, outputs, paths, run
 from PIL import Image
 
 av_io = importlib.import_module(f"{PACKAGE}.pvtt_train.media.av_io")
@@ -268,9 +268,10 @@ def test_template_transfer_gives_the_same_clip_from_image_or_video(transfer_inpu
     model, template, video, mask, product = transfer_inputs
     common = {"model": model, "mask": mask, "product_image": product, "steps": 0, "seed": 3,
               "preserve_background": True}
-    from_image = run("PVTTTemplateTransfer", template_video=template, **common)[0]
-    from_video = run("PVTTTemplateTransfer", template_core_video=video, **common)[0]
-    from_core = run("PVTTTemplateTransfer", template_core_video=core_video.make_video(template, 8.0), **common)[0]
+    from_image = outputs(run("PVTTTemplateTransfer", template_video=template, **common))[0]
+    from_video = outputs(run("PVTTTemplateTransfer", template_core_video=video, **common))[0]
+    from_core = outputs(run("PVTTTemplateTransfer", template_core_video=core_video.make_video(template, 8.0),
+                            **common))[0]
     assert from_image.shape == template.shape and torch.equal(from_image, from_video)
     assert torch.equal(from_image, from_core)
     kept = run("PVTTBackgroundPreserve", generated=from_image, template_video=template, mask=mask, dilate_px=2,
@@ -298,10 +299,11 @@ def test_template_sockets_are_optional_and_appended(folders):
     for node in ("PVTTTemplateTransfer", "PVTTBackgroundPreserve"):
         schema = nodes[node].INPUT_TYPES()
         assert "template_video" not in schema["required"]
-        assert list(schema["optional"])[-2:] == ["template_video", "template_core_video"]
+        optional = [k for k in schema["optional"] if k != "fit"]  # fit: Template Transfer's last widget
+        assert optional[-2:] == ["template_video", "template_core_video"]
         assert schema["optional"]["template_core_video"][0] == "VIDEO"
         assert all(spec[1].get("tooltip") for group in schema.values() for spec in group.values())
-    assert list(nodes["PVTTSaveVideo"].INPUT_TYPES()["optional"]) == ["preview_format", "audio"]
+    assert list(nodes["PVTTSaveVideo"].INPUT_TYPES()["optional"]) == ["preview_format", "audio", "frames_per_clip"]
 
 
 def test_made_video_saves_itself_like_core_video(tmp_path):

@@ -75,11 +75,12 @@ def test_template_transfer_without_any_model_says_what_to_connect():
 def test_model_is_an_optional_socket_and_the_native_sockets_are_appended():
     spec = nodes["PVTTTemplateTransfer"].INPUT_TYPES()
     assert "model" not in spec["required"]
-    assert list(spec["required"]) == ["template_video", "mask", "product_image", "steps", "seed",
-                                      "preserve_background"]
+    assert list(spec["required"]) == ["mask", "product_image", "steps", "seed", "preserve_background"]
     optional = list(spec["optional"])
     assert optional == ["prompt", "negative_prompt", "photo_detail",  # the widgets keep their order
-                        "model", "native_model", "vae", "sigmas"]
+                        "model", "native_model", "vae", "sigmas",
+                        "template_video", "template_core_video",  # template_video: was required, now optional
+                        "fit"]  # a widget appended after the sockets
     assert [spec["optional"][k][0] for k in ("model", "native_model", "vae", "sigmas")] == \
         ["PVTT_MODEL", "MODEL", "VAE", "SIGMAS"]
     assert all(spec["optional"][k][1].get("tooltip") for k in optional)

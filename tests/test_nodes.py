@@ -23,6 +23,7 @@ from _node_fixtures import (
     TINY_NAME,
     checkpoint,
     nodes,
+    outputs,
     pack,
     paths,
     run,
@@ -43,7 +44,7 @@ def transfer(model, inputs, **overrides):
     template, mask, product = inputs
     kwargs = {"model": model, "template_video": template, "mask": mask, "product_image": product, "steps": 0,
               "seed": 0, "preserve_background": True}
-    return run("PVTTTemplateTransfer", **{**kwargs, **overrides})[0]
+    return outputs(run("PVTTTemplateTransfer", **{**kwargs, **overrides}))[0]
 
 
 # --- schemas -----------------------------------------------------------------------------------

@@ -149,6 +149,6 @@ def test_template_transfer_node_takes_the_prompts_as_optional_last_inputs(folder
     node = nodes.PVTTTemplateTransfer()
 
     def run(*prompts):
-        return node.transfer(model, template, mask, reference[None], 2, 0, True, *prompts)[0]
+        return node.transfer(model, template, mask, reference[None], 2, 0, True, *prompts)["result"][0]
 
     assert (run(PROMPT, NEGATIVE) - run("a white coffee cup", NEGATIVE)).abs().max() > 1e-4
