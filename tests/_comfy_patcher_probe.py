@@ -110,11 +110,11 @@ def main(comfy_dir: str, pack_root: str, fixtures: str, inputs_path: str, out: s
     teacher = comfy_nodes.UNETLoader().load_unet("teacher_native.safetensors", "default")[0]
     with_lora = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(teacher, "lora_comfy.safetensors", 1.0)[0]
     report["lora_patches"] = len(with_lora.patches)
-    lora = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)[0]
-    base = transfer.transfer(native_model=teacher, vae=vae, sigmas=sigmas, **clip)[0]
-    lora_again = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)[0]
+    lora = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)["result"][0]
+    base = transfer.transfer(native_model=teacher, vae=vae, sigmas=sigmas, **clip)["result"][0]
+    lora_again = transfer.transfer(native_model=with_lora, vae=vae, sigmas=sigmas, **clip)["result"][0]
     merged_model = comfy_nodes.UNETLoader().load_unet("merged_native.safetensors", "default")[0]
-    merged = transfer.transfer(native_model=merged_model, vae=vae, sigmas=sigmas, **clip)[0]
+    merged = transfer.transfer(native_model=merged_model, vae=vae, sigmas=sigmas, **clip)["result"][0]
     save_file({"pvtt": pvtt.contiguous(), "reloaded": reloaded.contiguous(), "native": native.contiguous(),
                "lora": lora.contiguous(), "base": base.contiguous(), "lora_again": lora_again.contiguous(),
                "merged": merged.contiguous()}, out)
