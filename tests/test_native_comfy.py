@@ -114,6 +114,11 @@ def test_comfy_lora_keys_round_trip_bit_exact(files):
     assert back.keys() == pvtt.keys()
     assert all(torch.equal(back[k], pvtt[k]) for k in pvtt)
     assert meta["key_format"].startswith("comfyui")
+    # ComfyUI's ModelPatcher never applies the modulation tables' .diff (see the ComfyUI test below): the
+    # metadata lists exactly those entries and their share, and export-lora warns about them
+    assert meta["comfy_unpatched"] == sorted(k for k in comfy if k.endswith("modulation.diff"))
+    assert "diffusion_model.head.modulation.diff" in meta["comfy_unpatched"]
+    assert 0 < meta["comfy_unpatched_share"] < 1
 
 
 def test_diffusers_lora_has_only_lora_keys_its_wan_loader_accepts(files, teacher):

@@ -58,6 +58,12 @@ def cmd_export_lora(args) -> None:
         print(f"warning: diffusers' LoRA format cannot hold {len(form['dropped'])} full deltas (norms, modulation "
               f"tables), {100 * form['dropped_share']:.2f}% of the LoRA's squared norm; they are left out. "
               f"--format comfy keeps them.")
+    if form.get("comfy_unpatched"):
+        print(f"warning: ComfyUI's model patcher does not apply {len(form['comfy_unpatched'])} of these entries "
+              f"(the modulation tables, {100 * form['comfy_unpatched_share']:.2f}% of the LoRA's squared norm): in a "
+              f"stock KSampler graph they keep the base model's values. PVTT Template Transfer's native_model input "
+              f"applies them; for an exact student in a stock graph, export the whole student instead "
+              f"(python -m pvtt_train export --format comfy).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

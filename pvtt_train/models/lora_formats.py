@@ -6,7 +6,10 @@ A designer applies a 4-step speed-up with ComfyUI's LoraLoaderModelOnly or diffu
 - ``comfy``: the original Wan names ComfyUI's Wan model uses (``wan_keys``), behind
   ``diffusion_model.``: ``<module>.lora_up.weight`` (PVTT's B) / ``.lora_down.weight`` (A) / ``.alpha``
   (the rank, so scale 1), and ``.diff`` / ``.diff_b`` for full deltas (norms, biases, modulation
-  tables). ``comfy.lora.load_lora`` patches every entry; PVTT reads the file back bit-exactly.
+  tables). ``comfy.lora.load_lora`` maps every entry and PVTT reads the file back bit-exactly, but
+  ComfyUI's ModelPatcher only writes patches into parameters of leaf modules: the modulation tables,
+  held directly by Wan's blocks and head, keep the base model's values in a stock graph. Those
+  entries and their share of the delta are listed in the metadata (``comfy_unpatched``).
 - ``diffusers``: ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` and bias deltas as
   ``.lora_B.bias`` (PEFT's ``lora_bias``, which is also how diffusers converts a ComfyUI Wan LoRA's
   ``.diff_b``). PEFT has no place for a full delta of a norm weight or a modulation table, and
@@ -132,6 +135,13 @@ def dropped_share(state: dict[str, torch.Tensor], dropped: list[str]) -> float:
     return energy(dropped) / whole if whole else 0.0
 
 
+def comfy_unpatched(comfy_state: dict[str, torch.Tensor]) -> list[str]:
+    """The ComfyUI-form entries ComfyUI's ModelPatcher maps but never applies: full deltas of parameters
+    held directly by a module that has sub-modules (``comfy/model_patcher.py`` ``_load_list`` skips
+    those modules), which in Wan are the blocks' and the head's modulation tables."""
+    return sorted(k for k in comfy_state if k.endswith(".modulation.diff"))
+
+
 def to_pvtt_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensors of a LoRA in any of the three forms in PVTT's own layout (for ``lora.apply_lora``)."""
     if any(k.startswith(COMFY_PREFIX) for k in state):
@@ -150,7 +160,12 @@ def convert(state: dict[str, torch.Tensor], fmt: str, rank: int) -> tuple[dict[s
     if fmt == "pvtt":
         return state, {}
     if fmt == "comfy":
-        return to_comfy(state, rank), {"key_format": KEY_FORMATS["comfy"]}
+        out = to_comfy(state, rank)
+        unpatched = comfy_unpatched(out)
+        pvtt_keys = [k for k in state if k.endswith(".diff") and COMFY_PREFIX + _rename(
+            _transformer_stem(k[:-len(".diff")]), transformer_key_to_native) + ".diff" in unpatched]
+        return out, {"key_format": KEY_FORMATS["comfy"], "comfy_unpatched": unpatched,
+                     "comfy_unpatched_share": dropped_share(state, pvtt_keys)}
     if fmt == "diffusers":
         out, dropped = to_diffusers(state)
         return out, {"key_format": KEY_FORMATS["diffusers"], "dropped": dropped,
