@@ -22,12 +22,12 @@ import importlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from _comfy_env import comfy_paths
 from _comfy_pack import ROOT, load_pack
 from _native_fixtures import Z16_VAE, comfy_shaped_model, full_wan21_vae, perturbed_student, save_pair
 from safetensors.torch import load_file, save_file
@@ -40,17 +40,6 @@ nodes = pack.NODE_CLASS_MAPPINGS
 managed = importlib.import_module(f"{pack.__name__}.nodes.managed_models")
 native = importlib.import_module(f"{pack.__name__}.nodes.native_model")
 InputError = importlib.import_module(f"{pack.__name__}.pvtt_train.errors").InputError  # the class the nodes raise
-
-
-def comfy_paths() -> tuple[Path, str] | None:
-    given = os.environ.get("COMFYUI_DIR")
-    if not given:
-        return None
-    root = Path(given)
-    comfy = root / "ComfyUI" if (root / "ComfyUI" / "comfy").is_dir() else root
-    python = os.environ.get("COMFYUI_PYTHON") or (str(root / "venv" / "bin" / "python")
-                                                  if (root / "venv" / "bin" / "python").is_file() else sys.executable)
-    return comfy, python
 
 
 needs_comfy = pytest.mark.skipif(comfy_paths() is None, reason="set COMFYUI_DIR (a comfyrig folder or a ComfyUI "

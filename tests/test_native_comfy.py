@@ -9,13 +9,12 @@ venv), through ``_comfy_native_probe.py``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _comfy_env import comfy_paths
 from _comfy_pack import ROOT
 from _native_fixtures import (
     STUDENT_SHIFT,
@@ -39,17 +38,6 @@ RANK = 4
 #: The SVDs of export-lora on tiny layers run several times faster on one thread than on two busy cores.
 ONE_THREAD = ("--threads", "1")
 EXPECTED_SIGMAS = [*FlowSchedule(STUDENT_SHIFT).student_sigmas(STUDENT_TIMESTEPS), 0.0]
-
-
-def comfy_paths() -> tuple[Path, str] | None:
-    given = os.environ.get("COMFYUI_DIR")
-    if not given:
-        return None
-    root = Path(given)
-    comfy = root / "ComfyUI" if (root / "ComfyUI" / "comfy").is_dir() else root
-    python = os.environ.get("COMFYUI_PYTHON") or (str(root / "venv" / "bin" / "python")
-                                                  if (root / "venv" / "bin" / "python").is_file() else sys.executable)
-    return comfy, python
 
 
 needs_comfy = pytest.mark.skipif(comfy_paths() is None, reason="set COMFYUI_DIR to run ComfyUI's own loaders")
