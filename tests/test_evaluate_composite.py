@@ -1,5 +1,6 @@
-"""Every composite path is ``background_preserve`` with Background Preserve's defaults: the node, the
-shipped workflows, ``sample``, ``evaluate.generate`` and the gates (whose teacher cache is keyed by it)."""
+"""What designers get is ``background_preserve`` with Background Preserve's defaults: the node, the shipped
+workflows and ``sample``. ``evaluate.generate`` and the gates score the composite their thresholds were
+calibrated on (``evaluate.COMPOSITE``), and the gates' teacher cache is keyed by it."""
 
 import json
 
@@ -39,11 +40,11 @@ def test_the_node_keeps_its_widget_names_and_order_with_the_new_defaults():
     assert "defaults 0 and 0.0" in help_page and "bit for bit" in help_page
 
 
-def test_sample_evaluate_and_gates_use_the_node_defaults():
+def test_sample_uses_the_node_defaults_and_the_gates_score_the_evaluation_composite():
     required = widgets()
     defaults = (required["dilate_px"][1]["default"], required["feather_px"][1]["default"])
     assert (sample_cli.GROW_PX, sample_cli.FEATHER_PX) == defaults
-    assert (evaluate.COMPOSITE["grow"], evaluate.COMPOSITE["feather"]) == defaults
+    assert evaluate.COMPOSITE == {"fn": "soft_mask", "dilate": 1, "feather": 1.0}  # what the gates are calibrated on
     assert gates.COMPOSITE is evaluate.COMPOSITE
 
 
@@ -79,15 +80,15 @@ def test_node_output_is_background_preserve():
     assert torch.equal(video[mask == 0], template[mask == 0])
 
 
-def test_evaluate_generate_composites_with_background_preserve(tmp_path):
+def test_evaluate_generate_composites_with_the_evaluation_composite(tmp_path):
     loaded = load_micro_teacher(tmp_path, steps=1)
     batch = heldout_of(SyntheticConfig(), 2)
     out = evaluate.generate(loaded, batch, seed=0)
-    expected = composite.background_preserve(batch["template"], out.raw, batch["mask"])
-    assert torch.equal(out.composited, expected)
-    zero, inside = batch["mask"] == 0, batch["mask"] >= 0.5
-    assert zero.any() and inside.any()
-    assert torch.equal(out.composited[zero], batch["template"][zero])
+    alpha = composite.soft_mask(batch["mask"], 1, 1.0)
+    assert torch.equal(out.composited, composite.blend(out.raw, batch["template"], alpha))
+    outside, inside = alpha == 0, batch["mask"] >= 1
+    assert outside.any() and inside.any() and (alpha[batch["mask"] == 0] > 0).any()  # it does reach outside
+    assert torch.equal(out.composited[outside], batch["template"][outside])
     assert torch.equal(out.composited[inside], out.raw[inside])
 
 
@@ -109,6 +110,6 @@ def test_the_gates_teacher_cache_is_keyed_by_the_composite(tmp_path, monkeypatch
 
     assert evaluator.score_teacher(teacher) == {"comp": 1.0} and len(calls) == 1
     assert evaluator.score_teacher(teacher) == {"comp": 1.0} and len(calls) == 1  # cached
-    monkeypatch.setattr(gates, "COMPOSITE", {**gates.COMPOSITE, "grow": 2})
+    monkeypatch.setattr(gates, "COMPOSITE", {**gates.COMPOSITE, "dilate": 2})
     assert evaluator.score_teacher(teacher) == {"comp": 2.0} and len(calls) == 2  # another composite: rescored
     assert len(list(tmp_path.glob("teacher-gate-*.safetensors"))) == 2
