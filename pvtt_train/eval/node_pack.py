@@ -48,10 +48,12 @@ def _translated(exc: Exception) -> Exception | None:
 
 
 def run_node(node_id: str, **inputs):
-    """Execute a node as ComfyUI does: a fresh instance, its FUNCTION called with keyword inputs."""
+    """Execute a node as ComfyUI does: a fresh instance, its FUNCTION called with keyword inputs; returns
+    its outputs (the ``result`` of a node that also returns UI data, as Template Transfer does)."""
     cls = load_pack().NODE_CLASS_MAPPINGS[node_id]
     try:
-        return getattr(cls(), cls.FUNCTION)(**inputs)
+        out = getattr(cls(), cls.FUNCTION)(**inputs)
+        return out["result"] if isinstance(out, dict) else out
     except Exception as exc:
         ours = _translated(exc)
         if ours is None:
