@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 from _comfy_pack import ROOT
 
+from pvtt_train.models.checkpoint import write_atomic
+
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI git dir or a comfyrig rig "
                                                          "folder to time the workflows in the real ComfyUI")
@@ -118,13 +120,6 @@ def machine(rig: Path) -> dict:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def markdown(report: dict) -> str:
     m, p, a = report["machine"], report["plain_s"], report["accelerated_s"]
     lines = [
@@ -181,8 +176,8 @@ def test_the_accelerated_workflow_is_at_least_as_fast_as_the_plain_one(server):
               "accelerate_report": report_text, "plain_s": times["plain"], "accelerated_s": times["accelerated"],
               "ratio": ratio, "limit": LIMIT}
     folder = SAVED if os.environ.get("PVTT_BENCH_SAVE") == "1" else ARTIFACTS
-    write_atomic(folder / "comfyui_accel.json", json.dumps(report, indent=2) + "\n")
-    write_atomic(folder / "comfyui_accel.md", markdown(report))
+    write_atomic(folder / "comfyui_accel.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    write_atomic(folder / "comfyui_accel.md", lambda tmp: Path(tmp).write_text(markdown(report)))
     print(f"\nmedian accelerated {statistics.median(times['accelerated']):.3f} s / median plain "
           f"{statistics.median(times['plain']):.3f} s = {ratio:.3f} (limit {LIMIT}); auto: {report_text}")
     assert ratio <= LIMIT, f"the accelerated workflow is {ratio:.2f}x the plain one: {report}"

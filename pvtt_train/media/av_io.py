@@ -6,9 +6,9 @@ encoder. The encoder is chosen from ``H264_ENCODERS`` in order (libx264, then Ci
 then whatever FFmpeg calls ``h264``); an FFmpeg build with none of them is refused with a message
 that says how to get one, never silently written as a codec browsers cannot play.
 
-Files are written to a hidden temporary file beside the target and moved into place with
-``os.replace`` when complete, so a crash, a full disk or Cancel never leaves a truncated MP4 under
-the final name. Metadata is written the way core ComfyUI's SaveVideo writes it (``movflags=
+Files are written through ``models.checkpoint.write_atomic`` (a private temporary folder beside the
+target, fsync, rename), so a crash, a full disk or Cancel never leaves a truncated MP4 under the final
+name. Metadata is written the way core ComfyUI's SaveVideo writes it (``movflags=
 use_metadata_tags``, each value JSON-encoded), so the frontend restores the workflow from the MP4.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, shown_as_pvtt
+from ..models.checkpoint import write_atomic
 
 log = logging.getLogger("[PVTT]")
 
@@ -110,8 +110,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float, audio: Mapping | None 
     frames = _even(frames)
     sound = audio_samples(audio, len(frames) / fps)
     rate = Fraction(round(fps * 1000), 1000)
-    temp = path.with_name(f".{path.stem}.{os.getpid()}.part.mp4")
-    try:
+
+    def encode(temp: str) -> None:
         with av.open(str(temp), mode="w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
             for key, value in (metadata or {}).items():
                 container.metadata[key] = value if isinstance(value, str) else json.dumps(value)
@@ -139,10 +139,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float, audio: Mapping | None 
                 chunk.pts = 0
                 container.mux(sound_stream.encode(chunk))
                 container.mux(sound_stream.encode(None))
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, encode)  # a private temp folder, fsync, rename; a failure or Cancel leaves nothing
     return path
 
 
