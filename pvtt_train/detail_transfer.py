@@ -5,47 +5,52 @@ or a thin cap at a designer's 256x256 or 1080p: upsampled, its output is a soft 
 right colour. What it can supply is what the photo cannot: light, shading, shadow, blending. The
 photo, warped onto the mask at full resolution (``aligned_warp``), has the detail but none of that.
 
-So the two are split by frequency, as in a Laplacian pyramid: the output keeps the model's content
-below the working size's Nyquist frequency and takes the photo's content above it,
+So the two are split by frequency, as in a Laplacian pyramid. The full-size *paste composite* ``P``
+(the warped photo inside the mask, the template outside) goes through the same shrink-and-grow the
+pipeline applies to the model (``round_trip``); what the round trip loses is the detail the model
+cannot hold, and it is added back inside the mask:
 
-    out = up(model) + coverage * (warp - lowpass(warp)),
+    out = up(model) + inside * (P - round_trip(P)).
 
-where ``lowpass`` is the same shrink-and-grow the pipeline applies to the model's output (area
-filter down, bilinear up), so the two bands meet without a gap or an overlap. The low-pass is
-normalised by the warp's coverage (the photo's alpha on the mask), so the backdrop cut away around
-the product never darkens the detail layer's edge. Where the photo does not cover the mask, the
-model's output stays as it is.
+Inside the mask that is ``P + (up(model) - round_trip(P))``: the paste at full resolution, corrected by
+what the model draws differently at its own resolution. The model is trained to draw the truth shrunk
+to its size, edge pixels mixed with the background as a camera would; ``round_trip(P)`` mixes the
+paste's edge in the same way, so a model that draws the truth adds exactly the truth's low frequencies
+(light, shading) and its edge mixing cancels. (A low-pass of the photo alone, cut to the mask, would not
+match the model's mixed edge pixels: every edge would take on the background's colour.)
+
+A model with a paste channel (the embedded ``wan_concat``) is given the same full-size warp shrunk to
+its working size (``working_size_paste``), as it was in training, rather than a paste it fits itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from .media.resize import resize_video
+
+def paste_composite(warp: torch.Tensor, inside: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """The warped photo [F,H,W,3] inside the mask ``inside`` [F,H,W] (0..1), the template elsewhere."""
+    m = inside.clamp(0, 1)[..., None]
+    return m * warp + (1 - m) * template
 
 
-def _down_up(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[F,H,W,C] through the working size and back: the pipeline's own resampling."""
-    return resize_video(resize_video(video, height, width), video.shape[1], video.shape[2])
+def working_size_paste(warp: torch.Tensor, inside: torch.Tensor,
+                       shrink: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The full-size warp [F,H,W,3] at the working size, ``shrink`` (the pipeline's own resampling) normalised
+    by the mask's coverage, so the zeros outside the mask do not darken the product's edge pixels."""
+    m = inside.clamp(0, 1)[..., None]
+    coverage = shrink(m)
+    return torch.where(coverage > 1e-3, shrink(warp * m) / coverage.clamp_min(1e-3), torch.zeros(()))
 
 
-def photo_detail(warp: torch.Tensor, coverage: torch.Tensor, working_size: tuple[int, int]) -> torch.Tensor:
-    """The part of the warped photo [F,H,W,3] that a model of ``working_size`` (h, w) cannot render:
-    the warp minus its coverage-normalised low-pass, weighted by ``coverage`` [F,H,W] in 0..1."""
-    h, w = working_size
-    if warp.shape[1] <= h and warp.shape[2] <= w:
-        return torch.zeros_like(warp)  # nothing finer than the working size
-    cov = coverage.clamp(0, 1)[..., None]
-    x = warp * cov
-    low = _down_up(x, h, w) / _down_up(cov, h, w).clamp_min(1e-3)
-    return x - low * cov
-
-
-def add_photo_detail(generated: torch.Tensor, warp: torch.Tensor, coverage: torch.Tensor,
-                     working_size: tuple[int, int]) -> torch.Tensor:
-    """``generated`` [F,H,W,3] (the model's output grown to full size) with the warped photo's fine
-    detail added where the photo covers the mask; clamped to 0..1."""
-    if generated.shape != warp.shape or coverage.shape != warp.shape[:3]:
-        raise ValueError(f"generated {tuple(generated.shape)}, warp {tuple(warp.shape)} and coverage "
-                         f"{tuple(coverage.shape)} must share frames and size")
-    return (generated + photo_detail(warp, coverage, working_size)).clamp(0, 1)
+def add_photo_detail(generated: torch.Tensor, paste: torch.Tensor, inside: torch.Tensor,
+                     round_trip: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``generated`` [F,H,W,3] (the model's output grown to full size) plus, inside the mask [F,H,W], the
+    detail of the paste composite ``paste`` that ``round_trip`` (the pipeline's resampling through the
+    working size and back) removes; unchanged outside the mask; clamped to 0..1."""
+    if generated.shape != paste.shape or inside.shape != paste.shape[:3]:
+        raise ValueError(f"generated {tuple(generated.shape)}, paste {tuple(paste.shape)} and mask "
+                         f"{tuple(inside.shape)} must share frames and size")
+    return (generated + inside.clamp(0, 1)[..., None] * (paste - round_trip(paste))).clamp(0, 1)

@@ -17,8 +17,10 @@ from collections.abc import Callable
 import torch
 
 from .aligned_warp import aligned_warp
-from .detail_transfer import add_photo_detail
+from .conditioning import aligned_paste
+from .detail_transfer import add_photo_detail, paste_composite, working_size_paste
 from .errors import InputError
+from .light_match import clip_light_gain
 from .media.fit import from_model, plan_fit, to_model
 from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
@@ -55,6 +57,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     that only touch, as before). ``photo_detail`` adds, inside the mask, the fine detail of the product
     photo warped onto the mask (``aligned_warp``) that the model's working size cannot hold
     (``detail_transfer``); it changes nothing when the clip is no larger than the working size.
+    A model with a paste channel (the embedded one) is given that same warp shrunk to its working size
+    (``detail_transfer.working_size_paste``), and each frame window gets it at the light of the window's
+    first frame (``light_match``), since the model takes every window for the start of a clip.
     ``fit`` is how the clip reaches the working size (``media.fit``): "crop" (the model's aspect ratio
     around the mask, pasted back), "pad" (letterboxed) or "stretch" (the default, as before).
     """
@@ -76,6 +81,20 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     if float(msk.max()) <= 0.5:
         raise InputError(f"the mask vanishes at the model's {w}x{h} working size (its white area is too small); "
                          f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
+    working = plan.effective_size  # the model's resolution over the whole clip
+    detail = photo_detail and (template.shape[1] > working[0] or template.shape[2] > working[1])
+    paste = small_paste = None
+    if detail:
+        inside = (mask > 0.5).float()
+        warp = torch.from_numpy(aligned_warp(reference.numpy(), inside.numpy()))
+        # Its detail at each frame's light (the model draws the light at its own size; this lights the rest).
+        paste = paste_composite(warp * clip_light_gain(template, mask).view(-1, 1, 1, 1), inside, template)
+    if hasattr(model, "condition_from_paste"):  # a paste channel: PVTT places the photo (see light_match too)
+        if detail:  # the full-size warp, shrunk, as in training with paste="supersampled_warp"
+            small_paste = working_size_paste(warp, inside, lambda clip: to_model(plan, clip)) * msk[..., None]
+        else:
+            small_paste = torch.from_numpy(aligned_paste(reference.numpy(), msk.numpy()))
+        light = clip_light_gain(tmpl, msk)
     total_frames = template.shape[0]
     overlap = default_overlap(window) if window_overlap is None else window_overlap
     if not 0 <= overlap < window:
@@ -88,8 +107,13 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         # A clip shorter than the trained window is padded with its last frame, then trimmed.
         pad = window - (end - start)
         idx = torch.cat([torch.arange(start, end), torch.full((max(pad, 0),), end - 1)])
-        cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device),
-                               reference[None].to(device)).with_prompts(context, negative)  # photo fit by the model
+        if small_paste is None:  # the model fits the photo itself
+            cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device), reference[None].to(device))
+        else:
+            # The photo at the light of the window's first frame, which the model takes as its clip's start.
+            cond = model.condition_from_paste(tmpl[None, idx].to(device), msk[None, idx].to(device),
+                                              (small_paste[None, idx] * light[start]).clamp(0, 1).to(device))
+        cond = cond.with_prompts(context, negative)
 
         def step_cb(i, n, x0, wi=wi):
             if callback is not None:
@@ -101,9 +125,6 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         decoded = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
         out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
     out = from_model(plan, out, template).clamp(0, 1)
-    working = plan.effective_size  # the model's resolution over the whole clip
-    if photo_detail and (template.shape[1] > working[0] or template.shape[2] > working[1]):
-        inside = (mask > 0.5).float()
-        warp = torch.from_numpy(aligned_warp(reference.numpy(), inside.numpy()))
-        out = add_photo_detail(out, warp, inside, working)
+    if detail:
+        out = add_photo_detail(out, paste, inside, lambda clip: from_model(plan, to_model(plan, clip), template))
     return out

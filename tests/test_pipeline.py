@@ -165,3 +165,47 @@ def test_transfer_checks_inputs_first(loaded, inputs):
     template, mask, reference = inputs
     with pytest.raises(InputError, match="mask is empty"):
         transfer(loaded, template, torch.zeros_like(mask), reference)
+
+
+def test_a_paste_channel_model_is_given_the_full_size_warp_shrunk_to_its_working_size(loaded, monkeypatch):
+    """At a designer's size the model sees the same warp the detail layer uses, shrunk, as in training
+    with ``paste="supersampled_warp"`` (not a paste it fits at 16x16 itself)."""
+    from pvtt_train.aligned_warp import aligned_warp
+    from pvtt_train.detail_transfer import working_size_paste
+    from pvtt_train.media.resize import resize_video
+
+    ex = SyntheticVideoGenerator(SyntheticConfig(frames=9, height=64, width=64, product_size=(20.0, 30.0))).example(3)
+    template, mask, reference = (torch.from_numpy(a) for a in (ex.template, ex.mask, ex.reference))
+    seen = []
+    original = loaded.model.condition_from_paste
+    monkeypatch.setattr(loaded.model, "condition_from_paste",
+                        lambda t, m, p: seen.append(p[0]) or original(t, m, p), raising=False)
+    transfer(loaded, template, mask, reference, seed=0, fit="stretch")
+    small = working_size_paste(torch.from_numpy(aligned_warp(ex.reference, ex.mask)), mask,
+                               lambda clip: resize_video(clip, 16, 16))
+    msk = (resize_video(mask[..., None], 16, 16)[..., 0] > 0.5).float()
+    assert len(seen) == 1 and torch.allclose(seen[0], small * msk[..., None], atol=1e-6)
+
+
+def test_each_window_gets_the_photo_at_the_light_of_its_first_frame(loaded, monkeypatch):
+    """The model takes a window's first frame as its clip's start (the light the photo matches), so
+    a later window's paste is scaled by how the scene's light has changed since frame 0."""
+    ex = SyntheticVideoGenerator(SyntheticConfig(frames=15)).example(4)
+    gains = torch.linspace(1.0, 0.7, 15)  # the scene darkens over the clip
+    template = (torch.from_numpy(ex.template) * gains.view(-1, 1, 1, 1)).clamp(0, 1)
+    mask, reference = torch.from_numpy(ex.mask), torch.from_numpy(ex.reference)
+    seen = []
+    original = loaded.model.condition_from_paste
+    monkeypatch.setattr(loaded.model, "condition_from_paste",
+                        lambda t, m, p: seen.append(p[0]) or original(t, m, p), raising=False)
+    transfer(loaded, template, mask, reference, seed=0, window_overlap=3)
+    assert len(seen) == 2  # windows 0-8 and 6-14
+    from pvtt_train.conditioning import aligned_paste
+    from pvtt_train.light_match import clip_light_gain
+
+    unlit = torch.from_numpy(aligned_paste(ex.reference, ex.mask))
+    measured = clip_light_gain(template, mask)
+    own = clip_light_gain(torch.from_numpy(ex.template), mask)  # the generator's own light drift
+    assert abs(float(measured[6] / own[6]) - float(gains[6])) < 1e-3
+    assert torch.allclose(seen[0], unlit[:9], atol=1e-6)  # the first window starts at the clip's light
+    assert torch.allclose(seen[1], (unlit[6:] * measured[6]).clamp(0, 1), atol=1e-6)
