@@ -38,6 +38,8 @@ from .cli_args import (
     whole,
 )
 from .errors import DISK_ERRORS
+from .data.warp_paste import PASTES
+from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
 
 PROG = "python -m pvtt_train"
@@ -66,12 +68,14 @@ def cmd_data(args) -> None:
 
 
 def cmd_teacher(args) -> None:
+    from .data.synthetic import SyntheticConfig
     from .train.teacher import TeacherConfig, train_teacher
 
     _threads(args)
     cfg = TeacherConfig(minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                         mask_weight=args.mask_weight, cfg_dropout=args.cfg_dropout, seed=args.seed,
-                        sample_cfg=args.sample_cfg, save_every=args.save_every)
+                        sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
+                        data=SyntheticConfig(paste=args.paste))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -318,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-cfg", type=CFG, default=1.0, help="CFG the checkpoint's sampler uses")
     p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250)
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--prediction", choices=PREDICTIONS, default="velocity",
+                   help="what the network predicts: the flow velocity, or the clean clip's correction of the "
+                        "aligned paste composite (paste_residual; it starts as the paste itself)")
+    p.add_argument("--paste", choices=PASTES, default="aligned_paste",
+                   help="the training paste: fitted at the working size, or warped at the supersampled size and "
+                        "shrunk as the pipeline does for a full-size clip (supersampled_warp)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -32,10 +32,12 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def make_batch(generator: SyntheticVideoGenerator, seeds) -> dict[str, torch.Tensor]:
-    """Examples for ``seeds`` plus their aligned paste (the conditioning the model sees)."""
+    """Examples for ``seeds`` plus their paste (the conditioning the model sees): the generator's own when
+    its config renders one (``warp_paste``), else the aligned paste fitted at the working size."""
     batch = generator.batch(seeds)
     batch["seed"] = np.asarray(list(seeds), dtype=np.int64)
-    batch["paste"] = np.stack([aligned_paste(r, m) for r, m in zip(batch["reference"], batch["mask"])])
+    if "paste" not in batch:
+        batch["paste"] = np.stack([aligned_paste(r, m) for r, m in zip(batch["reference"], batch["mask"])])
     return to_torch(batch)
 
 

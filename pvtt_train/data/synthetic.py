@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .warp_paste import PASTES, supersampled_warp_paste
+
 SHAPES = ("square", "circle", "diamond", "rounded", "ellipse")
 PATTERNS = ("stripes", "checker", "dots")
 
@@ -34,6 +36,10 @@ class SyntheticConfig:
     shake_px: float = 0.35  # std of the per-frame camera jitter
     light_gain: tuple[float, float] = (0.8, 1.2)  # per-frame global light, random walk inside
     texture_std: float = 0.03
+    #: How the conditioning paste is made (``warp_paste.PASTES``): fitted at the working size by
+    #: ``conditioning.aligned_paste`` (the first teachers), or warped at the supersampled size and shrunk,
+    #: as the pipeline does for a designer's clip (``warp_paste``).
+    paste: str = "aligned_paste"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +62,7 @@ class Example:
     reference: np.ndarray  # [H, W, 3]
     target: np.ndarray  # [F, H, W, 3]
     seed: int
+    paste: np.ndarray | None = None  # [F, H, W, 3] when the config asks for the supersampled warp paste
 
 
 def _random_color(rng: np.random.Generator) -> np.ndarray:
@@ -146,6 +153,8 @@ class SyntheticVideoGenerator:
             raise ValueError(f"light_gain must be (min, max) with 0 < min <= max, got {c.light_gain}")
         if c.shake_px < 0 or c.texture_std < 0 or c.max_rotation_deg < 0:
             raise ValueError("shake_px, texture_std and max_rotation_deg must be >= 0")
+        if c.paste not in PASTES:
+            raise ValueError(f"paste must be one of {PASTES}, got {c.paste!r}")
 
     def example(self, seed: int) -> Example:
         c = self.config
@@ -213,11 +222,14 @@ class SyntheticVideoGenerator:
         template = _box_downsample(template, s)
         target = _box_downsample(target, s)
         mask = (_box_downsample(cover_all, s) >= 0.5).astype(np.float32)
-        reference = self._reference(product_b, rng)
-        return Example(template=template, mask=mask, reference=reference, target=target, seed=seed)
+        reference_big = self._reference(product_b, rng)
+        reference = _box_downsample(reference_big[None], s)[0]
+        paste = supersampled_warp_paste(reference_big, cover_all, mask) if c.paste == "supersampled_warp" else None
+        return Example(template=template, mask=mask, reference=reference, target=target, seed=seed, paste=paste)
 
     def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
-        """Product B upright and centred on a plain light backdrop, as a product photo would be."""
+        """Product B upright and centred on a plain light backdrop, as a product photo would be, at the
+        supersampled size."""
         c = self.config
         s = c.supersample
         H, W = c.height * s, c.width * s
@@ -227,15 +239,12 @@ class SyntheticVideoGenerator:
         v = (ys - c.height / 2) / half
         rgb, cover = _render_product(product, u, v)
         backdrop = np.full(3, rng.uniform(0.85, 1.0), np.float32)
-        img = (1 - cover[..., None]) * backdrop + cover[..., None] * rgb
-        return _box_downsample(img[None], s)[0].astype(np.float32)
+        return ((1 - cover[..., None]) * backdrop + cover[..., None] * rgb).astype(np.float32)
 
     def batch(self, seeds) -> dict[str, np.ndarray]:
         """Stack examples: template/target [B,F,H,W,3], mask [B,F,H,W], reference [B,H,W,3]."""
         exs = [self.example(int(sd)) for sd in seeds]
-        return {
-            "template": np.stack([e.template for e in exs]),
-            "mask": np.stack([e.mask for e in exs]),
-            "reference": np.stack([e.reference for e in exs]),
-            "target": np.stack([e.target for e in exs]),
-        }
+        batch = {key: np.stack([getattr(e, key) for e in exs]) for key in ("template", "mask", "reference", "target")}
+        if self.config.paste == "supersampled_warp":
+            batch["paste"] = np.stack([e.paste for e in exs])
+        return batch

@@ -27,6 +27,7 @@ from typing import Any
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 
 from ..errors import CheckpointError
+from .paste_residual import PREDICTIONS
 
 FORMAT = "pvtt"
 FORMAT_VERSION = 1
@@ -362,7 +363,10 @@ def validate_model_config(model: Any, check: Checker) -> dict:
             f"{check.source}: unknown PVTT architecture {arch!r} in checkpoint metadata; this PVTT version knows "
             f"'wan_concat' and 'wan_vace'. Update PVTT, or re-export the checkpoint with pvtt_train.")
     if arch == "wan_concat":
-        _only_keys(model, ("arch", "backbone_config", "context_tokens"), ("arch", "backbone_config"), check)
+        _only_keys(model, ("arch", "backbone_config", "context_tokens", "prediction"), ("arch", "backbone_config"),
+                   check)
+        if model.get("prediction", "velocity") not in PREDICTIONS:
+            check.fail("model.prediction", f"is {_show(model['prediction'])}; it must be one of {list(PREDICTIONS)}")
         backbone = transformer_config(model["backbone_config"], "wan_concat", "model.backbone_config", check)
         for key, want in zip(("in_channels", "out_channels"), CONCAT_CHANNELS):
             if model["backbone_config"].get(key, want) != want:

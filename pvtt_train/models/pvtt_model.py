@@ -27,6 +27,7 @@ from diffusers import WanTransformer3DModel
 from torch import nn
 
 from ..conditioning import aligned_paste
+from .paste_residual import PREDICTIONS, velocity_from_residual
 
 #: Channels of the concatenated condition: masked template (3), mask as -1/1 (1), aligned paste (3).
 CONCAT_CONDITION_CHANNELS = 7
@@ -99,8 +100,10 @@ class WanConcatPVTT(nn.Module):
     #: Attribute holding the diffusers transformer; acceleration swaps it (see pvtt_accel.denoiser).
     denoiser_attr = "backbone"
 
-    def __init__(self, backbone_config: dict, context_tokens: int = 1):
+    def __init__(self, backbone_config: dict, context_tokens: int = 1, prediction: str = "velocity"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         cfg = dict(backbone_config)
         cfg["in_channels"] = 3 + CONCAT_CONDITION_CHANNELS
         cfg["out_channels"] = 3
@@ -109,9 +112,15 @@ class WanConcatPVTT(nn.Module):
         self.context = nn.Parameter(torch.zeros(1, context_tokens, self.backbone.config.text_dim))
         self._backbone_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
         self._context_tokens = context_tokens
+        #: "velocity": the backbone predicts the flow velocity; "paste_residual": it predicts the clean clip's
+        #: difference from the paste composite (``paste_residual``), returned as the velocity it implies.
+        self.prediction = prediction
 
     def config(self) -> dict:
-        return {"arch": self.arch, "backbone_config": self._backbone_config, "context_tokens": self._context_tokens}
+        config = {"arch": self.arch, "backbone_config": self._backbone_config, "context_tokens": self._context_tokens}
+        if self.prediction != "velocity":  # older checkpoints have no key and read as "velocity"
+            config["prediction"] = self.prediction
+        return config
 
     def trainable_parameters(self):
         """What distillation trains: everything (the backbone and its learned context token)."""
@@ -152,6 +161,8 @@ class WanConcatPVTT(nn.Module):
             encoder_hidden_states=self.context.expand(x_t.shape[0], -1, -1),
             return_dict=False,
         )[0]
+        if self.prediction == "paste_residual":
+            return velocity_from_residual(out, x_t, sigma, features)
         return out
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
@@ -179,7 +190,8 @@ def build_model(config: dict) -> nn.Module:
     """Rebuild a PVTT model from the ``config()`` stored in a checkpoint's metadata."""
     arch = config.get("arch")
     if arch == WanConcatPVTT.arch:
-        return WanConcatPVTT(config["backbone_config"], config.get("context_tokens", 1))
+        return WanConcatPVTT(config["backbone_config"], config.get("context_tokens", 1),
+                             config.get("prediction", "velocity"))
     if arch == "wan_vace":
         from .wan_vace import WanVACEPVTT
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.batches import TrainingStream
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import save_checkpoint
+from ..models.paste_residual import zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 from ..models.schedule import FlowSchedule
 
@@ -42,6 +43,7 @@ class TeacherConfig:
     shift: float = 1.0
     sample_steps: int = 50
     sample_cfg: float = 1.0
+    prediction: str = "velocity"  # or "paste_residual" (models.paste_residual)
     save_every: int = 500
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     backbone: dict = field(default_factory=lambda: dict(TINY_BACKBONE))
@@ -58,7 +60,11 @@ def lr_factor(step: int, cfg: TeacherConfig) -> float:
 
 def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: float, cfg_dropout: float,
                        generator: torch.Generator) -> torch.Tensor:
-    """Mask-weighted velocity MSE on one batch, with reference dropout for CFG."""
+    """Mask-weighted velocity MSE on one batch, with reference dropout for CFG.
+
+    A paste-residual model is scored on its clean-clip estimate instead (the velocity error times sigma):
+    its network outputs that estimate, and the velocity's 1 / sigma would weight the nearly clean draws
+    hundreds of times over the rest."""
     cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
     x0 = model.encode(batch["target"])
     b = x0.shape[0]
@@ -68,8 +74,11 @@ def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: 
     x_t = schedule.noise(x0, noise, sigma)
     keep = (torch.rand(b, generator=generator) >= cfg_dropout).float()
     v = model.velocity(x_t, sigma, cond, keep_reference=keep)
+    error = v - (noise - x0)
+    if getattr(model, "prediction", "velocity") == "paste_residual":
+        error = error * sigma.view(-1, 1, 1, 1, 1)
     weight = 1 + (mask_weight - 1) * cond.region
-    return (weight * (v - (noise - x0)) ** 2).mean() / weight.mean()
+    return (weight * error ** 2).mean() / weight.mean()
 
 
 def teacher_metadata(cfg: TeacherConfig, steps_done: int, seconds: float) -> dict:
@@ -93,7 +102,9 @@ def teacher_metadata(cfg: TeacherConfig, steps_done: int, seconds: float) -> dic
 def train_teacher(cfg: TeacherConfig, out: Path, log_path: Path | None = None, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = WanConcatPVTT(cfg.backbone)
+    model = WanConcatPVTT(cfg.backbone, prediction=cfg.prediction)
+    if cfg.prediction == "paste_residual":
+        zero_output(model.backbone)  # start from the paste composite itself
     model.train()
     schedule = FlowSchedule(shift=cfg.shift)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -1,0 +1,103 @@
+"""Paste-residual prediction (pvtt_train.models.paste_residual) on the embedded model's classes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pvtt_train.errors import CheckpointError
+from pvtt_train.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from pvtt_train.models.paste_residual import MIN_SIGMA, paste_base, zero_output
+from pvtt_train.models.pvtt_model import TINY_BACKBONE, WanConcatPVTT, build_model
+from pvtt_train.models.schedule import FlowSchedule
+from pvtt_train.train.teacher import flow_matching_loss
+
+SMALL = {**TINY_BACKBONE, "num_layers": 1, "ffn_dim": 32}
+
+
+def _batch(seed=0, b=2):
+    g = torch.Generator().manual_seed(seed)
+    template = torch.rand(b, 5, 8, 8, 3, generator=g)
+    mask = torch.zeros(b, 5, 8, 8)
+    mask[:, :, 2:6, 3:7] = 1
+    paste = torch.rand(b, 5, 8, 8, 3, generator=g) * mask[..., None]
+    target = template * (1 - mask[..., None]) + paste * 0.9
+    return {"template": template, "mask": mask, "paste": paste, "target": target}
+
+
+def _model(prediction="paste_residual"):
+    torch.manual_seed(0)
+    model = WanConcatPVTT(SMALL, prediction=prediction)
+    if prediction == "paste_residual":
+        zero_output(model.backbone)
+    return model
+
+
+def test_an_untrained_residual_model_predicts_the_paste_composite_at_every_noise_level():
+    model, batch = _model(), _batch()
+    cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
+    base = paste_base(cond.features)
+    expected = model.encode(batch["template"] * (1 - batch["mask"][..., None]) + batch["paste"])
+    assert torch.allclose(base, expected, atol=1e-6)
+    for s in (0.02, 0.5, 1.0):
+        sigma = torch.full((2,), s)
+        x_t = torch.randn_like(base)
+        x0 = x_t - sigma.view(-1, 1, 1, 1, 1) * model.velocity(x_t, sigma, cond)
+        assert torch.allclose(x0, base, atol=1e-5)
+
+
+def test_a_dropped_reference_leaves_a_neutral_region_in_the_base():
+    model, batch = _model(), _batch()
+    cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
+    sigma = torch.full((2,), 0.5)
+    x_t = torch.randn_like(cond.background)
+    x0 = x_t - 0.5 * model.velocity(x_t, sigma, cond, keep_reference=False)
+    inside = cond.region.expand_as(x0) > 0.5
+    assert x0[inside].abs().max() < 1e-5  # model space 0 = grey
+    assert torch.allclose(x0[~inside], cond.background[~inside], atol=1e-5)
+
+
+def test_the_prediction_survives_a_checkpoint_and_older_files_read_as_velocity(tmp_path):
+    model = _model()
+    meta = {"stage": "teacher", "schedule": {"num_train_timesteps": 1000, "shift": 1.0},
+            "sampler": {"kind": "euler_cfg", "steps": 4, "cfg": 1.0}, "video": {"frames": 5, "height": 8, "width": 8}}
+    path = save_checkpoint(tmp_path / "t.safetensors", model, meta)
+    assert read_metadata(path)["model"]["prediction"] == "paste_residual"
+    assert load_checkpoint(path).model.prediction == "paste_residual"
+    assert build_model({"arch": "wan_concat", "backbone_config": model.config()["backbone_config"]}).prediction \
+        == "velocity"
+    assert "prediction" not in _model("velocity").config()  # velocity files stay byte-compatible
+
+
+def test_an_unknown_prediction_in_a_checkpoint_is_refused_with_the_choices(tmp_path):
+    model = _model()
+    meta = {"stage": "teacher", "schedule": {"num_train_timesteps": 1000, "shift": 1.0},
+            "sampler": {"kind": "euler_cfg", "steps": 4, "cfg": 1.0}, "video": {"frames": 5, "height": 8, "width": 8}}
+    path = save_checkpoint(tmp_path / "t.safetensors", model, meta)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8:8 + header_len])
+    pvtt = json.loads(header["__metadata__"]["pvtt"])
+    pvtt["model"]["prediction"] = "epsilon"
+    header["__metadata__"]["pvtt"] = json.dumps(pvtt)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + path.read_bytes()[8 + header_len:])
+    with pytest.raises(CheckpointError, match="model.prediction.*epsilon.*paste_residual"):
+        load_checkpoint(path)
+
+
+def test_the_residual_teacher_is_scored_on_its_clean_estimate_and_stays_finite_near_zero_noise():
+    model, batch = _model(), _batch()
+    g = torch.Generator().manual_seed(0)
+    loss = flow_matching_loss(model, batch, FlowSchedule(), 4.0, 0.0, g)
+    # The untrained model's clean estimate is the paste composite: its error is the target's residual.
+    residual = model.encode(batch["target"]) - model.encode(batch["template"] * (1 - batch["mask"][..., None])
+                                                            + batch["paste"])
+    weight = 1 + 3 * batch["mask"][:, None]
+    expected = (weight * residual ** 2).mean() / weight.expand_as(residual).mean()
+    assert torch.allclose(loss, expected, rtol=1e-4)
+    sigma = torch.zeros(2)
+    cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
+    assert torch.isfinite(model.velocity(cond.background, sigma, cond)).all()
+    assert MIN_SIGMA > 0
