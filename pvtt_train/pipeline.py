@@ -19,6 +19,7 @@ import torch
 from .aligned_warp import aligned_warp
 from .conditioning import aligned_paste
 from .detail_transfer import add_photo_detail, paste_composite, working_size_paste
+from .data.warp_paste import lit_paste
 from .errors import InputError
 from .light_match import clip_light_gain
 from .media.fit import from_model, plan_fit, to_model
@@ -94,7 +95,7 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
             small_paste = working_size_paste(warp, inside, lambda clip: to_model(plan, clip)) * msk[..., None]
         else:
             small_paste = torch.from_numpy(aligned_paste(reference.numpy(), msk.numpy()))
-        light = clip_light_gain(tmpl, msk)
+        light, lit = clip_light_gain(tmpl, msk), lit_paste(loaded.metadata)
     total_frames = template.shape[0]
     overlap = default_overlap(window) if window_overlap is None else window_overlap
     if not 0 <= overlap < window:
@@ -110,9 +111,12 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         if small_paste is None:  # the model fits the photo itself
             cond = model.condition(tmpl[None, idx].to(device), msk[None, idx].to(device), reference[None].to(device))
         else:
-            # The photo at the light of the window's first frame, which the model takes as its clip's start.
+            # A model trained on lit pastes gets each frame's light; any other, the light of the window's first
+            # frame, which it takes for its clip's start and carries on from by itself.
+            gain = light[idx] if lit else light[start].expand(len(idx))
             cond = model.condition_from_paste(tmpl[None, idx].to(device), msk[None, idx].to(device),
-                                              (small_paste[None, idx] * light[start]).clamp(0, 1).to(device))
+                                              (small_paste[None, idx] * gain.view(1, -1, 1, 1, 1)).clamp(0, 1)
+                                              .to(device))
         cond = cond.with_prompts(context, negative)
 
         def step_cb(i, n, x0, wi=wi):

@@ -209,3 +209,22 @@ def test_each_window_gets_the_photo_at_the_light_of_its_first_frame(loaded, monk
     assert abs(float(measured[6] / own[6]) - float(gains[6])) < 1e-3
     assert torch.allclose(seen[0], unlit[:9], atol=1e-6)  # the first window starts at the clip's light
     assert torch.allclose(seen[1], (unlit[6:] * measured[6]).clamp(0, 1), atol=1e-6)
+
+
+def test_a_model_trained_on_lit_pastes_gets_every_frame_at_its_own_light(loaded, monkeypatch):
+    from pvtt_train.conditioning import aligned_paste
+    from pvtt_train.light_match import clip_light_gain
+
+    ex = SyntheticVideoGenerator(SyntheticConfig(frames=9)).example(4)
+    gains = torch.linspace(1.0, 0.7, 9)
+    template = (torch.from_numpy(ex.template) * gains.view(-1, 1, 1, 1)).clamp(0, 1)
+    mask, reference = torch.from_numpy(ex.mask), torch.from_numpy(ex.reference)
+    monkeypatch.setitem(loaded.metadata, "provenance", {"data": {"paste": "supersampled_warp_lit"}})
+    seen = []
+    original = loaded.model.condition_from_paste
+    monkeypatch.setattr(loaded.model, "condition_from_paste",
+                        lambda t, m, p: seen.append(p[0]) or original(t, m, p), raising=False)
+    transfer(loaded, template, mask, reference, seed=0)
+    unlit = torch.from_numpy(aligned_paste(ex.reference, ex.mask))
+    light = clip_light_gain(template, mask)
+    assert torch.allclose(seen[0], (unlit * light.view(-1, 1, 1, 1)).clamp(0, 1), atol=1e-6)

@@ -48,3 +48,15 @@ def test_a_flat_product_gives_its_colour_in_every_mask_pixel_edges_included():
 def test_an_unknown_paste_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="paste must be one of.*supersampled_warp"):
         SyntheticVideoGenerator(SyntheticConfig(paste="photo"))
+
+
+def test_a_lit_paste_is_the_paste_at_each_frames_measured_light():
+    from pvtt_train.light_match import clip_light_gain
+
+    seeds = range(2)
+    plain = make_batch(SyntheticVideoGenerator(SyntheticConfig(paste="supersampled_warp")), seeds)
+    lit = make_batch(SyntheticVideoGenerator(SyntheticConfig(paste="supersampled_warp_lit")), seeds)
+    for b in range(2):
+        gain = clip_light_gain(lit["template"][b], lit["mask"][b])
+        assert not torch.allclose(gain, torch.ones_like(gain))  # the synthetic light drifts
+        assert torch.allclose(lit["paste"][b], (plain["paste"][b] * gain.view(-1, 1, 1, 1)).clamp(0, 1), atol=1e-6)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .warp_paste import PASTES, supersampled_warp_paste
+from .warp_paste import LIT_PASTES, PASTES, supersampled_warp_paste
 
 SHAPES = ("square", "circle", "diamond", "rounded", "ellipse")
 PATTERNS = ("stripes", "checker", "dots")
@@ -224,7 +224,10 @@ class SyntheticVideoGenerator:
         mask = (_box_downsample(cover_all, s) >= 0.5).astype(np.float32)
         reference_big = self._reference(product_b, rng)
         reference = _box_downsample(reference_big[None], s)[0]
-        paste = supersampled_warp_paste(reference_big, cover_all, mask) if c.paste == "supersampled_warp" else None
+        paste = None
+        if c.paste != "aligned_paste":
+            paste = supersampled_warp_paste(reference_big, cover_all, mask,
+                                            template if c.paste in LIT_PASTES else None)
         return Example(template=template, mask=mask, reference=reference, target=target, seed=seed, paste=paste)
 
     def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
@@ -245,6 +248,6 @@ class SyntheticVideoGenerator:
         """Stack examples: template/target [B,F,H,W,3], mask [B,F,H,W], reference [B,H,W,3]."""
         exs = [self.example(int(sd)) for sd in seeds]
         batch = {key: np.stack([getattr(e, key) for e in exs]) for key in ("template", "mask", "reference", "target")}
-        if self.config.paste == "supersampled_warp":
+        if self.config.paste != "aligned_paste":
             batch["paste"] = np.stack([e.paste for e in exs])
         return batch

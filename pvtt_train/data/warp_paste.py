@@ -13,20 +13,34 @@ from __future__ import annotations
 
 import numpy as np
 
-PASTES = ("aligned_paste", "supersampled_warp")
+PASTES = ("aligned_paste", "supersampled_warp", "supersampled_warp_lit")
+#: Pastes already at each frame's light (``light_match.clip_light_gain`` of the template), so the model need not
+#: infer the light itself; the pipeline gives such a model its paste the same way (``lit_paste``).
+LIT_PASTES = ("supersampled_warp_lit",)
 
 
-def supersampled_warp_paste(reference: np.ndarray, cover: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def lit_paste(metadata: dict) -> bool:
+    """Whether a checkpoint was trained on pastes lit frame by frame (from its ``provenance.data.paste``)."""
+    return metadata.get("provenance", {}).get("data", {}).get("paste") in LIT_PASTES
+
+
+def supersampled_warp_paste(reference: np.ndarray, cover: np.ndarray, mask: np.ndarray,
+                            template: np.ndarray | None = None) -> np.ndarray:
     """The working-size paste [F, h, w, 3] (zero outside ``mask`` [F, h, w]) from a product photo and the
-    product's coverage [F, H, W] rendered at a multiple of the working size."""
+    product's coverage [F, H, W] rendered at a multiple of the working size; with the working-size
+    ``template`` [F, h, w, 3], at each frame's light as the pipeline measures it."""
     import torch  # here, not at the top: the CLI reads PASTES without importing torch
 
     from ..aligned_warp import aligned_warp
     from ..detail_transfer import working_size_paste
+    from ..light_match import clip_light_gain
     from ..media.resize import resize_video
 
     inside = (cover >= 0.5).astype(np.float32)
     warp = torch.from_numpy(aligned_warp(reference, inside))
     h, w = mask.shape[1:]
     small = working_size_paste(warp, torch.from_numpy(inside), lambda clip: resize_video(clip, h, w))
+    if template is not None:
+        gain = clip_light_gain(torch.from_numpy(template), torch.from_numpy(mask))
+        small = (small * gain.view(-1, 1, 1, 1)).clamp(0, 1)
     return (small.numpy() * mask[..., None]).astype(np.float32)
