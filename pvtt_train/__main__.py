@@ -227,7 +227,7 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), clips=args.clips,
-                      resume=args.resume, overwrite=args.overwrite)
+                      resume=args.resume, overwrite=args.overwrite, heldout_clips=args.heldout_clips)
     final = report["stages"][-1]
     ok = all(s["gate"]["passed"] for s in report["stages"]) and final["quality_retention"]["min"] >= 0.9
     print("PASS" if ok else "BELOW TARGET", "(every gate passed and the last student's quality_retention.min "
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
     p.add_argument("--clips", type=whole(1), default=16)
+    p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
+                   help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
+                        "for out/heldout/ (the README's held-out table uses 4)")
     _add_progressive_args(p, generator_steps="60,100,150")
     p.set_defaults(func=cmd_demo)
 

@@ -3,7 +3,9 @@
 Writes into ``out``: ``data/`` (exported held-out examples, MP4 + PNG), ``run/`` (the resumable
 progressive run: states, caches, logs, per-stage strips), ``report.json`` / ``report.md`` /
 ``quality_speed.png`` (every stage side by side with the teacher) and ``grid.png``
-(template | mask | reference | teacher | 4-step student | ground truth); and into ``models_dir``:
+(template | mask | reference | teacher | 4-step student | ground truth); ``heldout/`` (the teacher and
+every student through the nodes on clips of the independent generator at a designer's 256x256, 33
+frames, beside the paste, flat-fill and unchanged-template baselines: ``eval.heldout_eval``); and into ``models_dir``:
 the 16-, 8- and 4-step students (and a copy of the teacher) so the ComfyUI loader lists them.
 
 An existing ``run/`` is continued with ``resume`` or, with ``overwrite``, emptied only if PVTT created
@@ -22,6 +24,9 @@ from .distill.config import RunConfig, StageConfig
 from .distill.progressive import run_progressive
 from .distill.report import side_by_side, write_report
 from .eval.evaluate import format_table, save_grid
+from .eval.heldout_eval import run_heldout_eval
+from .eval.heldout_report import markdown as heldout_markdown
+from .eval.heldout_report import write_report as write_heldout
 from .models.checkpoint import copy_atomic, file_sha256, load_checkpoint, remove_stale_temps
 from .paths import SHIPPED_TEACHER
 from .run_folder import check_run_folder
@@ -29,7 +34,7 @@ from .run_folder import check_run_folder
 
 def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunConfig,
              teacher_path: Path = SHIPPED_TEACHER, clips: int = 16, export_count: int = 4, resume: bool = False,
-             progress: bool = True, overwrite: bool = False) -> dict:
+             progress: bool = True, overwrite: bool = False, heldout_clips: int = 4) -> dict:
     started = time.monotonic()
     run_dir = out / "run"
     check_run_folder(run_dir, resume, overwrite)  # before any work; run_progressive checks again under its lock
@@ -38,16 +43,16 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     teacher = load_checkpoint(teacher_path)
     data = training_data_config(teacher)
 
-    print(f"[1/4] exporting {export_count} held-out examples to {out / 'data'}")
+    print(f"[1/5] exporting {export_count} held-out examples to {out / 'data'}")
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))
 
     path = " -> ".join(["50"] + [str(s.steps) for s in stages])
-    print(f"[2/4] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
+    print(f"[2/5] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
     progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress,
                                   overwrite=overwrite)
     install_teacher(teacher.path, models_dir)
 
-    print(f"[3/4] teacher (50 steps, CFG) and every stage side by side on {clips} held-out clips")
+    print(f"[3/5] teacher (50 steps, CFG) and every stage side by side on {clips} held-out clips")
     report, outputs, batch = side_by_side(teacher, progressive, data, clips)
     report["teacher_checkpoint"] = str(teacher.path)
     report["student_checkpoint"] = progressive["stages"][-1]["export"]
@@ -55,9 +60,24 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     write_report(report, out)
     save_grid(out / "grid.png", batch, outputs["teacher"].composited, outputs["student"].composited)
 
-    print("[4/4] results")
+    heldout = None
+    if heldout_clips:
+        students = [Path(s["export"]) for s in progressive["stages"]]
+        print(f"[4/5] teacher and students through the nodes on {heldout_clips} clips of the independent held-out "
+              f"generator at 256x256, 33 frames, beside the model-free baselines")
+        heldout, heldout_grid = run_heldout_eval(students, teacher.path, clips=heldout_clips, size=256, frames=33,
+                                                 grid_clips=min(heldout_clips, 3), log=lambda line: print("  " + line))
+        report["heldout"] = {"folder": str(out / "heldout"), "methods": {
+            name: {k: v for k, v in values.items() if k != "source"} for name, values in heldout["methods"].items()}}
+        write_heldout(out / "heldout", heldout, heldout_grid)
+        report["demo_seconds"] = round(time.monotonic() - started, 1)
+        write_report(report, out)
+
+    print("[5/5] results")
     print(format_table(report))
     print((out / "report.md").read_text())
+    if heldout is not None:
+        print(heldout_markdown(heldout))
     print(f"report: {out / 'report.json'} ({out / 'report.md'}, {out / 'quality_speed.png'})  grid: "
           f"{out / 'grid.png'}  students: {', '.join(s['export'] for s in report['stages'])}")
     return report

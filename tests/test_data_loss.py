@@ -120,7 +120,7 @@ def _demo_argv(tmp_path, out, *extra):
         micro_encoders(tmp_path)
     return ["--threads", "1", "demo", "--out", str(out), "--models-dir", str(tmp_path / "models"), "--teacher",
             str(teacher), "--path", "2", "--generator-steps", "1", "--critic-ratio", "1", "--eval-clips", "2",
-            "--regression-pool", "2", "--clips", "1", "--batch-size", "1", "--force",
+            "--regression-pool", "2", "--clips", "1", "--batch-size", "1", "--force", "--heldout-clips", "0",
             "--identity-encoder", str(tmp_path / "identity.safetensors"),
             "--video-encoder", str(tmp_path / "video.safetensors"), *extra]
 

@@ -16,7 +16,7 @@ METRICS = {"product_psnr", "product_ssim", "background_psnr_raw", "background_ps
 def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys):
     out, models = tmp_path / "demo", tmp_path / "models" / "pvtt"
     main(["demo", "--out", str(out), "--models-dir", str(models), "--clips", "2", "--generator-steps", "1",
-          "--critic-ratio", "1", "--eval-clips", "4", "--regression-pool", "4", "--force"])
+          "--critic-ratio", "1", "--eval-clips", "4", "--regression-pool", "4", "--force", "--heldout-clips", "1"])
     report = json.loads((out / "report.json").read_text())
     assert [s["steps"] for s in report["stages"]] == [16, 8, 4]
     for side in ("teacher", "student", "teacher_undistilled"):
@@ -40,5 +40,10 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert "| student_4step | 4 |" in (out / "report.md").read_text()
     assert len(list((out / "data").glob("*/example.json"))) == 4
     assert (models / SHIPPED_TEACHER.name).exists()
+    heldout = json.loads((out / "heldout" / "report.json").read_text())
+    assert heldout["video"] == {"frames": 33, "height": 256, "width": 256} and heldout["clips"] == 1
+    assert {"teacher", "pvtt_student_4step", "paste", "flat_fill", "template"} <= set(heldout["methods"])
+    assert report["heldout"]["methods"]["paste"]["product_psnr"] == heldout["methods"]["paste"]["product_psnr"]
+    assert (out / "heldout" / "heldout_grid.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "quality_retention.min" in printed and "speedup" in printed
