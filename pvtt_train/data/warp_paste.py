@@ -11,7 +11,10 @@ clip that size: the photo and mask at ``supersample`` times the working size, wa
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI reads PASTES without importing numpy or torch
+    import numpy as np
 
 PASTES = ("aligned_paste", "supersampled_warp", "supersampled_warp_lit")
 #: Pastes already at each frame's light (``light_match.clip_light_gain`` of the template), so the model need not
@@ -29,7 +32,8 @@ def supersampled_warp_paste(reference: np.ndarray, cover: np.ndarray, mask: np.n
     """The working-size paste [F, h, w, 3] (zero outside ``mask`` [F, h, w]) from a product photo and the
     product's coverage [F, H, W] rendered at a multiple of the working size; with the working-size
     ``template`` [F, h, w, 3], at each frame's light as the pipeline measures it."""
-    import torch  # here, not at the top: the CLI reads PASTES without importing torch
+    import numpy as np
+    import torch
 
     from ..aligned_warp import aligned_warp
     from ..detail_transfer import working_size_paste
