@@ -248,6 +248,6 @@ class SyntheticVideoGenerator:
         """Stack examples: template/target [B,F,H,W,3], mask [B,F,H,W], reference [B,H,W,3]."""
         exs = [self.example(int(sd)) for sd in seeds]
         batch = {key: np.stack([getattr(e, key) for e in exs]) for key in ("template", "mask", "reference", "target")}
-        if self.config.paste != "aligned_paste":
+        if exs and exs[0].paste is not None:  # the config renders its own paste (warp_paste)
             batch["paste"] = np.stack([e.paste for e in exs])
         return batch
