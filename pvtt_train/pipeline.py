@@ -25,6 +25,7 @@ from .light_match import clip_light_gain
 from .media.fit import from_model, plan_fit, to_model
 from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
+from .paste_correction import CorrectionSum, given_composite
 from .models.text_encoder import prompt_embeddings
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
 from .sampling.samplers import require_finite, sample_from_metadata
@@ -60,7 +61,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     (``detail_transfer``); it changes nothing when the clip is no larger than the working size.
     A model with a paste channel (the embedded one) is given that same warp shrunk to its working size
     (``detail_transfer.working_size_paste``), and each frame window gets it at the light of the window's
-    first frame (``light_match``), since the model takes every window for the start of a clip.
+    first frame (``light_match``), since the model takes every window for the start of a clip; what it
+    draws differently from that paste is applied to the full-size paste as a correction
+    (``paste_correction``), so a model that changes nothing returns the lit full-size paste itself.
     ``fit`` is how the clip reaches the working size (``media.fit``): "crop" (the model's aspect ratio
     around the mask, pasted back), "pad" (letterboxed) or "stretch" (the default, as before).
     """
@@ -84,18 +87,19 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
                          f"grow it with PVTT Mask Grow/Shrink/Feather or draw a larger product region")
     working = plan.effective_size  # the model's resolution over the whole clip
     detail = photo_detail and (template.shape[1] > working[0] or template.shape[2] > working[1])
-    paste = small_paste = None
+    small_paste = corrections = None
     if detail:
         inside = (mask > 0.5).float()
         warp = torch.from_numpy(aligned_warp(reference.numpy(), inside.numpy()))
-        # Its detail at each frame's light (the model draws the light at its own size; this lights the rest).
-        paste = paste_composite(warp * clip_light_gain(template, mask).view(-1, 1, 1, 1), inside, template)
     if hasattr(model, "condition_from_paste"):  # a paste channel: PVTT places the photo (see light_match too)
         if detail:  # the full-size warp, shrunk, as in training with paste="supersampled_warp"
             small_paste = working_size_paste(warp, inside, lambda clip: to_model(plan, clip)) * msk[..., None]
+            corrections = CorrectionSum(template.shape[0], h, w)
         else:
             small_paste = torch.from_numpy(aligned_paste(reference.numpy(), msk.numpy()))
         light, lit = clip_light_gain(tmpl, msk), lit_paste(loaded.metadata)
+    elif detail:  # the model draws the product itself: the photo's detail at each frame's light is added on top
+        paste = paste_composite(warp * clip_light_gain(template, mask).view(-1, 1, 1, 1), inside, template)
     total_frames = template.shape[0]
     overlap = default_overlap(window) if window_overlap is None else window_overlap
     if not 0 <= overlap < window:
@@ -114,9 +118,9 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
             # A model trained on lit pastes gets each frame's light; any other, the light of the window's first
             # frame, which it takes for its clip's start and carries on from by itself.
             gain = light[idx] if lit else light[start].expand(len(idx))
+            given_paste = (small_paste[idx] * gain.view(-1, 1, 1, 1)).clamp(0, 1)
             cond = model.condition_from_paste(tmpl[None, idx].to(device), msk[None, idx].to(device),
-                                              (small_paste[None, idx] * gain.view(1, -1, 1, 1, 1)).clamp(0, 1)
-                                              .to(device))
+                                              given_paste[None].to(device))
         cond = cond.with_prompts(context, negative)
 
         def step_cb(i, n, x0, wi=wi):
@@ -128,7 +132,15 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         # The decoder (a VAE) can overflow where the latent did not; the clamp below would keep a NaN.
         decoded = require_finite(model.decode(x0)[0, : end - start].cpu(), loaded.path, "pixels")
         out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
+        if corrections is not None:
+            n = end - start
+            corrections.add(start, weights[wi], decoded, given_composite(tmpl[idx], msk[idx], given_paste)[:n],
+                            gain[:n])
     out = from_model(plan, out, template).clamp(0, 1)
+    if corrections is not None:
+        coverage = to_model(plan, inside[..., None])[..., 0] * msk
+        return corrections.apply(out, warp, inside, template, coverage,
+                                 lambda clip: from_model(plan, clip, torch.zeros_like(template)))
     if detail:
         out = add_photo_detail(out, paste, inside, lambda clip: from_model(plan, to_model(plan, clip), template))
     return out

@@ -16,7 +16,7 @@ from pvtt_train.data.synthetic import SyntheticConfig, SyntheticVideoGenerator
 from pvtt_train.errors import InputError
 from pvtt_train.eval import heldout_metrics as hm
 from pvtt_train.eval import heldout_report, node_pack
-from pvtt_train.eval.heldout_baselines import flat_fill, paste
+from pvtt_train.eval.heldout_baselines import flat_fill, lit_paste, paste
 from pvtt_train.eval.heldout_data import (
     SHAPES,
     HeldoutClipGenerator,
@@ -169,12 +169,32 @@ def test_seam_flicker_of_steady_motion_and_of_a_jump_at_the_seam():
 
 def test_baselines_change_only_the_mask(clips):
     c = clips[0]
-    for fill in (paste(c.template, c.mask, c.product), flat_fill(c.template, c.mask, c.product)):
+    for fill in (paste(c.template, c.mask, c.product), lit_paste(c.template, c.mask, c.product),
+                 flat_fill(c.template, c.mask, c.product)):
         outside = c.mask <= 0.5
         np.testing.assert_array_equal(fill[outside], c.template[outside])
         assert np.abs(fill - c.template)[c.mask > 0.5].mean() > 0.02
     flat = flat_fill(c.template, c.mask, c.product)[c.mask > 0.5]
     assert np.ptp(flat, axis=0).max() == 0.0  # one colour
+
+
+def test_the_lit_paste_follows_the_template_light_the_plain_paste_does_not(clips):
+    c = clips[0]
+    gains = np.linspace(1.0, 0.7, len(c.template)).astype(np.float32)[:, None, None, None]
+    darker = np.clip(c.template * gains, 0, 1)
+    inside = c.mask > 0.5
+    plain, lit = paste(darker, c.mask, c.product), lit_paste(darker, c.mask, c.product)
+    np.testing.assert_array_equal(plain[inside], paste(c.template, c.mask, c.product)[inside])
+    first, last = lit[0][inside[0]].mean(), lit[-1][inside[-1]].mean()
+    ratio = last / first * plain[0][inside[0]].mean() / plain[-1][inside[-1]].mean()
+    assert ratio == pytest.approx(0.7 * float(lit_gain_of(c)), rel=0.03)
+
+
+def lit_gain_of(c) -> float:
+    """The clip's own light drift from its first to its last frame, as the pipeline measures it."""
+    from pvtt_train.light_match import clip_light_gain
+
+    return float(clip_light_gain(torch.from_numpy(c.template), torch.from_numpy(c.mask))[-1])
 
 
 # --- through the nodes and the CLI ----------------------------------------------------------------------------
@@ -194,14 +214,14 @@ def test_cli_end_to_end_on_two_tiny_clips(tmp_path, capsys):
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     methods = report["methods"]
-    assert list(methods) == ["pvtt_student_4step", "paste", "flat_fill", "template"]
+    assert list(methods) == ["pvtt_student_4step", "paste", "lit_paste", "flat_fill", "template"]
     assert report["clips"] == 2 and report["video"] == {"frames": 18, "height": 64, "width": 64}
     student = methods["pvtt_student_4step"]
     assert student["window_frames"] == 9 and len(report["per_clip"]) == 2
     assert 5 < student["product_psnr"] < 40 and 0 < student["product_ssim"] < 1
     assert 0 <= student["detail_ratio"] < 1 and student["seam_flicker_ratio"] > 0
     assert student["background_psnr"] == 100  # Background Preserve feathers inward: the outside is the template
-    assert all(methods[b]["background_psnr"] == 100 for b in ("paste", "flat_fill", "template"))
+    assert all(methods[b]["background_psnr"] == 100 for b in ("paste", "lit_paste", "flat_fill", "template"))
     assert methods["template"]["background_psnr_truth"] < 100  # the ceiling of the truth-based score
     assert methods["flat_fill"]["detail_ratio"] == pytest.approx(0.0, abs=1e-9)
     mean = np.mean([c["scores"]["paste"]["product_psnr"] for c in report["per_clip"]])

@@ -228,3 +228,30 @@ def test_a_model_trained_on_lit_pastes_gets_every_frame_at_its_own_light(loaded,
     unlit = torch.from_numpy(aligned_paste(ex.reference, ex.mask))
     light = clip_light_gain(template, mask)
     assert torch.allclose(seen[0], (unlit * light.view(-1, 1, 1, 1)).clamp(0, 1), atol=1e-6)
+
+
+def test_a_paste_channel_model_that_changes_nothing_returns_the_full_size_paste_at_the_template_light(tmp_path):
+    """At a designer's size the model's output is a correction of the paste it was given: a paste-residual
+    model that predicts no residual gives back the full-size warp, lit as its paste was, to the pixel."""
+    from pvtt_train.aligned_warp import aligned_warp
+    from pvtt_train.light_match import clip_light_gain
+    from pvtt_train.media.resize import resize_video
+    from pvtt_train.models.paste_residual import zero_output
+
+    torch.manual_seed(0)
+    model = WanConcatPVTT(TINY, prediction="paste_residual")
+    zero_output(model.backbone)
+    ex = SyntheticVideoGenerator(SyntheticConfig(frames=9, height=64, width=64, product_size=(20.0, 30.0))).example(3)
+    gains = torch.linspace(1.0, 0.8, 9)
+    template = (torch.from_numpy(ex.template) * gains.view(-1, 1, 1, 1)).clamp(0, 1)
+    mask, reference = torch.from_numpy(ex.mask), torch.from_numpy(ex.reference)
+    meta = {**META, "provenance": {"data": {"paste": "supersampled_warp_lit"}}}
+    with_paste = load_checkpoint(save_checkpoint(tmp_path / "zero.safetensors", model, meta))
+    out = transfer(with_paste, template, mask, reference, seed=0, fit="stretch")
+    small_mask = (resize_video(mask[..., None], 16, 16)[..., 0] > 0.5).float()
+    light = clip_light_gain(resize_video(template, 16, 16), small_mask)
+    lit = (torch.from_numpy(aligned_warp(ex.reference, ex.mask)) * light.view(-1, 1, 1, 1)).clamp(0, 1)
+    inside = mask[..., None].expand_as(out) > 0.5
+    assert torch.allclose(out[inside], lit[inside], atol=1e-5)
+    own = clip_light_gain(resize_video(torch.from_numpy(ex.template), 16, 16), small_mask)  # the generator's drift
+    assert abs(float(light[-1] / own[-1]) - 0.8) < 0.02  # the paste followed the darkening

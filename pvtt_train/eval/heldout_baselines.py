@@ -1,4 +1,5 @@
-"""What a designer could do without a model, scored beside it: paste the photo, fill flat, or change nothing.
+"""What a designer could do without a model, scored beside it: paste the photo (as it is, or at the light
+of each frame), fill flat, or change nothing.
 
 Each baseline returns the final clip [F, H, W, 3]: its product inside the mask, the template's exact
 pixels outside, composited by ``sampling.composite.background_preserve`` with Background Preserve's
@@ -13,6 +14,7 @@ import torch
 
 from ..aligned_warp import aligned_warp
 from ..conditioning import product_alpha
+from ..light_match import clip_light_gain
 from ..sampling.composite import background_preserve
 
 
@@ -33,6 +35,16 @@ def paste(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.nda
     return _inside_mask(warped_product(product, mask), template, mask)
 
 
+def lit_paste(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:
+    """The warped photo at each frame's light, measured off the template's background
+    (``light_match.clip_light_gain``): what PVTT hands a paste-channel model, and what such a model returns
+    when it changes nothing, so it is the bar a model's own corrections have to clear."""
+    gain = clip_light_gain(torch.from_numpy(np.ascontiguousarray(template, np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(mask, np.float32))).numpy()
+    lit = np.clip(warped_product(product, mask) * gain[:, None, None, None], 0, 1)
+    return _inside_mask(lit, template, mask)
+
+
 def flat_fill(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np.ndarray:
     """The mask filled with the product's mean colour (over its matte in the photo)."""
     alpha = product_alpha(product)
@@ -48,6 +60,7 @@ def unchanged(template: np.ndarray, mask: np.ndarray, product: np.ndarray) -> np
 #: name -> (label, function), in table order.
 BASELINES = {
     "paste": ("aligned paste", paste),
+    "lit_paste": ("aligned paste at the template's light", lit_paste),
     "flat_fill": ("flat mean-colour fill", flat_fill),
     "template": ("unchanged template", unchanged),
 }
