@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.batches import condition_batch
 from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel
@@ -64,7 +65,7 @@ def generate(loaded: LoadedModel, batch: dict, seed: int) -> Generated:
     model = loaded.model
     start = time.perf_counter()
     with torch.no_grad():
-        cond = model.condition(batch["template"], batch["mask"], batch["reference"])
+        cond = condition_batch(model, batch)  # the paste the model was trained with, as in training
         if "prompt_embeds" in batch:  # held-out dataset clips are sampled with their own prompts
             cond = cond.with_prompts(batch["prompt_embeds"], batch.get("negative_prompt_embeds"))
         x0 = sample_from_metadata(model, cond, loaded.metadata, generator=torch.Generator().manual_seed(seed),

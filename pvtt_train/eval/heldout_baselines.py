@@ -3,8 +3,9 @@ of each frame), fill flat, or change nothing.
 
 Each baseline returns the final clip [F, H, W, 3]: its product inside the mask, the template's exact
 pixels outside, composited by ``sampling.composite.background_preserve`` with Background Preserve's
-defaults, exactly as the models' outputs are. ``warped_product`` is the one place the photo is warped onto the mask, so a better
-warp (rotation-following, matted without fringes) replaces it for every baseline at once.
+defaults, exactly as the models' outputs are. ``warped_product`` is the one place the photo is warped onto
+the mask, so a better warp (rotation-following, matted without fringes) replaces it for every baseline
+at once.
 """
 
 from __future__ import annotations
