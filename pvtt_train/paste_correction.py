@@ -70,8 +70,8 @@ class CorrectionSum:
         self.correction[start: start + n] += weight.view(-1, 1, 1, 1) * (drawn - given)
         self.gain[start: start + n] += weight * gain
 
-    def apply(self, generated: torch.Tensor, warp: torch.Tensor, inside: torch.Tensor, template: torch.Tensor,
-              coverage: torch.Tensor, grow: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def apply(self, generated: torch.Tensor, warp: torch.Tensor, inside: torch.Tensor, coverage: torch.Tensor,
+              grow: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The full-size result [F,H,W,3]: ``generated`` (the model's output grown) outside the mask ``inside``
         [F,H,W]; inside it the full-size ``warp`` [F,H,W,3] at the light the model was given, plus the
         interior's correction grown by ``grow`` (working size -> full size). ``coverage`` [F,h,w] is how

@@ -25,8 +25,8 @@ from .light_match import clip_light_gain
 from .media.fit import from_model, plan_fit, to_model
 from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
-from .paste_correction import CorrectionSum, given_composite
 from .models.text_encoder import prompt_embeddings
+from .paste_correction import CorrectionSum, given_composite
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
 from .sampling.samplers import require_finite, sample_from_metadata
 from .validation import check_output_memory, clip_and_mask, product_photo
@@ -139,7 +139,7 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
     out = from_model(plan, out, template).clamp(0, 1)
     if corrections is not None:
         coverage = to_model(plan, inside[..., None])[..., 0] * msk
-        return corrections.apply(out, warp, inside, template, coverage,
+        return corrections.apply(out, warp, inside, coverage,
                                  lambda clip: from_model(plan, clip, torch.zeros_like(template)))
     if detail:
         out = add_photo_detail(out, paste, inside, lambda clip: from_model(plan, to_model(plan, clip), template))

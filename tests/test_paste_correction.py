@@ -53,7 +53,7 @@ def test_a_model_that_draws_what_it_was_given_returns_the_full_size_paste_at_its
     total = CorrectionSum(3, 16, 16)
     total.add(0, torch.ones(3), given, given, torch.tensor([1.0, 0.9, 1.2]))
     generated = torch.rand(3, 64, 64, 3)
-    out = total.apply(generated, warp, inside, template, coverage, _grow)
+    out = total.apply(generated, warp, inside, coverage, _grow)
     lit = (warp * torch.tensor([1.0, 0.9, 1.2]).view(-1, 1, 1, 1)).clamp(0, 1)
     m = inside[..., None] > 0.5
     assert torch.equal(torch.where(m, out, 0), torch.where(m, lit, 0))  # the paste, to the pixel
@@ -61,24 +61,24 @@ def test_a_model_that_draws_what_it_was_given_returns_the_full_size_paste_at_its
 
 
 def test_an_interior_correction_reaches_the_edge_and_edge_pixels_paint_no_halo():
-    template, warp, inside, coverage = _scene(1)
+    _, warp, inside, coverage = _scene(1)
     given = torch.rand(1, 16, 16, 3)
     drawn = given + 0.1  # a uniform light correction...
     drawn[:, 3] = drawn[:, 12] = drawn[:, :, 3] = drawn[:, :, 12] = 0.0  # ...and edge pixels dragged to black
     total = CorrectionSum(1, 16, 16)
     total.add(0, torch.ones(1), drawn, given, torch.ones(1))
-    out = total.apply(torch.zeros(1, 64, 64, 3), warp, inside, template, coverage, _grow)
+    out = total.apply(torch.zeros(1, 64, 64, 3), warp, inside, coverage, _grow)
     m = inside[..., None].bool()
     assert torch.allclose(out[m.expand_as(out)], (warp + 0.1)[m.expand_as(out)], atol=1e-6)
 
 
 def test_cross_faded_windows_light_the_paste_by_their_weighted_gain_and_sum_their_corrections():
-    template, warp, inside, coverage = _scene(2)
+    _, warp, inside, coverage = _scene(2)
     given = torch.full((2, 16, 16, 3), 0.3)
     total = CorrectionSum(2, 16, 16)
     total.add(0, torch.tensor([1.0, 0.25]), given + 0.04, given, torch.tensor([1.0, 1.0]))
     total.add(1, torch.tensor([0.75]), given[:1] + 0.08, given[:1], torch.tensor([0.8]))
-    out = total.apply(torch.zeros(2, 64, 64, 3), warp, inside, template, coverage, _grow)
+    out = total.apply(torch.zeros(2, 64, 64, 3), warp, inside, coverage, _grow)
     centre = out[:, 32, 32]
     assert torch.allclose(centre[0], warp[0, 32, 32] + 0.04, atol=1e-6)
     # frame 1: light 0.25 * 1.0 + 0.75 * 0.8 = 0.85, correction 0.25 * 0.04 + 0.75 * 0.08 = 0.07
