@@ -32,13 +32,6 @@ import torch.nn.functional as F
 SOLID_COVERAGE = 0.98
 
 
-def given_composite(template: torch.Tensor, mask: torch.Tensor, paste: torch.Tensor) -> torch.Tensor:
-    """What a paste-channel model is handed, at its working size: ``template`` [F,h,w,3] outside ``mask``
-    [F,h,w] (0/1), ``paste`` [F,h,w,3] inside."""
-    m = mask[..., None]
-    return template * (1 - m) + paste * m
-
-
 def spread_from_interior(correction: torch.Tensor, solid: torch.Tensor) -> torch.Tensor:
     """``correction`` [F,h,w,C] where ``solid`` [F,h,w] is true, carried outward ring by ring: each empty
     pixel takes the mean of its filled 3x3 neighbours. A frame with no solid pixel gets no correction."""

@@ -26,7 +26,7 @@ from .media.fit import from_model, plan_fit, to_model
 from .media.resize import resize_video  # noqa: F401  (re-exported: callers and tests use pipeline.resize_video)
 from .models.checkpoint import LoadedModel
 from .models.text_encoder import prompt_embeddings
-from .paste_correction import CorrectionSum, given_composite
+from .paste_correction import CorrectionSum
 from .sampling.frame_windows import default_overlap, frame_windows, window_weights
 from .sampling.samplers import require_finite, sample_from_metadata
 from .validation import check_output_memory, clip_and_mask, product_photo
@@ -134,7 +134,7 @@ def transfer(loaded: LoadedModel, template: torch.Tensor, mask: torch.Tensor, re
         out[start:end] += weights[wi].view(-1, 1, 1, 1) * decoded
         if corrections is not None:
             n = end - start
-            corrections.add(start, weights[wi], decoded, given_composite(tmpl[idx], msk[idx], given_paste)[:n],
+            corrections.add(start, weights[wi], decoded, paste_composite(given_paste, msk[idx], tmpl[idx])[:n],
                             gain[:n])
     out = from_model(plan, out, template).clamp(0, 1)
     if corrections is not None:

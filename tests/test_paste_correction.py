@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from pvtt_train.media.resize import resize_video
-from pvtt_train.paste_correction import CorrectionSum, given_composite, spread_from_interior
+from pvtt_train.detail_transfer import paste_composite
+from pvtt_train.paste_correction import CorrectionSum, spread_from_interior
 
 
 def _grow(clip):
@@ -49,7 +50,7 @@ def test_a_model_that_draws_what_it_was_given_returns_the_full_size_paste_at_its
     template, warp, inside, coverage = _scene()
     small_t, small_p = resize_video(template, 16, 16), resize_video(warp, 16, 16)
     msk = (coverage > 0.5).float()
-    given = given_composite(small_t, msk, small_p)
+    given = paste_composite(small_p, msk, small_t)
     total = CorrectionSum(3, 16, 16)
     total.add(0, torch.ones(3), given, given, torch.tensor([1.0, 0.9, 1.2]))
     generated = torch.rand(3, 64, 64, 3)
