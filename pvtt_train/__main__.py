@@ -24,6 +24,7 @@ from .cli_args import (
     CFG,
     LEARNING_RATE,
     SEED,
+    aspect_range,
     check_encoders,
     check_model_file,
     check_output_folders,
@@ -33,11 +34,13 @@ from .cli_args import (
     number,
     out_file,
     out_folder,
+    shape_list,
     step_budgets,
     step_path,
     whole,
 )
 from .errors import DISK_ERRORS
+from .data.shapes import SHAPES
 from .data.warp_paste import PASTES
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
@@ -75,7 +78,8 @@ def cmd_teacher(args) -> None:
     cfg = TeacherConfig(minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                         mask_weight=args.mask_weight, cfg_dropout=args.cfg_dropout, seed=args.seed,
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
-                        data=SyntheticConfig(paste=args.paste))
+                        data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
+                                             light_slope=args.light_slope))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -328,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paste", choices=PASTES, default="aligned_paste",
                    help="the training paste: fitted at the working size, or warped at the supersampled size and "
                         "shrunk as the pipeline does for a full-size clip (supersampled_warp)")
+    p.add_argument("--shapes", type=shape_list, default=SHAPES,
+                   help="training product silhouettes, separated by commas; circles, squares and diamonds have no "
+                        "orientation their mask shows, so a warped photo's pattern cannot be aligned to them "
+                        "(default: all)")
+    p.add_argument("--aspect", type=aspect_range, default=(0.75, 1.0), metavar="MIN,MAX",
+                   help="width / height range of ellipses and rounded rectangles (default: 0.75,1)")
+    p.add_argument("--light-slope", type=number(0, 2, high_open=True), default=0.0,
+                   help="strength of a fixed directional light gradient across each training clip, which one "
+                        "gain per frame cannot express (default: 0, none)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -165,6 +165,30 @@ def step_budgets(text: str) -> tuple[int, ...]:
     return budgets
 
 
+def shape_list(text: str) -> tuple[str, ...]:
+    """``--shapes``: training silhouettes separated by commas, e.g. ellipse,rounded."""
+    from .data.shapes import SHAPES
+
+    shapes = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in shapes if s not in SHAPES]
+    if not shapes or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: write one or more of {', '.join(SHAPES)} separated by commas, "
+                                         f"e.g. ellipse,rounded")
+    return shapes
+
+
+def aspect_range(text: str) -> tuple[float, float]:
+    """``--aspect MIN,MAX``: the width / height range of ellipses and rounded rectangles, within [0.3, 1]."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range; write two numbers separated by a comma, "
+                                         f"e.g. 0.5,0.75") from None
+    if not 0.3 <= low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: write MIN,MAX with 0.3 <= MIN <= MAX <= 1, e.g. 0.5,0.75")
+    return low, high
+
+
 def loss_weight(text: str) -> tuple[str, tuple[float, int | None]]:
     """``--weight NAME=W[:WARMUP]`` -> (name, (weight, warm-up or None for the default))."""
     from .distill.config import LOSSES

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .shapes import SHAPES
 from .warp_paste import LIT_PASTES, PASTES, supersampled_warp_paste
 
-SHAPES = ("square", "circle", "diamond", "rounded", "ellipse")
 PATTERNS = ("stripes", "checker", "dots")
 
 
@@ -35,7 +35,17 @@ class SyntheticConfig:
     max_rotation_deg: float = 12.0  # total in-plane rotation over the clip
     shake_px: float = 0.35  # std of the per-frame camera jitter
     light_gain: tuple[float, float] = (0.8, 1.2)  # per-frame global light, random walk inside
+    #: Strength of a fixed directional light gradient across the frame (a light from one side): the light
+    #: field is ``gain * (1 + slope * d)`` with ``d`` in [-0.5, 0.5] along a random direction and ``slope``
+    #: drawn from [-light_slope, light_slope] per clip. One global gain per frame cannot express it, so a
+    #: model given a paste lit by that gain must read the gradient off the background and shade the product.
+    light_slope: float = 0.0
     texture_std: float = 0.03
+    #: The product silhouettes drawn (``SHAPES``). A circle, square or diamond has no orientation its mask
+    #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
+    #: with an ``aspect`` well below 1) have one, as most real products (bottles, tubes, boxes) do.
+    shapes: tuple[str, ...] = SHAPES
+    aspect: tuple[float, float] = (0.75, 1.0)  # width / height of ellipses and rounded rectangles
     #: How the conditioning paste is made (``warp_paste.PASTES``): fitted at the working size by
     #: ``conditioning.aligned_paste`` (the first teachers), or warped at the supersampled size and shrunk,
     #: as the pipeline does for a designer's clip (``warp_paste``).
@@ -69,8 +79,9 @@ def _random_color(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.05, 0.95, size=3)
 
 
-def _random_product(rng: np.random.Generator, shape: str | None = None) -> Product:
-    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+def _random_product(rng: np.random.Generator, shape: str | None = None, shapes: tuple[str, ...] = SHAPES,
+                    aspect: tuple[float, float] = (0.75, 1.0)) -> Product:
+    shape = shape or shapes[rng.integers(len(shapes))]
     c1 = _random_color(rng)
     # Keep the two pattern colours apart so the pattern is visible at tiny sizes.
     c2 = _random_color(rng)
@@ -82,7 +93,7 @@ def _random_product(rng: np.random.Generator, shape: str | None = None) -> Produ
         colors=(tuple(c1.tolist()), tuple(c2.tolist())),
         pattern_angle=float(rng.choice([0.0, math.pi / 2, math.pi / 4, -math.pi / 4])),
         pattern_period=float(rng.choice([0.7, 1.0])),
-        aspect=float(rng.uniform(0.75, 1.0)),
+        aspect=float(rng.uniform(*aspect)),
     )
 
 
@@ -155,6 +166,12 @@ class SyntheticVideoGenerator:
             raise ValueError("shake_px, texture_std and max_rotation_deg must be >= 0")
         if c.paste not in PASTES:
             raise ValueError(f"paste must be one of {PASTES}, got {c.paste!r}")
+        if not c.shapes or any(shape not in SHAPES for shape in c.shapes):
+            raise ValueError(f"shapes must be a non-empty selection of {SHAPES}, got {c.shapes!r}")
+        if not 0.3 <= c.aspect[0] <= c.aspect[1] <= 1.0:
+            raise ValueError(f"aspect must be (min, max) with 0.3 <= min <= max <= 1, got {c.aspect}")
+        if not 0 <= c.light_slope < 2:
+            raise ValueError(f"light_slope must be in [0, 2) so the light stays positive, got {c.light_slope}")
 
     def example(self, seed: int) -> Example:
         c = self.config
@@ -180,7 +197,7 @@ class SyntheticVideoGenerator:
         rot0 = rng.uniform(-0.2, 0.2)  # near upright, like the reference photo
         rot1 = rot0 + math.radians(rng.uniform(-c.max_rotation_deg, c.max_rotation_deg))
 
-        product_a = _random_product(rng)
+        product_a = _random_product(rng, shapes=c.shapes, aspect=c.aspect)
         product_b = _random_product(rng, shape=product_a.shape)
         product_b = Product(product_b.shape, product_b.pattern, product_b.colors, product_b.pattern_angle,
                             product_b.pattern_period, product_a.aspect)
@@ -190,6 +207,7 @@ class SyntheticVideoGenerator:
         gain = np.ones(F)
         for f in range(1, F):
             gain[f] = float(np.clip(gain[f - 1] + rng.normal(0, 0.04), *c.light_gain))
+        field = self._light_field(rng, xs, ys) if c.light_slope > 0 else 1.0  # no draws: old clips stay bit-exact
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -215,8 +233,9 @@ class SyntheticVideoGenerator:
             rgb_a, cover = _render_product(product_a, u, v)
             rgb_b, _ = _render_product(product_b, u, v)
             k = cover[..., None]
-            template[f] = np.clip(((1 - k) * bg + k * rgb_a) * gain[f], 0, 1)
-            target[f] = np.clip(((1 - k) * bg + k * rgb_b) * gain[f], 0, 1)
+            light = gain[f] * field
+            template[f] = np.clip(((1 - k) * bg + k * rgb_a) * light, 0, 1)
+            target[f] = np.clip(((1 - k) * bg + k * rgb_b) * light, 0, 1)
             cover_all[f] = cover
 
         template = _box_downsample(template, s)
@@ -229,6 +248,14 @@ class SyntheticVideoGenerator:
             paste = supersampled_warp_paste(reference_big, cover_all, mask,
                                             template if c.paste in LIT_PASTES else None)
         return Example(template=template, mask=mask, reference=reference, target=target, seed=seed, paste=paste)
+
+    def _light_field(self, rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """The clip's fixed directional light [H, W, 1] over the supersampled scene coordinates ``xs``, ``ys``."""
+        c = self.config
+        phi = rng.uniform(0, 2 * math.pi)
+        slope = rng.uniform(-c.light_slope, c.light_slope)
+        d = (math.cos(phi) * (xs - c.width / 2) + math.sin(phi) * (ys - c.height / 2)) / max(c.height, c.width)
+        return (1 + slope * d)[..., None].astype(np.float32)
 
     def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
         """Product B upright and centred on a plain light backdrop, as a product photo would be, at the

@@ -1,0 +1,116 @@
+"""The training generator's scene options: which silhouettes, their aspect, and a directional light."""
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.ndimage import binary_erosion
+
+from pvtt_train.aligned_warp import shape_moments
+from pvtt_train.data.batches import training_data_config
+from pvtt_train.data.shapes import SHAPES
+from pvtt_train.data.synthetic import SyntheticConfig, SyntheticVideoGenerator
+from pvtt_train.models.checkpoint import load_checkpoint
+from pvtt_train.paths import SHIPPED_TEACHER
+
+SEEDS = range(8)
+STILL = SyntheticConfig(shake_px=0.0)  # a still camera, so frame-to-frame ratios are the light alone
+
+
+def _background(ex, px: int = 2) -> np.ndarray:
+    """Pixels at least ``px`` away from the product in every frame."""
+    near = np.stack([~binary_erosion(~m.astype(bool), iterations=px) for m in ex.mask]).any(0)
+    return ~near
+
+
+def test_directional_light_is_a_plane_across_the_frame():
+    flat = SyntheticVideoGenerator(STILL)
+    lit = SyntheticVideoGenerator(dataclasses.replace(STILL, light_slope=0.6))
+    spans = []
+    for seed in SEEDS:
+        a, b = flat.example(seed), lit.example(seed)
+        keep = _background(a) & (a.template.max(-1) < 0.99).all(0) & (b.template.max(-1) < 0.99).all(0)
+        ratio = (b.template[0] / np.maximum(a.template[0], 1e-3)).mean(-1)[keep]  # the light field, frame 0
+        ys, xs = np.nonzero(keep)
+        design = np.stack([np.ones_like(xs), xs, ys], axis=1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(design, ratio, rcond=None)
+        assert np.abs(design @ coef - ratio).max() < 2e-3, seed  # a plane, up to float32 rounding
+        spans.append(ratio.max() - ratio.min())
+    assert max(spans) > 0.2  # and a real gradient on some clips, not a constant
+
+
+def test_without_a_slope_the_light_is_one_gain_per_frame():
+    gen = SyntheticVideoGenerator(STILL)
+    for seed in SEEDS:
+        ex = gen.example(seed)
+        keep = _background(ex) & (ex.template.max(-1) < 0.99).all(0)
+        ratio = (ex.template[-1] / ex.template[0]).mean(-1)[keep]
+        assert ratio.std() < 1e-4, seed
+
+
+def test_light_lights_template_and_truth_alike():
+    gen = SyntheticVideoGenerator(dataclasses.replace(STILL, light_slope=0.6))
+    for seed in SEEDS:
+        ex = gen.example(seed)
+        outside = _background(ex)
+        np.testing.assert_array_equal(ex.template[:, outside], ex.target[:, outside])
+
+
+def test_shapes_and_aspect_give_masks_with_an_orientation():
+    elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
+    round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))
+    for seed in SEEDS:
+        long_mask = elongated.example(seed).mask[0]
+        round_mask = round_.example(seed).mask[0]
+        assert shape_moments(long_mask)[3] > 0.3, seed
+        assert shape_moments(round_mask)[3] < 0.15, seed  # a 5-pixel circle is only round up to its pixels
+
+
+def test_elongated_products_make_the_warped_paste_right_inside():
+    """The reason for ``shapes``: the mask of an elongated product shows its turn, so the photo's pattern lands
+    where the truth has it; on a circle or square it cannot (measured at the mask's interior pixels)."""
+
+    def interior_psnr(config):
+        gen = SyntheticVideoGenerator(dataclasses.replace(config, paste="supersampled_warp_lit"))
+        err = count = 0.0
+        for seed in SEEDS:
+            ex = gen.example(seed)
+            inner = np.stack([binary_erosion(m.astype(bool)) for m in ex.mask])
+            err += ((ex.paste - ex.target) ** 2)[inner].sum()
+            count += inner.sum() * 3
+        return 10 * np.log10(count / err)
+
+    symmetric = interior_psnr(SyntheticConfig(shapes=("square", "circle", "diamond")))
+    elongated = interior_psnr(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.75)))
+    assert elongated > symmetric + 5.0, (elongated, symmetric)
+
+
+def test_default_config_keeps_every_shape():
+    gen = SyntheticVideoGenerator(SyntheticConfig())
+    aniso = [shape_moments(gen.example(seed).mask[0])[3] for seed in range(24)]
+    assert min(aniso) < 0.05 and max(aniso) > 0.2  # round and elongated products both occur
+
+
+@pytest.mark.parametrize("kwargs", [dict(shapes=()), dict(shapes=("hexagon",)), dict(aspect=(0.2, 0.5)),
+                                    dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0)])
+def test_bad_scene_options_are_rejected_upfront(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        SyntheticVideoGenerator(SyntheticConfig(**kwargs))
+
+
+def test_scene_options_round_trip_through_checkpoint_provenance():
+    config = SyntheticConfig(paste="supersampled_warp_lit", shapes=("ellipse", "rounded"), aspect=(0.5, 0.75),
+                             light_slope=0.3)
+    recorded = json.loads(json.dumps(config.to_dict()))  # as a checkpoint's JSON metadata holds it
+    loaded = SimpleNamespace(metadata={"provenance": {"data": recorded}}, path=Path("teacher.safetensors"))
+    assert training_data_config(loaded) == config
+
+
+def test_checkpoints_from_before_the_scene_options_read_as_the_old_scene():
+    teacher = load_checkpoint(SHIPPED_TEACHER)
+    assert "shapes" not in teacher.metadata["provenance"]["data"]
+    config = training_data_config(teacher)
+    assert (config.shapes, config.aspect, config.light_slope) == (SHAPES, (0.75, 1.0), 0.0)
