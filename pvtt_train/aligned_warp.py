@@ -8,6 +8,11 @@ anti-aliased edge. ``aligned_warp`` is a drop-in alternative with the same signa
   product's core; each edge pixel's true colour is taken from the core pixels near it, and its
   alpha is how far it lies from the backdrop towards that colour (``I = a F + (1 - a) B`` solved
   for ``a``). The edge is drawn with the core's colour, so no backdrop colour reaches the mask.
+- **Holes.** A backdrop-coloured region the product encloses is either the backdrop seen through a
+  hole (a mug's handle) or a white print on the product; the photo alone cannot tell. The mask can:
+  when the template's mask has holes too (``mask_hole_fraction``), the photo's large enclosed
+  backdrop regions are holes, so the product's area, centroid and moments match the mask's. Filled,
+  a mug was pasted too small, off centre and with a white disc in its handle.
 - **Pose.** Per frame, the mask's moments give the similarity transform: the centroid the
   translation, the area the scale, the second moments the orientation relative to the photo's own.
   Second moments fix an axis only up to 180 degrees, so the turn nearest the previous frame's is
@@ -38,6 +43,12 @@ MIN_ANISOTROPY = 0.08
 #: supersampled side: a 1080p frame is warped at 1x (its source is area-shrunk first, so nothing aliases)
 #: rather than at 4x, which would hold half a gigabyte per frame.
 SUPERSAMPLE, MAX_SUPERSAMPLED_SIDE = 4, 1024
+#: Share of a mask's filled silhouette that must be holes before the photo's enclosed backdrop regions are
+#: taken for holes, and the share of the holes' expected area a region needs to count as one (smaller
+#: backdrop-coloured specks, e.g. white lettering, stay product).
+MIN_HOLE_FRACTION, MIN_HOLE_SHARE = 0.01, 0.25
+#: Frames of a clip whose mask holes are measured (evenly spaced): holes do not come and go.
+HOLE_SAMPLE_FRAMES = 9
 
 
 def backdrop_colour(photo: np.ndarray) -> np.ndarray:
@@ -53,11 +64,32 @@ def _spread(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     return num / np.maximum(den, 1e-6), den[..., 0]
 
 
-def product_matte(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _enclosed(outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Components (4-connected) of the boolean ``outside`` [H, W]: their labels, and which labels touch the border."""
+    _, labels = cv2.connectedComponents(outside.astype(np.uint8), connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return labels, border[border > 0]
+
+
+def mask_hole_fraction(mask: np.ndarray) -> float:
+    """Median over frames of the share of the mask's filled silhouette that is holes (background it encloses)."""
+    frames = [m for m in mask[np.unique(np.linspace(0, len(mask) - 1, HOLE_SAMPLE_FRAMES).round().astype(int))] > 0.5
+              if m.any()]
+    fractions = []
+    for m in frames:
+        labels, border = _enclosed(~m)
+        holes = int(((labels > 0) & ~np.isin(labels, border)).sum())
+        fractions.append(holes / (holes + int(m.sum())))
+    return float(np.median(fractions)) if fractions else 0.0
+
+
+def product_matte(photo: np.ndarray, hole_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Soft alpha [H, W] and decontaminated colour [H, W, 3] of the product in a backdrop photo.
 
     The backdrop is what is close to its colour and connected to the border, so a product colour
-    near the backdrop's inside the silhouette still counts as product. The silhouette's interior is
+    near the backdrop's inside the silhouette still counts as product, unless the mask says the
+    product has holes (``hole_fraction``, from ``mask_hole_fraction``): then enclosed backdrop regions
+    of at least ``MIN_HOLE_SHARE`` of the holes' expected area are holes. The silhouette's interior is
     opaque with the photo's own colours; its one-pixel rim gets alpha and colour from the interior.
     """
     if photo.ndim != 3 or photo.shape[2] != 3:
@@ -66,11 +98,15 @@ def product_matte(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     backdrop = backdrop_colour(photo)
     distance = np.abs(photo - backdrop).max(axis=2)
     low = (distance <= BACKDROP_DISTANCE).astype(np.uint8)
-    _, labels = cv2.connectedComponents(low, connectivity=4)
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    silhouette = ~(np.isin(labels, edge_labels[edge_labels > 0]) & (low > 0))
+    labels, edge_labels = _enclosed(low > 0)
+    silhouette = ~np.isin(labels, edge_labels)
     if silhouette.all() or not silhouette.any():  # no product stands out from a backdrop: use the whole photo
         return np.ones(photo.shape[:2], np.float32), photo
+    if hole_fraction >= MIN_HOLE_FRACTION:
+        areas = np.bincount(labels.ravel())
+        enclosed = np.setdiff1d(np.nonzero(areas)[0], np.concatenate([[0], edge_labels]))
+        holes = enclosed[areas[enclosed] >= MIN_HOLE_SHARE * hole_fraction * silhouette.sum()]
+        silhouette &= ~np.isin(labels, holes)
     core = cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     core = core if core.any() else silhouette
     near, support = _spread(photo, core.astype(np.float32), sigma=2.0)
@@ -141,7 +177,7 @@ def aligned_warp(reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The product matted from ``reference`` and warped onto each frame's mask; zero outside the mask."""
     if mask.ndim != 3:
         raise ValueError(f"mask must be [F, H, W], got shape {tuple(mask.shape)}")
-    alpha, colour = product_matte(reference)
+    alpha, colour = product_matte(reference, mask_hole_fraction(mask))
     photo_area, photo_centre, photo_angle, photo_aniso = shape_moments(alpha)
     premultiplied = np.concatenate([colour * alpha[..., None], alpha[..., None]], axis=2)
     mean_colour = premultiplied[..., :3].sum((0, 1)) / photo_area

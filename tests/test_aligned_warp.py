@@ -8,6 +8,7 @@ import pytest
 
 from pvtt_train.aligned_warp import (
     aligned_warp,
+    mask_hole_fraction,
     nearest_turn,
     product_matte,
     shape_moments,
@@ -103,3 +104,44 @@ def test_bad_shapes_raise():
         aligned_warp(rectangle_photo(), np.ones((32, 32)))
     with pytest.raises(ValueError, match="reference must be"):
         aligned_warp(np.ones((32, 32)), np.ones((1, 32, 32)))
+
+
+def mug_silhouette(size: int, scale: float = 1.0) -> np.ndarray:
+    """A mug: a body and a ring handle whose hole shows what is behind it ([size, size] in {0, 1})."""
+    shape = np.zeros((size, size), np.uint8)
+    c, k = size // 2, scale
+    cv2.circle(shape, (round(c + 10 * k), c), round(18 * k), 1, -1)
+    cv2.circle(shape, (round(c + 12 * k), c), round(10 * k), 0, -1)  # the handle's hole
+    cv2.rectangle(shape, (round(c - 30 * k), round(c - 24 * k)), (round(c + 10 * k), round(c + 24 * k)), 1, -1)
+    return shape.astype(np.float32)
+
+
+def test_mask_hole_fraction_measures_the_holes_a_mask_encloses():
+    mug = mug_silhouette(96)
+    hole = 96 * 96 - int(mug.sum()) - int(cv2.floodFill(mug.astype(np.uint8).copy(), None, (0, 0), 1)[0])
+    assert mask_hole_fraction(mug[None].repeat(3, 0)) == pytest.approx(hole / (hole + mug.sum()), rel=1e-6)
+    assert hole > 0.03 * mug.sum()
+    assert mask_hole_fraction(rotated_rectangle_mask(64, (32, 32), (20, 8), 30.0)[None]) == 0.0
+
+
+def test_a_product_with_a_hole_is_warped_onto_a_mask_with_that_hole():
+    """A mug photographed on white: with the handle's hole filled, the product's area and centroid are the
+    filled shape's, so it lands too small and off centre and paints backdrop white into the mask."""
+    photo = mug_silhouette(96)[..., None] * RED + (1 - mug_silhouette(96)[..., None]) * WHITE
+    mask = mug_silhouette(64, scale=64 / 96)[None]
+    out = aligned_warp(photo, mask)[0]
+    inside = mask[0] > 0
+    assert np.abs(out[inside] - RED).max(axis=1).mean() < 0.02  # red everywhere in the mask, no white disc
+    filled, _ = product_matte(photo)  # what the photo alone gives: the hole is product
+    holed, _ = product_matte(photo, mask_hole_fraction(mask))
+    assert filled.sum() > holed.sum() + 0.9 * (filled.sum() - mug_silhouette(96).sum())
+
+
+def test_white_print_on_a_product_without_holes_stays_product():
+    photo = rectangle_photo()
+    photo[44:52, 40:56] = WHITE  # a white label enclosed by the red product
+    mask = rotated_rectangle_mask(64, (32, 32), (20, 8), 0.0)[None]
+    alpha, _ = product_matte(photo, mask_hole_fraction(mask))
+    assert (alpha[44:52, 40:56] == 1).all()
+    out = aligned_warp(photo, mask)[0]
+    assert (out[mask[0] > 0].min(axis=1) > 0.05).mean() > 0.1  # the label is pasted, white, inside the mask
