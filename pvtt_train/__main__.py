@@ -40,7 +40,7 @@ from .cli_args import (
     whole,
 )
 from .errors import DISK_ERRORS
-from .data.shapes import SHAPES
+from .data.shapes import DEFAULT_ASPECT, SHAPES
 from .data.warp_paste import PASTES
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training product silhouettes, separated by commas; circles, squares and diamonds have no "
                         "orientation their mask shows, so a warped photo's pattern cannot be aligned to them "
                         "(default: all)")
-    p.add_argument("--aspect", type=aspect_range, default=(0.75, 1.0), metavar="MIN,MAX",
-                   help="width / height range of ellipses and rounded rectangles (default: 0.75,1)")
+    p.add_argument("--aspect", type=aspect_range, default=DEFAULT_ASPECT, metavar="MIN,MAX",
+                   help="width / height range of ellipses and rounded rectangles (default: %s)"
+                        % ",".join(f"{a:g}" for a in DEFAULT_ASPECT))
     p.add_argument("--light-slope", type=number(0, 2, high_open=True), default=0.0,
                    help="strength of a fixed directional light gradient across each training clip, which one "
                         "gain per frame cannot express (default: 0, none)")

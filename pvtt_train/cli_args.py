@@ -178,14 +178,18 @@ def shape_list(text: str) -> tuple[str, ...]:
 
 
 def aspect_range(text: str) -> tuple[float, float]:
-    """``--aspect MIN,MAX``: the width / height range of ellipses and rounded rectangles, within [0.3, 1]."""
+    """``--aspect MIN,MAX``: the width / height range of ellipses and rounded rectangles, within ``ASPECT_LIMITS``."""
+    from .data.shapes import ASPECT_LIMITS
+
     try:
         low, high = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a range; write two numbers separated by a comma, "
                                          f"e.g. 0.5,0.75") from None
-    if not 0.3 <= low <= high <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: write MIN,MAX with 0.3 <= MIN <= MAX <= 1, e.g. 0.5,0.75")
+    lowest, highest = ASPECT_LIMITS
+    if not lowest <= low <= high <= highest:
+        raise argparse.ArgumentTypeError(f"{text!r}: write MIN,MAX with {lowest:g} <= MIN <= MAX <= {highest:g}, "
+                                         f"e.g. 0.5,0.75")
     return low, high
 
 

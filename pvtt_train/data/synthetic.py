@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .shapes import SHAPES
+from .shapes import ASPECT_LIMITS, DEFAULT_ASPECT, SHAPES
 from .warp_paste import LIT_PASTES, PASTES, supersampled_warp_paste
 
 PATTERNS = ("stripes", "checker", "dots")
@@ -45,7 +45,7 @@ class SyntheticConfig:
     #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
     #: with an ``aspect`` well below 1) have one, as most real products (bottles, tubes, boxes) do.
     shapes: tuple[str, ...] = SHAPES
-    aspect: tuple[float, float] = (0.75, 1.0)  # width / height of ellipses and rounded rectangles
+    aspect: tuple[float, float] = DEFAULT_ASPECT  # width / height of ellipses and rounded rectangles
     #: How the conditioning paste is made (``warp_paste.PASTES``): fitted at the working size by
     #: ``conditioning.aligned_paste`` (the first teachers), or warped at the supersampled size and shrunk,
     #: as the pipeline does for a designer's clip (``warp_paste``).
@@ -80,7 +80,7 @@ def _random_color(rng: np.random.Generator) -> np.ndarray:
 
 
 def _random_product(rng: np.random.Generator, shape: str | None = None, shapes: tuple[str, ...] = SHAPES,
-                    aspect: tuple[float, float] = (0.75, 1.0)) -> Product:
+                    aspect: tuple[float, float] = DEFAULT_ASPECT) -> Product:
     shape = shape or shapes[rng.integers(len(shapes))]
     c1 = _random_color(rng)
     # Keep the two pattern colours apart so the pattern is visible at tiny sizes.
@@ -168,8 +168,9 @@ class SyntheticVideoGenerator:
             raise ValueError(f"paste must be one of {PASTES}, got {c.paste!r}")
         if not c.shapes or any(shape not in SHAPES for shape in c.shapes):
             raise ValueError(f"shapes must be a non-empty selection of {SHAPES}, got {c.shapes!r}")
-        if not 0.3 <= c.aspect[0] <= c.aspect[1] <= 1.0:
-            raise ValueError(f"aspect must be (min, max) with 0.3 <= min <= max <= 1, got {c.aspect}")
+        low, high = ASPECT_LIMITS
+        if not low <= c.aspect[0] <= c.aspect[1] <= high:
+            raise ValueError(f"aspect must be (min, max) with {low:g} <= min <= max <= {high:g}, got {c.aspect}")
         if not 0 <= c.light_slope < 2:
             raise ValueError(f"light_slope must be in [0, 2) so the light stays positive, got {c.light_slope}")
 
