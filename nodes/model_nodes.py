@@ -67,8 +67,9 @@ class PVTTLoadModel:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (paths.model_names(), {
-                "tooltip": f"A PVTT checkpoint from {paths.default_models_dir()}. The 4-step student "
-                           f"(pvtt_student_4step.safetensors) is fast; the teacher is slower and the reference."}),
+                "tooltip": f"A PVTT checkpoint from {paths.default_models_dir()}. 4-step students are fast; "
+                           f"pvtt_residual_student_4step.safetensors keeps the product photo best (it corrects "
+                           f"the pasted photo); a teacher is slower and the reference."}),
         }}
 
     @classmethod
