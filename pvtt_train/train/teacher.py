@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -27,6 +26,7 @@ from ..models.checkpoint import save_checkpoint
 from ..models.paste_residual import zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 from ..models.schedule import FlowSchedule
+from ..sampling.composite import grow_mask
 
 
 @dataclass
@@ -62,9 +62,9 @@ def lr_factor(step: int, cfg: TeacherConfig) -> float:
 
 
 def interior_of(region: torch.Tensor) -> torch.Tensor:
-    """The region's pixels whose 8 neighbours are all in it too (``region`` [B, 1, F, h, w] in 0..1)."""
-    flat = region.flatten(0, 2)[:, None]
-    return (-F.max_pool2d(-flat, 3, stride=1, padding=1)).view_as(region)
+    """The region's pixels whose 8 neighbours are all in it too (``region`` [B, 1, F, h, w] in 0..1): the
+    region shrunk by one pixel, frame by frame, with the composite's own ``grow_mask``."""
+    return grow_mask(region, -1)
 
 
 def loss_weight(region: torch.Tensor, mask_weight: float, interior_weight: float = 0.0) -> torch.Tensor:
