@@ -8,8 +8,9 @@ or refreshed with comfyrig's ``setup.sh``) or a rig ``setup.sh`` already built (
 ``out/comfyui_real/``.
 
 Every workflow in ``workflows/`` but the native Wan-VACE ones (``test_comfyui_native_real.py``) is loaded and
-run. They load the shipped student, ``models_shipped/pvtt_student_4step.safetensors``, which the pack registers
-as a second ``pvtt`` model folder.
+run. They load the shipped paste-residual models (the 4-step student,
+``models_shipped/pvtt_residual_student_4step.safetensors``, and for the comparison its teacher and 16- and 8-step
+students), which the pack registers as a second ``pvtt`` model folder.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 #: The native Wan-VACE workflows need a designer's Wan files; test_comfyui_native_real.py runs them on tiny ones.
 PVTT_MODEL_WORKFLOWS = [w for w in WORKFLOWS if not w.stem.startswith("Native ")
                         and '"LoadVideo"' not in w.read_text()]  # core Load Video: test_comfyui_media_real.py
-STUDENT = "pvtt_student_4step.safetensors"
+STUDENT = "pvtt_residual_student_4step.safetensors"  # the designer workflows' model
 ARTIFACTS = ROOT / "out" / "comfyui_real"
 
 
@@ -97,6 +98,8 @@ def test_every_pvtt_node_is_in_object_info(comfy):
     assert not missing, f"ComfyUI does not list {missing}"
     listed = info["PVTTLoadModel"]["input"]["required"]["model_name"][0]
     assert {"pvtt_teacher.safetensors", "pvtt_student_16step.safetensors", "pvtt_student_8step.safetensors",
+            "pvtt_student_4step.safetensors", "pvtt_teacher_paste_residual.safetensors",
+            "pvtt_residual_student_16step.safetensors", "pvtt_residual_student_8step.safetensors",
             STUDENT} <= set(listed), listed
     assert not any("encoder" in name for name in listed), listed
     assert "samples/pvtt_template.mp4" in info["PVTTLoadVideo"]["input"]["required"]["video"][0]

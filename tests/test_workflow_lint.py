@@ -24,7 +24,9 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
 #: Checkpoints the workflows may name although no models folder exists in CI (the lead ships them).
-SHIPPED_MODELS = {"pvtt_student_4step.safetensors", "pvtt_teacher.safetensors"}
+SHIPPED_MODELS = {"pvtt_student_4step.safetensors", "pvtt_teacher.safetensors",
+                  "pvtt_teacher_paste_residual.safetensors",
+                  *(f"pvtt_residual_student_{n}step.safetensors" for n in (16, 8, 4))}
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 #: A core Load Video's file is the designer's upload, in the input folder (not known here).
 VIDEO_FILES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".m4v"}
