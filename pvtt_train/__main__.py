@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.lora_cli import register as register_lora
     from .plan_cli import register as register_plan
     from .sample_cli import register as register_sample
+    from .sampler_eval_cli import register as register_sampler_eval
 
     register_identity(sub)
     register_frechet(sub)
@@ -411,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_plan(sub)
     register_gpu_check(sub)
     register_heldout(sub)
+    register_sampler_eval(sub)
     return parser
 
 

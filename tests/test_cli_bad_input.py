@@ -50,6 +50,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save_checkpoint(root / "student.safetensors", loaded.model,
                     {**loaded.metadata, "stage": "student_4step",
                      "sampler": {"kind": "few_step", "steps": 4, "timesteps": [1000, 750, 500, 250]}})
+    save_checkpoint(root / "teacher_no_data.safetensors", loaded.model,  # trained on no synthetic clips it records
+                    {**loaded.metadata, "provenance": {"trainer": "tests"}})
     micro_encoders(root)  # identity.safetensors, video.safetensors
     data = teacher.read_bytes()
     (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
@@ -181,6 +183,17 @@ CASES = [
     ("heldout-eval-clips-zero", ["heldout-eval", "--out", "{work}/h", "--clips", "0"], ["--clips", "'0'"], [">= 1"]),
     ("heldout-eval-missing-model", ["heldout-eval", "--model", "{work}/nope.safetensors", "--out", "{work}/h"],
      ["--model", "nope.safetensors", "not found"], ["pass the path of a PVTT teacher or student checkpoint"]),
+    # --- sampler-eval
+    ("sampler-eval-student-is-teacher", ["sampler-eval", "--teacher", "{teacher}", "--student", "{teacher}", "--out",
+                                         "{work}/s"], ["is a teacher, not a distilled student"],
+     ["written by `python -m pvtt_train distill`"]),
+    ("sampler-eval-teacher-is-student", ["sampler-eval", "--teacher", "{student}", "--out", "{work}/s"],
+     ["student.safetensors is a distilled student (student_4step), not a teacher"], ["pass a teacher checkpoint"]),
+    ("sampler-eval-teacher-without-data", ["sampler-eval", "--teacher", "{teacher_no_data}", "--out", "{work}/s"],
+     ["teacher_no_data.safetensors records no synthetic training data"], ["written by `python -m pvtt_train teacher`"]),
+    ("sampler-eval-clips-one", ["sampler-eval", "--clips", "1", "--out", "{work}/s"], ["--clips", "'1'"], [">= 2"]),
+    ("sampler-eval-steps-increasing", ["sampler-eval", "--steps", "4,8", "--out", "{work}/s"], ["--steps", "'4,8'"],
+     ["strictly decreasing"]),
     # --- distill
     ("distill-path-increasing", ["distill", "--teacher", "{teacher}", "--path", "4,8"], ["--path", "'4,8'"],
      ["strictly decreasing", "e.g. 16,8,4"]),

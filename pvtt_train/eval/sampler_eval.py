@@ -1,0 +1,138 @@
+"""Does distillation earn its place? The teacher's undistilled samplers beside its students, on the gate clips.
+
+A student is only worth its training if it beats what the teacher gives for free at the same step
+count. This scores, on the progressive run's gate clips (same clips, noise and video encoder as the
+gates, so the figures match theirs):
+
+- the teacher's own sampler (Euler with its CFG, at its own step count: the reference);
+- the teacher undistilled at fewer steps, with both samplers it could be run with: its Euler + CFG
+  sampler with the step count lowered, and the students' few-step sampler (predict x0, re-noise) at
+  the students' uniform timesteps;
+- each student, as its file says it samples;
+
+and checks issue 14's synthetic bars: the teacher's own sampler has the lowest Fréchet distance of
+its undistilled samples; the fastest student's distance is at most ``STUDENT_VS_UNDISTILLED`` x the
+best undistilled sample at its step count and at most ``STUDENT_VS_TEACHER`` x the teacher's;
+quality retention (product PSNR / SSIM, raw background PSNR) at least ``MIN_RETENTION``; and a
+speed-up (teacher seconds over student seconds, timed in this one process) of at least ``MIN_SPEEDUP``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..data.batches import training_data_config
+from ..distill.gates import GateEvaluator
+from ..distill.report import teacher_as_few_step
+from ..models.checkpoint import LoadedModel, write_atomic
+from ..models.schedule import uniform_timesteps
+from .evaluate import quality_retention
+
+STUDENT_VS_UNDISTILLED = 0.7
+STUDENT_VS_TEACHER = 1.15
+MIN_RETENTION = 0.95
+MIN_SPEEDUP = 20.0
+RETAINED = ("product_psnr", "product_ssim", "background_psnr_raw")
+
+
+def teacher_euler_at(teacher: LoadedModel, steps: int) -> LoadedModel:
+    """The teacher's own Euler + CFG sampler with its step count set to ``steps``."""
+    meta = dict(teacher.metadata)
+    meta["sampler"] = {**meta["sampler"], "steps": steps}
+    return dataclasses.replace(teacher, metadata=meta)
+
+
+def undistilled_variants(teacher: LoadedModel, step_counts) -> list[tuple[str, str, int, LoadedModel]]:
+    """(name, sampler, steps, model) of every undistilled sample: the teacher's own sampler first."""
+    own = teacher.sampler["steps"]
+    variants = [(f"teacher Euler {own}", "euler", own, teacher)]
+    for n in sorted(set(step_counts), reverse=True):
+        if n < own:
+            variants.append((f"teacher Euler {n}", "euler", n, teacher_euler_at(teacher, n)))
+            few_step = teacher_as_few_step(teacher, uniform_timesteps(n))
+            variants.append((f"teacher few-step {n}", "few_step", n, few_step))
+    return variants
+
+
+def check_bars(rows: list[dict]) -> dict:
+    """Issue 14's synthetic bars from scored rows (``kind`` teacher / undistilled / student)."""
+    teacher = next(r for r in rows if r["kind"] == "teacher")
+    undistilled = [r for r in rows if r["kind"] in ("teacher", "undistilled")]
+    students = [r for r in rows if r["kind"] == "student"]
+    best = min(undistilled, key=lambda r: r["scores"]["frechet_distance"])
+    checks = [{"name": "the teacher's own sampler has the lowest Fréchet distance of its undistilled samples",
+               "value": teacher["scores"]["frechet_distance"], "limit": best["scores"]["frechet_distance"],
+               "passed": best is teacher, "best": best["name"]}]
+    if students:
+        fastest = min(students, key=lambda r: r["steps"])
+        fd = fastest["scores"]["frechet_distance"]
+        same_steps = [r for r in undistilled if r["steps"] == fastest["steps"]]
+        if same_steps:
+            limit = STUDENT_VS_UNDISTILLED * min(r["scores"]["frechet_distance"] for r in same_steps)
+            checks.append({"name": f"{fastest['name']} Fréchet <= {STUDENT_VS_UNDISTILLED:g} x the best undistilled "
+                                   f"{fastest['steps']}-step sample", "value": fd, "limit": limit,
+                           "passed": fd <= limit})
+        limit = STUDENT_VS_TEACHER * teacher["scores"]["frechet_distance"]
+        checks.append({"name": f"{fastest['name']} Fréchet <= {STUDENT_VS_TEACHER:g} x the teacher's", "value": fd,
+                       "limit": limit, "passed": fd <= limit})
+        retention = fastest["retention"]["min"]
+        checks.append({"name": f"{fastest['name']} quality retention >= {MIN_RETENTION:g} on {', '.join(RETAINED)}",
+                       "value": retention, "limit": MIN_RETENTION, "passed": retention >= MIN_RETENTION})
+        checks.append({"name": f"{fastest['name']} speed-up >= {MIN_SPEEDUP:g}x", "value": fastest["speedup"],
+                       "limit": MIN_SPEEDUP, "passed": fastest["speedup"] >= MIN_SPEEDUP})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: int = 64,
+                     step_counts=(16, 8, 4), video_encoder: str | None = None, seed: int = 0,
+                     log: Callable[[str], None] = print) -> dict:
+    """Score every undistilled sample and every student on the gate clips; returns the report."""
+    evaluator = GateEvaluator(training_data_config(teacher), clips, video_encoder, cache_dir=None, seed=seed)
+    step_counts = {*step_counts, *(s.sampler["steps"] for s in students)}
+    plan = [(name, "teacher" if i == 0 else "undistilled", sampler, steps, model)
+            for i, (name, sampler, steps, model) in enumerate(undistilled_variants(teacher, step_counts))]
+    plan += [(s.path.stem, "student", s.sampler["kind"], s.sampler["steps"], s) for s in students]
+    rows = []
+    for name, kind, sampler, steps, model in plan:
+        scores = evaluator.score(model, name)
+        rows.append({"name": name, "kind": kind, "sampler": sampler, "steps": steps, "scores": scores})
+        log(f"{name}: Fréchet {scores['frechet_distance']:.3f}, product PSNR {scores['product_psnr']:.2f}, "
+            f"{scores['seconds_per_clip']:.3f} s / clip")
+    reference = rows[0]["scores"]
+    for row in rows:
+        row["speedup"] = reference["seconds_per_clip"] / row["scores"]["seconds_per_clip"]
+        row["retention"] = quality_retention({k: reference[k] for k in RETAINED},
+                                             {k: row["scores"][k] for k in RETAINED})
+    return {"teacher": str(teacher.path), "students": [str(s.path) for s in students], "clips": evaluator.clips,
+            "seed": seed, "distance_encoder": evaluator.encoder_name, "rows": rows, "bars": check_bars(rows)}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Teacher samplers and students on {report['clips']} gate clips", "",
+             "| model | sampler | steps | Fréchet | product PSNR | SSIM | bg PSNR raw | s / clip | speed-up | "
+             "retention min |", "|" + "---|" * 10]
+    for r in report["rows"]:
+        s = r["scores"]
+        lines.append(f"| {r['name']} | {r['sampler']} | {r['steps']} | {s['frechet_distance']:.3f} | "
+                     f"{s['product_psnr']:.2f} | {s['product_ssim']:.3f} | {s['background_psnr_raw']:.2f} | "
+                     f"{s['seconds_per_clip']:.3f} | {r['speedup']:.1f}x | {r['retention']['min']:.3f} |")
+    lines += ["", "| bar | value | limit | |", "|---|---|---|---|"]
+    for c in report["bars"]["checks"]:
+        detail = f" (best: {c['best']})" if "best" in c else ""
+        lines.append(f"| {c['name']}{detail} | {c['value']:.3f} | {c['limit']:.3f} | "
+                     f"{'pass' if c['passed'] else 'FAIL'} |")
+    lines += ["", f"Distance encoder: {report['distance_encoder']}; speed-up and retention against the first row, "
+                  f"timed in one process."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict) -> list[Path]:
+    """report.json and report.md in ``out``; each appears whole or not at all."""
+    written = [Path(out) / "report.json", Path(out) / "report.md"]
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    write_atomic(written[0], lambda tmp: Path(tmp).write_text(text))
+    write_atomic(written[1], lambda tmp: Path(tmp).write_text(markdown(report)))
+    return written

@@ -1,0 +1,76 @@
+"""``python -m pvtt_train sampler-eval``: the teacher's undistilled samplers beside its students.
+
+The scoring and the bars live in ``eval.sampler_eval``; this module parses and checks the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: Students scored when no --student is given: the shipped ones of the default teacher.
+DEFAULT_STUDENTS = tuple(f"pvtt_student_{n}step.safetensors" for n in (16, 8, 4))
+
+
+def cmd_sampler_eval(args) -> None:
+    import torch
+
+    from .cli_args import check_encoders, check_model_file
+    from .distill.config import PATHS
+    from .errors import InputError
+    from .eval.sampler_eval import markdown, run_sampler_eval, write_report
+    from .models.checkpoint import load_checkpoint
+    from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
+
+    teacher_path = Path(args.teacher or SHIPPED_TEACHER)
+    student_paths = [Path(s) for s in args.student] if args.student else \
+        ([SHIPPED_MODELS / name for name in DEFAULT_STUDENTS] if args.teacher is None else [])
+    teacher_meta = check_model_file(teacher_path, "--teacher", "teacher")
+    if not teacher_meta.get("provenance", {}).get("data"):
+        raise InputError(f"--teacher {teacher_path.name} records no synthetic training data (provenance.data), so "
+                         f"there are no gate clips to draw for it; pass a teacher written by `python -m pvtt_train "
+                         f"teacher` (a teacher trained on your own clips is scored by the gates of `distill --data`)")
+    for path in student_paths:
+        check_model_file(path, "--student", "student")
+    check_encoders(None, args.video_encoder)
+    steps = PATHS[args.steps] if isinstance(args.steps, str) else args.steps
+    torch.set_num_threads(args.threads)
+    report = run_sampler_eval(load_checkpoint(teacher_path), [load_checkpoint(p) for p in student_paths],
+                              clips=args.clips, step_counts=steps, video_encoder=args.video_encoder, seed=args.seed,
+                              log=lambda line: print("  " + line, flush=True))
+    written = write_report(Path(args.out), report)
+    print()
+    print(markdown(report))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sampler-eval`` to the ``python -m pvtt_train`` sub-commands."""
+    from .cli_args import SEED, out_folder, step_path, whole
+
+    p = subparsers.add_parser(
+        "sampler-eval", help="the teacher's undistilled samplers beside its students on the gate clips",
+        description="Scores, on the progressive run's gate clips (same clips, noise and video encoder as the "
+                    "gates): the teacher's own sampler; the teacher undistilled at fewer steps, with its Euler + "
+                    "CFG sampler and with the students' few-step sampler; and each student. Reports Fréchet "
+                    "distance, product and background PSNR, time per clip, speed-up and quality retention, and "
+                    "checks whether distillation earns its place: the teacher's own sampler is its best, the "
+                    "fastest student beats the undistilled teacher at its step count (0.7x its Fréchet distance) "
+                    "and stays within 1.15x of the teacher's, with retention >= 0.95 and speed-up >= 20x. "
+                    "Writes report.json and report.md to --out.")
+    p.add_argument("--teacher", default=None,
+                   help="the teacher checkpoint (a PVTT teacher trained on synthetic clips; default: the shipped "
+                        "pvtt_teacher.safetensors)")
+    p.add_argument("--student", action="append", default=None,
+                   help="a student distilled from it; repeat for several (default: with the shipped teacher, its "
+                        "shipped 16-, 8- and 4-step students; with --teacher, none)")
+    p.add_argument("--steps", type=step_path, default="default",
+                   help="step counts at which to sample the teacher undistilled, e.g. 16,8,4 or a named path "
+                        "(default: the default path, 16,8,4); each student's own count is added")
+    p.add_argument("--clips", type=whole(2, " (a Fréchet distance needs a covariance)"), default=64,
+                   help="gate clips to score (the gates use 64)")
+    p.add_argument("--video-encoder", default=None,
+                   help="encoder of the Fréchet distance: the shipped one, or an I3D .safetensors file")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed (the gates use the run's --seed, 0 by default)")
+    p.add_argument("--out", default="out/sampler_eval", type=out_folder,
+                   help="folder for report.json and report.md (created if missing)")
+    p.set_defaults(func=cmd_sampler_eval)

@@ -1,0 +1,129 @@
+"""``sampler-eval``: the teacher's undistilled samplers beside its students, and issue 14's synthetic bars."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pvtt_train.data.batches import training_data_config
+from pvtt_train.distill.gates import GateEvaluator
+from pvtt_train.distill.report import teacher_as_few_step
+from pvtt_train.eval.sampler_eval import check_bars, run_sampler_eval, undistilled_variants, write_report
+from pvtt_train.models.schedule import uniform_timesteps
+from tests._tiny import load_micro_teacher, micro_encoders
+
+
+def row(name, kind, steps, fd, speedup=1.0, retention=1.0):
+    return {"name": name, "kind": kind, "steps": steps, "scores": {"frechet_distance": fd}, "speedup": speedup,
+            "retention": {"min": retention}}
+
+
+def test_every_bar_passes_when_the_teacher_is_best_and_the_student_beats_the_undistilled_sampler():
+    rows = [row("teacher Euler 50", "teacher", 50, 1.0), row("teacher Euler 4", "undistilled", 4, 3.0),
+            row("teacher few-step 4", "undistilled", 4, 2.0), row("student_4step", "student", 4, 1.1, 25.0, 0.97)]
+    bars = check_bars(rows)
+    assert bars["passed"] and len(bars["checks"]) == 5
+    assert bars["checks"][1]["limit"] == pytest.approx(0.7 * 2.0)  # the better of the two undistilled 4-step samplers
+
+
+def test_an_undistilled_sampler_better_than_the_teachers_own_fails_and_is_named():
+    rows = [row("teacher Euler 50", "teacher", 50, 2.0), row("teacher few-step 16", "undistilled", 16, 1.5)]
+    bars = check_bars(rows)
+    assert not bars["passed"]
+    assert bars["checks"][0]["best"] == "teacher few-step 16" and bars["checks"][0]["limit"] == 1.5
+
+
+@pytest.mark.parametrize(("teacher_fd", "undistilled_fd", "student", "failed"), [
+    (1.35, 2.0, row("student_4step", "student", 4, 1.5, 25.0, 0.97), "0.7 x the best undistilled"),  # 1.5 > 1.4
+    (1.0, 3.0, row("student_4step", "student", 4, 1.2, 25.0, 0.97), "1.15 x the teacher's"),  # 1.2 > 1.15
+    (1.0, 2.0, row("student_4step", "student", 4, 1.1, 25.0, 0.94), "retention"),
+    (1.0, 2.0, row("student_4step", "student", 4, 1.1, 19.9, 0.97), "speed-up"),
+])
+def test_each_student_bar_fails_on_its_own(teacher_fd, undistilled_fd, student, failed):
+    rows = [row("teacher Euler 50", "teacher", 50, teacher_fd), row("teacher few-step 4", "undistilled", 4,
+                                                                     undistilled_fd), student]
+    bars = check_bars(rows)
+    assert [c["name"] for c in bars["checks"] if not c["passed"]] == \
+        [c["name"] for c in bars["checks"] if failed in c["name"]]
+    assert not bars["passed"]
+
+
+def test_the_fastest_student_is_the_one_held_to_the_bars():
+    rows = [row("teacher Euler 50", "teacher", 50, 1.0), row("teacher few-step 8", "undistilled", 8, 2.0),
+            row("teacher few-step 4", "undistilled", 4, 2.0), row("student_8step", "student", 8, 9.0, 5.0, 0.5),
+            row("student_4step", "student", 4, 1.1, 25.0, 0.97)]
+    bars = check_bars(rows)
+    assert bars["passed"] and all("student_4step" in c["name"] for c in bars["checks"][1:])
+
+
+def test_undistilled_variants_lower_the_steps_of_both_samplers_and_leave_the_teacher_alone(tmp_path):
+    teacher = load_micro_teacher(tmp_path, steps=50, cfg=1.5)
+    before = json.dumps(teacher.metadata, sort_keys=True)
+    variants = undistilled_variants(teacher, (4, 16, 50, 4))
+    assert [(name, sampler, steps) for name, sampler, steps, _ in variants] == [
+        ("teacher Euler 50", "euler", 50), ("teacher Euler 16", "euler", 16), ("teacher few-step 16", "few_step", 16),
+        ("teacher Euler 4", "euler", 4), ("teacher few-step 4", "few_step", 4)]
+    euler4, few4 = variants[3][3], variants[4][3]
+    assert euler4.sampler == {"kind": "euler_cfg", "steps": 4, "cfg": 1.5}  # its CFG kept
+    assert few4.sampler == {"kind": "few_step", "steps": 4, "timesteps": list(uniform_timesteps(4))}
+    assert euler4.model is teacher.model and json.dumps(teacher.metadata, sort_keys=True) == before
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sampler_eval")
+    teacher = load_micro_teacher(folder, steps=3, cfg=1.5)
+    _, video_encoder = micro_encoders(folder)
+    # A "student" that is the teacher's weights with the one-step few-step sampler: it must score exactly as
+    # the undistilled one-step row does, since every model is sampled with the same clips and noise.
+    student = dataclasses.replace(teacher_as_few_step(teacher, uniform_timesteps(1)),
+                                  path=folder / "student_1step.safetensors")
+    report = run_sampler_eval(teacher, [student], clips=4, step_counts=(2,), video_encoder=str(video_encoder),
+                              log=lambda line: None)
+    return teacher, video_encoder, report
+
+
+def test_the_sweep_scores_every_sampler_and_student_on_the_gate_clips(micro_run):
+    teacher, video_encoder, report = micro_run
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher Euler 3", "teacher Euler 2", "teacher few-step 2", "teacher Euler 1",
+                          "teacher few-step 1", "student_1step"]
+    assert rows["student_1step"]["scores"]["frechet_distance"] == \
+        rows["teacher few-step 1"]["scores"]["frechet_distance"]
+    assert rows["teacher Euler 3"]["speedup"] == 1.0 and rows["teacher Euler 3"]["retention"]["min"] == 1.0
+    # the gates' own evaluator, built afresh, gives the teacher the same score: the figures match the gates'
+    gates = GateEvaluator(training_data_config(teacher), 4, str(video_encoder), cache_dir=None)
+    assert gates.score_teacher(teacher)["frechet_distance"] == pytest.approx(
+        rows["teacher Euler 3"]["scores"]["frechet_distance"], rel=1e-6)
+
+
+def test_three_euler_steps_cost_more_than_one_few_step_call(micro_run):
+    rows = {r["name"]: r for r in micro_run[2]["rows"]}
+    # 3 steps x 2 calls (CFG) against 1 call: measured in one process, asserted with a wide margin
+    assert rows["student_1step"]["speedup"] > 2.0
+
+
+def test_the_report_is_written_whole_with_its_bars(micro_run, tmp_path):
+    report = micro_run[2]
+    json_path, md_path = write_report(tmp_path / "out", report)
+    assert json.loads(json_path.read_text())["bars"] == report["bars"]
+    text = md_path.read_text()
+    assert "| teacher few-step 2 | few_step | 2 |" in text
+    assert sum(line.endswith(("| pass |", "| FAIL |")) for line in text.splitlines()) == len(report["bars"]["checks"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.md"]
+
+
+def test_the_command_scores_a_given_teacher_alone_and_writes_its_report(tmp_path, capsys):
+    from pvtt_train.__main__ import main
+    from tests._tiny import micro_teacher
+
+    teacher = micro_teacher(tmp_path / "teacher.safetensors", steps=3)
+    _, video_encoder = micro_encoders(tmp_path)
+    main(["--threads", "1", "sampler-eval", "--teacher", str(teacher), "--steps", "2", "--clips", "2",
+          "--video-encoder", str(video_encoder), "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["teacher Euler 3", "teacher Euler 2", "teacher few-step 2"]
+    assert report["students"] == [] and len(report["bars"]["checks"]) == 1  # with --teacher, no shipped students
+    assert "| teacher Euler 3 | euler | 3 |" in capsys.readouterr().out
