@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 #: The model scored when no --model is given.
-DEFAULT_MODEL = "pvtt_student_4step.safetensors"
+DEFAULT_MODEL = "pvtt_residual_student_4step.safetensors"  # the example workflows' model
 
 
 def cmd_heldout_eval(args) -> None:
