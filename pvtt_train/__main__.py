@@ -80,7 +80,7 @@ def cmd_teacher(args) -> None:
                         cfg_dropout=args.cfg_dropout, seed=args.seed,
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
-                                             light_slope=args.light_slope))
+                                             light_slope=args.light_slope, specular=args.specular))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--light-slope", type=number(0, 2, high_open=True), default=0.0,
                    help="strength of a fixed directional light gradient across each training clip, which one "
                         "gain per frame cannot express (default: 0, none)")
+    p.add_argument("--specular", type=number(0, 1), default=0.0,
+                   help="peak strength of a specular highlight on the new product, at a random place per clip "
+                        "that the product photo does not show, so sampling must draw it (default: 0, none)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -158,6 +158,8 @@ CASES = [
      ["--aspect", "'0.9,0.6'"], ["0.3 <= MIN <= MAX <= 1"]),
     ("teacher-light-slope-two", ["teacher", "--out", "{work}/t.safetensors", "--light-slope", "2"],
      ["--light-slope", "'2'"], []),
+    ("teacher-specular-above-one", ["teacher", "--out", "{work}/t.safetensors", "--specular", "1.5"],
+     ["--specular", "'1.5'"], ["<= 1"]),
     ("teacher-interior-weight-negative", ["teacher", "--out", "{work}/t.safetensors", "--interior-weight", "-1"],
      ["--interior-weight", "'-1'"], []),
     ("teacher-save-every-negative", ["teacher", "--out", "{work}/t.safetensors", "--save-every", "-5"],

@@ -59,6 +59,32 @@ def test_light_lights_template_and_truth_alike():
         np.testing.assert_array_equal(ex.template[:, outside], ex.target[:, outside])
 
 
+def test_a_specular_highlight_brightens_only_the_new_product_and_nothing_it_is_conditioned_on():
+    plain = SyntheticVideoGenerator(STILL)
+    shiny = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6))
+    for seed in SEEDS:
+        a, b = plain.example(seed), shiny.example(seed)
+        for name in ("template", "mask", "reference"):  # what a model is given: the same, draw for draw
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        gain = b.target - a.target
+        assert gain.min() >= 0.0  # only brighter
+        np.testing.assert_array_equal(gain[:, _background(a, px=1)], 0.0)  # never off the product
+        assert (gain.max(axis=(1, 2, 3)) > 0.05).all(), seed  # and on it in every frame of the clip
+
+
+def test_the_highlight_sits_at_another_place_in_each_clip():
+    shiny = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6, max_rotation_deg=0.0, max_zoom=0.0))
+    plain = SyntheticVideoGenerator(dataclasses.replace(STILL, max_rotation_deg=0.0, max_zoom=0.0))
+    offsets = []
+    for seed in SEEDS:
+        a, b = plain.example(seed), shiny.example(seed)
+        gain = (b.target[0] - a.target[0]).sum(-1)
+        ys, xs = np.nonzero(a.mask[0])
+        peak = np.unravel_index(gain.argmax(), gain.shape)
+        offsets.append((peak[0] - ys.mean(), peak[1] - xs.mean()))  # from the product's centre
+    assert len({(round(dy), round(dx)) for dy, dx in offsets}) >= 3, offsets
+
+
 def test_shapes_and_aspect_give_masks_with_an_orientation():
     elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
     round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))
@@ -95,7 +121,8 @@ def test_default_config_keeps_every_shape():
 
 
 @pytest.mark.parametrize("kwargs", [dict(shapes=()), dict(shapes=("hexagon",)), dict(aspect=(0.2, 0.5)),
-                                    dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0)])
+                                    dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0),
+                                    dict(specular=-0.1), dict(specular=1.5)])
 def test_bad_scene_options_are_rejected_upfront(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SyntheticVideoGenerator(SyntheticConfig(**kwargs))
@@ -103,7 +130,7 @@ def test_bad_scene_options_are_rejected_upfront(kwargs):
 
 def test_scene_options_round_trip_through_checkpoint_provenance():
     config = SyntheticConfig(paste="supersampled_warp_lit", shapes=("ellipse", "rounded"), aspect=(0.5, 0.75),
-                             light_slope=0.3)
+                             light_slope=0.3, specular=0.4)
     recorded = json.loads(json.dumps(config.to_dict()))  # as a checkpoint's JSON metadata holds it
     loaded = SimpleNamespace(metadata={"provenance": {"data": recorded}}, path=Path("teacher.safetensors"))
     assert training_data_config(loaded) == config
@@ -113,4 +140,4 @@ def test_checkpoints_from_before_the_scene_options_read_as_the_old_scene():
     teacher = load_checkpoint(SHIPPED_TEACHER)
     assert "shapes" not in teacher.metadata["provenance"]["data"]
     config = training_data_config(teacher)
-    assert (config.shapes, config.aspect, config.light_slope) == (SHAPES, (0.75, 1.0), 0.0)
+    assert (config.shapes, config.aspect, config.light_slope, config.specular) == (SHAPES, (0.75, 1.0), 0.0, 0.0)

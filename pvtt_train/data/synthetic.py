@@ -40,6 +40,12 @@ class SyntheticConfig:
     #: drawn from [-light_slope, light_slope] per clip. One global gain per frame cannot express it, so a
     #: model given a paste lit by that gain must read the gradient off the background and shade the product.
     light_slope: float = 0.0
+    #: Peak strength of a specular highlight on the new product: a white Gaussian spot at a random place on
+    #: it, fixed in the product's own coordinates (so it moves and turns with it) and drawn per clip with a
+    #: strength in [specular / 2, specular]. The product photo and its paste do not show it, so the
+    #: conditioning does not fix it: a one-shot prediction can only spread it into a faint haze, a sampler
+    #: must draw one sharp spot. 0 (default) draws none, and the clips stay bit for bit as before.
+    specular: float = 0.0
     texture_std: float = 0.03
     #: The product silhouettes drawn (``SHAPES``). A circle, square or diamond has no orientation its mask
     #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
@@ -173,6 +179,8 @@ class SyntheticVideoGenerator:
             raise ValueError(f"aspect must be (min, max) with {low:g} <= min <= max <= {high:g}, got {c.aspect}")
         if not 0 <= c.light_slope < 2:
             raise ValueError(f"light_slope must be in [0, 2) so the light stays positive, got {c.light_slope}")
+        if not 0 <= c.specular <= 1:
+            raise ValueError(f"specular must be in [0, 1], got {c.specular}")
 
     def example(self, seed: int) -> Example:
         c = self.config
@@ -209,6 +217,8 @@ class SyntheticVideoGenerator:
         for f in range(1, F):
             gain[f] = float(np.clip(gain[f - 1] + rng.normal(0, 0.04), *c.light_gain))
         field = self._light_field(rng, xs, ys) if c.light_slope > 0 else 1.0  # no draws: old clips stay bit-exact
+        # Its own stream, so every other draw (template, reference, paste) is the same with or without it.
+        highlight = self._highlight(np.random.default_rng([seed, 1])) if c.specular > 0 else None
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -233,6 +243,8 @@ class SyntheticVideoGenerator:
             v = (-sr * dx + cr * dy) / half
             rgb_a, cover = _render_product(product_a, u, v)
             rgb_b, _ = _render_product(product_b, u, v)
+            if highlight is not None:
+                rgb_b = rgb_b + highlight(u, v)
             k = cover[..., None]
             light = gain[f] * field
             template[f] = np.clip(((1 - k) * bg + k * rgb_a) * light, 0, 1)
@@ -257,6 +269,18 @@ class SyntheticVideoGenerator:
         slope = rng.uniform(-c.light_slope, c.light_slope)
         d = (math.cos(phi) * (xs - c.width / 2) + math.sin(phi) * (ys - c.height / 2)) / max(c.height, c.width)
         return (1 + slope * d)[..., None].astype(np.float32)
+
+    def _highlight(self, rng: np.random.Generator):
+        """The clip's specular spot on the new product: ``(u, v) -> [..., 1]`` added to its colour."""
+        hu, hv = rng.uniform(-0.5, 0.5, size=2)
+        radius = rng.uniform(0.3, 0.45)
+        strength = rng.uniform(self.config.specular / 2, self.config.specular)
+
+        def spot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return (strength * np.exp(-((u - hu) ** 2 + (v - hv) ** 2) / (2 * radius ** 2)))[..., None].astype(
+                np.float32)
+
+        return spot
 
     def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
         """Product B upright and centred on a plain light backdrop, as a product photo would be, at the
