@@ -36,7 +36,7 @@ def cmd_sampler_eval(args) -> None:
     torch.set_num_threads(args.threads)
     report = run_sampler_eval(load_checkpoint(teacher_path), [load_checkpoint(p) for p in student_paths],
                               clips=args.clips, step_counts=steps, video_encoder=args.video_encoder, seed=args.seed,
-                              log=lambda line: print("  " + line, flush=True))
+                              oracle_draws=args.oracle_draws, log=lambda line: print("  " + line, flush=True))
     written = write_report(Path(args.out), report)
     print()
     print(markdown(report))
@@ -46,6 +46,12 @@ def cmd_sampler_eval(args) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sampler-eval`` to the ``python -m pvtt_train`` sub-commands."""
     from .cli_args import SEED, out_folder, step_path, whole
+
+    def oracle_draws(text: str) -> int:
+        value = whole(0)(text)
+        if value == 1:
+            raise argparse.ArgumentTypeError("1 draw is no mean: use 0 (no oracles) or at least 2")
+        return value
 
     p = subparsers.add_parser(
         "sampler-eval", help="the teacher's undistilled samplers beside its students on the gate clips",
@@ -70,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="gate clips to score (the gates use 64)")
     p.add_argument("--video-encoder", default=None,
                    help="encoder of the Fréchet distance: the shipped one, or an I3D .safetensors file")
+    p.add_argument("--oracle-draws", type=oracle_draws, default=8,
+                   help="when the teacher's data has a highlight its conditioning leaves open (teacher "
+                        "--specular), also score a perfect sampler (the truth with the highlight redrawn, averaged "
+                        "over this many draws) and a perfect regressor (their mean); 0 = skip (default: 8)")
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed (the gates use the run's --seed, 0 by default)")
     p.add_argument("--out", default="out/sampler_eval", type=out_folder,
                    help="folder for report.json and report.md (created if missing)")

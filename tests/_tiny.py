@@ -22,11 +22,12 @@ MICRO_BACKBONE = {
 }
 
 
-def micro_teacher(path: Path, seed: int = 0, steps: int = 3, cfg: float = 1.5) -> Path:
-    """A random micro teacher checkpoint with the metadata `pvtt_train teacher` writes."""
+def micro_teacher(path: Path, seed: int = 0, steps: int = 3, cfg: float = 1.5,
+                  data: SyntheticConfig | None = None) -> Path:
+    """A random micro teacher checkpoint with the metadata `pvtt_train teacher` writes (trained on ``data``)."""
     torch.manual_seed(seed)
     model = WanConcatPVTT(MICRO_BACKBONE)
-    data = SyntheticConfig()
+    data = data or SyntheticConfig()
     save_checkpoint(path, model, {
         "stage": "teacher",
         "schedule": {"shift": 1.0, "num_train_timesteps": 1000},

@@ -194,6 +194,8 @@ CASES = [
     ("sampler-eval-teacher-without-data", ["sampler-eval", "--teacher", "{teacher_no_data}", "--out", "{work}/s"],
      ["teacher_no_data.safetensors records no synthetic training data"], ["written by `python -m pvtt_train teacher`"]),
     ("sampler-eval-clips-one", ["sampler-eval", "--clips", "1", "--out", "{work}/s"], ["--clips", "'1'"], [">= 2"]),
+    ("sampler-eval-oracle-one-draw", ["sampler-eval", "--oracle-draws", "1", "--out", "{work}/s"],
+     ["--oracle-draws", "1 draw is no mean"], ["use 0 (no oracles) or at least 2"]),
     ("sampler-eval-steps-increasing", ["sampler-eval", "--steps", "4,8", "--out", "{work}/s"], ["--steps", "'4,8'"],
      ["strictly decreasing"]),
     # --- distill

@@ -10,7 +10,10 @@ import pytest
 from pvtt_train.data.batches import training_data_config
 from pvtt_train.distill.gates import GateEvaluator
 from pvtt_train.distill.report import teacher_as_few_step
-from pvtt_train.eval.sampler_eval import check_bars, run_sampler_eval, undistilled_variants, write_report
+from pvtt_train.errors import InputError
+from pvtt_train.eval.sampler_eval import check_bars, markdown, run_sampler_eval, undistilled_variants, write_report
+from pvtt_train.eval.sampler_oracle import oracle_rows, redrawn_targets
+from pvtt_train.models.checkpoint import load_checkpoint
 from pvtt_train.models.schedule import uniform_timesteps
 from tests._tiny import load_micro_teacher, micro_encoders
 
@@ -127,3 +130,57 @@ def test_the_command_scores_a_given_teacher_alone_and_writes_its_report(tmp_path
     assert [r["name"] for r in report["rows"]] == ["teacher Euler 3", "teacher Euler 2", "teacher few-step 2"]
     assert report["students"] == [] and len(report["bars"]["checks"]) == 1  # with --teacher, no shipped students
     assert "| teacher Euler 3 | euler | 3 |" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def shiny_run(tmp_path_factory):
+    """A micro teacher whose data has a highlight its conditioning leaves open, scored with the oracles."""
+    from pvtt_train.data.synthetic import SyntheticConfig
+    from tests._tiny import micro_teacher
+
+    folder = tmp_path_factory.mktemp("sampler_oracle")
+    data = SyntheticConfig(specular=0.8)
+    teacher = load_checkpoint(micro_teacher(folder / "teacher.safetensors", steps=2, data=data))
+    _, video_encoder = micro_encoders(folder)
+    report = run_sampler_eval(teacher, [], clips=6, step_counts=(1,), video_encoder=str(video_encoder),
+                              oracle_draws=4, log=lambda line: None)
+    return teacher, video_encoder, report
+
+
+def test_the_oracles_are_scored_beside_the_samplers_and_kept_out_of_the_bars(shiny_run):
+    report = shiny_run[2]
+    oracles = [r for r in report["rows"] if r["kind"] == "oracle"]
+    assert [r["name"] for r in oracles] == ["perfect sampler (highlight redrawn; mean of 4 draws)",
+                                            "perfect regressor (mean of the 4 draws)"]
+    assert report["bars"] == check_bars([r for r in report["rows"] if r["kind"] != "oracle"])
+    low, high = oracles[0]["scores"]["frechet_range"]
+    assert low <= oracles[0]["scores"]["frechet_distance"] <= high and low < high
+    assert "speedup" not in oracles[0] and "seconds_per_clip" not in oracles[0]["scores"]
+    text = markdown(report)
+    assert "| perfect regressor (mean of the 4 draws) | oracle | — |" in text
+    assert "Oracles: a perfect sampler" in text
+
+
+def test_the_mean_of_the_draws_wins_on_psnr_and_each_draw_scores_as_the_gates_score_it(shiny_run):
+    teacher, video_encoder, report = shiny_run
+    sampler, regressor = (r["scores"] for r in report["rows"] if r["kind"] == "oracle")
+    # the mean of the draws is nearer the truth pixel for pixel than any one draw: what PSNR rewards
+    assert regressor["product_psnr"] > sampler["product_psnr"]
+    # scored by hand: the first redraw through the gates' own evaluator gives the first draw's distance
+    data = training_data_config(teacher)
+    gates = GateEvaluator(data, 6, str(video_encoder), cache_dir=None)
+    first = gates.score_clips(redrawn_targets(data, [int(s) for s in gates.batch["seed"]], 1))
+    assert report["rows"][-2]["scores"]["frechet_range"][0] <= first["frechet_distance"] \
+        <= report["rows"][-2]["scores"]["frechet_range"][1]
+
+
+def test_data_without_anything_left_open_gets_no_oracle_rows(micro_run):
+    assert all(r["kind"] != "oracle" for r in micro_run[2]["rows"])  # its micro teacher's data has no highlight
+    assert "Oracles" not in markdown(micro_run[2])
+
+
+def test_oracle_rows_need_two_draws(shiny_run):
+    teacher, video_encoder, _ = shiny_run
+    gates = GateEvaluator(training_data_config(teacher), 2, str(video_encoder), cache_dir=None)
+    with pytest.raises(InputError, match="at least 2"):
+        oracle_rows(gates, training_data_config(teacher), draws=1)

@@ -85,6 +85,25 @@ def test_the_highlight_sits_at_another_place_in_each_clip():
     assert len({(round(dy), round(dx)) for dy, dx in offsets}) >= 3, offsets
 
 
+def test_a_redraw_moves_only_the_highlight_and_draw_0_is_the_clip_itself():
+    shiny = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6, paste="supersampled_warp_lit"))
+    for seed in SEEDS:
+        clip, same, redrawn = shiny.example(seed), shiny.example(seed, draw=0), shiny.example(seed, draw=3)
+        np.testing.assert_array_equal(clip.target, same.target)
+        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
+            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        changed = np.abs(redrawn.target - clip.target).max(axis=-1)
+        assert changed.max() > 0.05, seed  # the highlight moved or changed strength
+        np.testing.assert_array_equal(changed[:, _background(clip, px=1)], 0.0)  # and nothing else did
+
+
+def test_a_redraw_of_a_clip_without_a_highlight_is_the_clip_and_a_negative_draw_is_refused():
+    plain = SyntheticVideoGenerator(STILL)
+    np.testing.assert_array_equal(plain.example(5).target, plain.example(5, draw=2).target)
+    with pytest.raises(ValueError, match="draw must be >= 0"):
+        plain.example(5, draw=-1)
+
+
 def test_shapes_and_aspect_give_masks_with_an_orientation():
     elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
     round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))

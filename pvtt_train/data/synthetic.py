@@ -182,7 +182,12 @@ class SyntheticVideoGenerator:
         if not 0 <= c.specular <= 1:
             raise ValueError(f"specular must be in [0, 1], got {c.specular}")
 
-    def example(self, seed: int) -> Example:
+    def example(self, seed: int, draw: int = 0) -> Example:
+        """Clip ``seed``. ``draw`` picks the realisation of what its conditioning leaves open (the specular
+        highlight): 0 is the clip itself; any other number redraws only that, keeping template, mask, photo
+        and paste, as a sampler drawing from the true distribution would (``eval.sampler_oracle``)."""
+        if draw < 0:
+            raise ValueError(f"draw must be >= 0, got {draw}")
         c = self.config
         rng = np.random.default_rng(seed)
         s = c.supersample
@@ -218,7 +223,7 @@ class SyntheticVideoGenerator:
             gain[f] = float(np.clip(gain[f - 1] + rng.normal(0, 0.04), *c.light_gain))
         field = self._light_field(rng, xs, ys) if c.light_slope > 0 else 1.0  # no draws: old clips stay bit-exact
         # Its own stream, so every other draw (template, reference, paste) is the same with or without it.
-        highlight = self._highlight(np.random.default_rng([seed, 1])) if c.specular > 0 else None
+        highlight = self._highlight(np.random.default_rng([seed, 1 + draw])) if c.specular > 0 else None
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -296,9 +301,9 @@ class SyntheticVideoGenerator:
         backdrop = np.full(3, rng.uniform(0.85, 1.0), np.float32)
         return ((1 - cover[..., None]) * backdrop + cover[..., None] * rgb).astype(np.float32)
 
-    def batch(self, seeds) -> dict[str, np.ndarray]:
+    def batch(self, seeds, draw: int = 0) -> dict[str, np.ndarray]:
         """Stack examples: template/target [B,F,H,W,3], mask [B,F,H,W], reference [B,H,W,3]."""
-        exs = [self.example(int(sd)) for sd in seeds]
+        exs = [self.example(int(sd), draw) for sd in seeds]
         batch = {key: np.stack([getattr(e, key) for e in exs]) for key in ("template", "mask", "reference", "target")}
         if exs and exs[0].paste is not None:  # the config renders its own paste (warp_paste)
             batch["paste"] = np.stack([e.paste for e in exs])

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
-from ..eval.evaluate import COMPOSITE, generate, warm_up
+from ..eval.evaluate import COMPOSITE, evaluation_composite, generate, warm_up
 from ..eval.frechet import frechet_distance
 from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_error
 from ..eval.video_encoder import load_video_encoder
@@ -92,6 +92,14 @@ class GateEvaluator:
         raw, comp, seconds = self._generate(loaded)
         self.videos[name] = comp
         return self._summary(raw, comp, seconds)
+
+    def score_clips(self, raw: torch.Tensor) -> dict:
+        """Scores of ready-made clips of the gate clips [N,F,H,W,3] in pixels (an oracle's: no model, no
+        time), composited as samples are."""
+        composited = evaluation_composite(raw, self.batch["template"], self.batch["mask"])
+        scores = self._summary(raw, composited, 0.0)
+        del scores["seconds_per_clip"]
+        return scores
 
     def _summary(self, raw, composited, seconds) -> dict:
         features = self._features(composited)

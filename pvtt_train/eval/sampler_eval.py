@@ -15,6 +15,10 @@ its undistilled samples; the fastest student's distance is at most ``STUDENT_VS_
 best undistilled sample at its step count and at most ``STUDENT_VS_TEACHER`` x the teacher's;
 quality retention (product PSNR / SSIM, raw background PSNR) at least ``MIN_RETENTION``; and a
 speed-up (teacher seconds over student seconds, timed in this one process) of at least ``MIN_SPEEDUP``.
+
+When the teacher's data leaves something open that a sampler has to draw (a specular highlight), a
+perfect sampler and a perfect regressor are scored beside them (``sampler_oracle``): the floor the bars
+stand on.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..distill.report import teacher_as_few_step
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.schedule import uniform_timesteps
 from .evaluate import quality_retention
+from .sampler_oracle import leaves_open, oracle_rows
 
 STUDENT_VS_UNDISTILLED = 0.7
 STUDENT_VS_TEACHER = 1.15
@@ -88,9 +93,11 @@ def check_bars(rows: list[dict]) -> dict:
 
 def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: int = 64,
                      step_counts=(16, 8, 4), video_encoder: str | None = None, seed: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
-    """Score every undistilled sample and every student on the gate clips; returns the report."""
-    evaluator = GateEvaluator(training_data_config(teacher), clips, video_encoder, cache_dir=None, seed=seed)
+                     oracle_draws: int = 8, log: Callable[[str], None] = print) -> dict:
+    """Score every undistilled sample and every student on the gate clips, and (when the data leaves
+    something open and ``oracle_draws`` > 0) the oracles; returns the report."""
+    data = training_data_config(teacher)
+    evaluator = GateEvaluator(data, clips, video_encoder, cache_dir=None, seed=seed)
     step_counts = {*step_counts, *(s.sampler["steps"] for s in students)}
     plan = [(name, "teacher" if i == 0 else "undistilled", sampler, steps, model)
             for i, (name, sampler, steps, model) in enumerate(undistilled_variants(teacher, step_counts))]
@@ -106,6 +113,11 @@ def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: i
         row["speedup"] = reference["seconds_per_clip"] / row["scores"]["seconds_per_clip"]
         row["retention"] = quality_retention({k: reference[k] for k in RETAINED},
                                              {k: row["scores"][k] for k in RETAINED})
+    if oracle_draws and leaves_open(data):
+        for row in oracle_rows(evaluator, data, oracle_draws):
+            rows.append(row)
+            log(f"{row['name']}: Fréchet {row['scores']['frechet_distance']:.3f}, product PSNR "
+                f"{row['scores']['product_psnr']:.2f}")
     return {"teacher": str(teacher.path), "students": [str(s.path) for s in students], "clips": evaluator.clips,
             "seed": seed, "distance_encoder": evaluator.encoder_name, "rows": rows, "bars": check_bars(rows)}
 
@@ -116,9 +128,10 @@ def markdown(report: dict) -> str:
              "retention min |", "|" + "---|" * 10]
     for r in report["rows"]:
         s = r["scores"]
-        lines.append(f"| {r['name']} | {r['sampler']} | {r['steps']} | {s['frechet_distance']:.3f} | "
-                     f"{s['product_psnr']:.2f} | {s['product_ssim']:.3f} | {s['background_psnr_raw']:.2f} | "
-                     f"{s['seconds_per_clip']:.3f} | {r['speedup']:.1f}x | {r['retention']['min']:.3f} |")
+        timed = (f"{s['seconds_per_clip']:.3f} | {r['speedup']:.1f}x | {r['retention']['min']:.3f}"
+                 if r["kind"] != "oracle" else "— | — | —")
+        lines.append(f"| {r['name']} | {r['sampler']} | {r['steps'] or '—'} | {s['frechet_distance']:.3f} | "
+                     f"{s['product_psnr']:.2f} | {s['product_ssim']:.3f} | {s['background_psnr_raw']:.2f} | {timed} |")
     lines += ["", "| bar | value | limit | |", "|---|---|---|---|"]
     for c in report["bars"]["checks"]:
         detail = f" (best: {c['best']})" if "best" in c else ""
@@ -126,6 +139,13 @@ def markdown(report: dict) -> str:
                      f"{'pass' if c['passed'] else 'FAIL'} |")
     lines += ["", f"Distance encoder: {report['distance_encoder']}; speed-up and retention against the first row, "
                   f"timed in one process."]
+    oracles = [r for r in report["rows"] if r["kind"] == "oracle"]
+    if oracles:
+        sampler, regressor = (r["scores"]["frechet_distance"] for r in oracles)
+        low, high = oracles[0]["scores"]["frechet_range"]
+        verdict = "rewards" if sampler < regressor else "does not reward"
+        lines += ["", f"Oracles: a perfect sampler scores {sampler:.3f} (draws {low:.3f} to {high:.3f}), a perfect "
+                      f"regressor {regressor:.3f}; on this data the Fréchet distance {verdict} sampling."]
     return "\n".join(lines) + "\n"
 
 
