@@ -96,15 +96,15 @@ class GateEvaluator:
     def score_clips(self, raw: torch.Tensor) -> dict:
         """Scores of ready-made clips of the gate clips [N,F,H,W,3] in pixels (an oracle's: no model, no
         time), composited as samples are."""
-        composited = evaluation_composite(raw, self.batch["template"], self.batch["mask"])
-        scores = self._summary(raw, composited, 0.0)
-        del scores["seconds_per_clip"]
-        return scores
+        return self._summary(raw, evaluation_composite(raw, self.batch["template"], self.batch["mask"]))
 
-    def _summary(self, raw, composited, seconds) -> dict:
+    def _summary(self, raw, composited, seconds: float | None = None) -> dict:
+        """Fréchet distance and sample metrics, and the time per clip when the clips were ``seconds`` of sampling."""
         features = self._features(composited)
         scores = {"frechet_distance": frechet_distance(features, self.truth),
-                  **sample_metrics(raw, composited, self.batch), "seconds_per_clip": seconds / self.clips}
+                  **sample_metrics(raw, composited, self.batch)}
+        if seconds is not None:
+            scores["seconds_per_clip"] = seconds / self.clips
         if "teacher" in self.videos and self.data_key.get("kind") == "dataset":
             # On real data the student is also compared with the teacher's own samples directly.
             scores["frechet_to_teacher"] = frechet_distance(features, self._features(self.videos["teacher"]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.batches import to_torch
 from ..data.synthetic import SyntheticConfig, SyntheticVideoGenerator
 from ..distill.gates import GateEvaluator
 from ..errors import InputError
@@ -29,7 +30,7 @@ def leaves_open(data: SyntheticConfig) -> bool:
 
 def redrawn_targets(data: SyntheticConfig, seeds, draw: int) -> torch.Tensor:
     """Ground truths [N,F,H,W,3] of clips ``seeds`` with what their conditioning leaves open redrawn (``draw``)."""
-    return torch.from_numpy(np.ascontiguousarray(SyntheticVideoGenerator(data).batch(seeds, draw)["target"]))
+    return to_torch(SyntheticVideoGenerator(data).batch(seeds, draw))["target"]
 
 
 def oracle_rows(evaluator: GateEvaluator, data: SyntheticConfig, draws: int = 8) -> list[dict]:
