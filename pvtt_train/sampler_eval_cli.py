@@ -35,8 +35,9 @@ def cmd_sampler_eval(args) -> None:
     steps = PATHS[args.steps] if isinstance(args.steps, str) else args.steps
     torch.set_num_threads(args.threads)
     report = run_sampler_eval(load_checkpoint(teacher_path), [load_checkpoint(p) for p in student_paths],
-                              clips=args.clips, step_counts=steps, video_encoder=args.video_encoder, seed=args.seed,
-                              oracle_draws=args.oracle_draws, log=lambda line: print("  " + line, flush=True))
+                              clips=args.clips, step_counts=steps, ancestral=args.ancestral,
+                              video_encoder=args.video_encoder, seed=args.seed, oracle_draws=args.oracle_draws,
+                              log=lambda line: print("  " + line, flush=True))
     written = write_report(Path(args.out), report)
     print()
     print(markdown(report))
@@ -72,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=step_path, default="default",
                    help="step counts at which to sample the teacher undistilled, e.g. 16,8,4 or a named path "
                         "(default: the default path, 16,8,4); each student's own count is added")
+    p.add_argument("--ancestral", action="store_true",
+                   help="also sample the teacher undistilled with Euler ancestral (ComfyUI's euler_ancestral for "
+                        "rectified flow, eta 1) at its own step count and at each of --steps: does a stochastic "
+                        "sampler make more steps pay?")
     p.add_argument("--clips", type=whole(2, " (a Fréchet distance needs a covariance)"), default=64,
                    help="gate clips to score (the gates use 64)")
     p.add_argument("--video-encoder", default=None,

@@ -11,7 +11,8 @@ from pvtt_train.data.batches import training_data_config
 from pvtt_train.distill.gates import GateEvaluator
 from pvtt_train.distill.report import teacher_as_few_step
 from pvtt_train.errors import InputError
-from pvtt_train.eval.sampler_eval import check_bars, markdown, run_sampler_eval, undistilled_variants, write_report
+from pvtt_train.eval.sampler_eval import (check_bars, markdown, run_sampler_eval, teacher_ancestral_at,
+                                         teacher_euler_at, undistilled_variants, write_report)
 from pvtt_train.eval.sampler_oracle import oracle_rows, redrawn_targets
 from pvtt_train.models.checkpoint import load_checkpoint
 from pvtt_train.models.schedule import uniform_timesteps
@@ -74,6 +75,17 @@ def test_undistilled_variants_lower_the_steps_of_both_samplers_and_leave_the_tea
     assert euler4.model is teacher.model and json.dumps(teacher.metadata, sort_keys=True) == before
 
 
+def test_ancestral_variants_sit_beside_euler_at_every_step_count_its_own_included(tmp_path):
+    teacher = load_micro_teacher(tmp_path, steps=50, cfg=1.5)
+    variants = undistilled_variants(teacher, (4,), ancestral=True)
+    assert [(name, sampler, steps) for name, sampler, steps, _ in variants] == [
+        ("teacher Euler 50", "euler", 50), ("teacher Euler ancestral 50", "euler_ancestral", 50),
+        ("teacher Euler 4", "euler", 4), ("teacher Euler ancestral 4", "euler_ancestral", 4),
+        ("teacher few-step 4", "few_step", 4)]
+    assert variants[3][3].sampler == {"kind": "euler_cfg", "steps": 4, "cfg": 1.5, "eta": 1.0}
+    assert "eta" not in teacher.sampler and variants[3][3].model is teacher.model
+
+
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sampler_eval")
@@ -130,6 +142,29 @@ def test_the_command_scores_a_given_teacher_alone_and_writes_its_report(tmp_path
     assert [r["name"] for r in report["rows"]] == ["teacher Euler 3", "teacher Euler 2", "teacher few-step 2"]
     assert report["students"] == [] and len(report["bars"]["checks"]) == 1  # with --teacher, no shipped students
     assert "| teacher Euler 3 | euler | 3 |" in capsys.readouterr().out
+
+
+def test_the_command_adds_euler_ancestral_rows_scored_like_the_gates_and_held_to_the_bars(tmp_path):
+    from pvtt_train.__main__ import main
+    from tests._tiny import micro_teacher
+
+    teacher_path = micro_teacher(tmp_path / "teacher.safetensors", steps=3)
+    _, video_encoder = micro_encoders(tmp_path)
+    main(["--threads", "1", "sampler-eval", "--teacher", str(teacher_path), "--steps", "2", "--clips", "2",
+          "--ancestral", "--video-encoder", str(video_encoder), "--out", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["teacher Euler 3", "teacher Euler ancestral 3", "teacher Euler 2",
+                          "teacher Euler ancestral 2", "teacher few-step 2"]
+    assert {rows[n]["kind"] for n in rows if "ancestral" in n} == {"undistilled"}
+    teacher = load_checkpoint(teacher_path)
+    fresh = GateEvaluator(training_data_config(teacher), 2, str(video_encoder), cache_dir=None)
+    scored = fresh.score(teacher_ancestral_at(teacher, 2), "ancestral 2")["frechet_distance"]
+    assert rows["teacher Euler ancestral 2"]["scores"]["frechet_distance"] == pytest.approx(scored, rel=1e-6)
+    fresh.score(teacher_euler_at(teacher, 2), "euler 2")  # the ancestral samples are not Euler's
+    assert (fresh.videos["ancestral 2"] - fresh.videos["euler 2"]).abs().max() > 1e-3
+    best = min(rows.values(), key=lambda r: r["scores"]["frechet_distance"])
+    assert report["bars"]["checks"][0]["limit"] == best["scores"]["frechet_distance"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 from pvtt_train.models.pvtt_model import Condition
 from pvtt_train.models.schedule import FlowSchedule, uniform_timesteps
 from pvtt_train.sampling.samplers import (reinject_background, sample_from_metadata, sample_student,
-                                          sample_teacher)
+                                          sample_teacher, sample_teacher_ancestral)
 
 SHAPE = (1, 3, 3, 8, 8)  # [B, C, F, h, w]
 
@@ -152,6 +152,79 @@ def test_sample_from_metadata_dispatches_both_kinds():
         sample_from_metadata(model, cond, {"schedule": {}, "sampler": {"kind": "ddim"}})
 
 
+# ---------------------------------------------------------------- Euler ancestral
+
+class Drifting(Oracle):
+    """Predicts x0 = Y + 0.3 sin(3x): wrong in a way that depends on the state, so samplers that walk different
+    states end in different places, yet deterministic, so they can be compared."""
+
+    def velocity(self, x, sigma, cond, keep_reference=True):
+        return super().velocity(x, sigma, cond, keep_reference) - 0.3 * torch.sin(3 * x) / sigma.view(-1, 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("preserve", [True, False])
+def test_ancestral_with_cfg_recovers_oracle_target_at_the_euler_sigmas(shift, preserve):
+    cond = make_cond()
+    y, y_u = targets(cond)
+    model, euler = Oracle(y, y_u), Oracle(y, y_u)
+    out = sample_teacher_ancestral(model, cond, FlowSchedule(shift=shift), steps=6, cfg=2.5,
+                                   generator=torch.Generator().manual_seed(0), preserve_background=preserve)
+    assert torch.allclose(out, y_u + 2.5 * (y - y_u), atol=1e-4), (out - y_u - 2.5 * (y - y_u)).abs().max()
+    sample_teacher(euler, cond, FlowSchedule(shift=shift), steps=6, cfg=2.5, generator=torch.Generator())
+    assert torch.allclose(torch.stack(model.sigmas), torch.stack(euler.sigmas))  # same sigmas, one batched call each
+
+
+def test_ancestral_at_eta_zero_is_the_euler_sampler():
+    cond = make_cond()
+    y, _ = targets(cond)
+    euler = sample_teacher(Drifting(y), cond, FlowSchedule(shift=3.0), steps=5,
+                           generator=torch.Generator().manual_seed(4))
+    ode = sample_teacher_ancestral(Drifting(y), cond, FlowSchedule(shift=3.0), steps=5, eta=0.0,
+                                   generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(ode, euler, atol=1e-5), (ode - euler).abs().max()
+    assert (euler - y).abs().max() > 0.05  # the drift is real, so the agreement is not the oracle's
+
+
+def test_ancestral_draws_fresh_noise_reproducibly():
+    cond = make_cond()
+    y, _ = targets(cond)
+    run = lambda seed, eta=1.0: sample_teacher_ancestral(  # noqa: E731
+        Drifting(y), cond, FlowSchedule(shift=3.0), steps=5, eta=eta, generator=torch.Generator().manual_seed(seed))
+    inside = cond.region.expand(SHAPE) > 0.5
+    assert torch.equal(run(0), run(0))
+    assert (run(0) - run(1))[inside].abs().max() > 1e-2
+    assert (run(0) - run(0, eta=0.0))[inside].abs().max() > 1e-2
+
+
+def test_ancestral_model_sees_the_noised_template_outside_the_mask_and_returns_its_own_x0():
+    cond = make_cond()
+    model = Garbage()
+    out = sample_teacher_ancestral(model, cond, FlowSchedule(shift=3.0), steps=6,
+                                   generator=torch.Generator().manual_seed(7))
+    outside = cond.region.expand(SHAPE) < 0.5
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(model.inputs[0][outside], noise[outside], atol=1e-6)  # sigma 1: the initial noise
+    for x, sigma in zip(model.inputs[1:], model.sigmas[1:]):
+        n = ((x - (1 - sigma) * cond.background) / sigma)[outside]  # the noise it carries: standard normal
+        assert abs(float(n.mean())) < 0.25 and 0.8 < float(n.std()) < 1.2, (sigma, n.mean(), n.std())
+    assert model.inputs[-1][~outside].abs().max() > 10  # inside, the garbage reached the state
+    assert (out - cond.background)[outside].abs().max() > 1  # the last x0 is the model's, raw like Euler's
+
+
+def test_sample_from_metadata_samples_ancestrally_when_the_sampler_has_eta():
+    cond = make_cond()
+    y, _ = targets(cond)
+    meta = {"schedule": {"shift": 3.0}, "sampler": {"kind": "euler_cfg", "steps": 4, "cfg": 1.0}}
+    ancestral = {**meta, "sampler": {**meta["sampler"], "eta": 1.0}}
+    seeded = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    schedule = FlowSchedule(shift=3.0)
+    assert torch.equal(sample_from_metadata(Drifting(y), cond, ancestral, generator=seeded()),
+                       sample_teacher_ancestral(Drifting(y), cond, schedule, 4, 1.0, 1.0, seeded()))
+    assert torch.equal(sample_from_metadata(Drifting(y), cond, meta, generator=seeded()),
+                       sample_teacher(Drifting(y), cond, schedule, 4, 1.0, seeded()))
+
+
 # ---------------------------------------------------------------- background re-injection
 
 def test_reinject_background_formula():
@@ -218,14 +291,15 @@ def test_no_reinjection_when_disabled():
 
 # ---------------------------------------------------------------- callbacks
 
-@pytest.mark.parametrize("kind", ["teacher", "student"])
+@pytest.mark.parametrize("kind", ["teacher", "ancestral", "student"])
 def test_callback_once_per_step(kind):
     cond = make_cond()
     y, _ = targets(cond)
     calls = []
     cb = lambda i, n, x0: calls.append((i, n, tuple(x0.shape)))  # noqa: E731
-    if kind == "teacher":
-        sample_teacher(Oracle(y), cond, FlowSchedule(), steps=5, generator=torch.Generator(), callback=cb)
+    if kind in ("teacher", "ancestral"):
+        sampler = sample_teacher if kind == "teacher" else sample_teacher_ancestral
+        sampler(Oracle(y), cond, FlowSchedule(), steps=5, generator=torch.Generator(), callback=cb)
         n = 5
     else:
         sample_student(Oracle(y), cond, FlowSchedule(), [1.0, 0.75, 0.5, 0.25], generator=torch.Generator(),
@@ -248,7 +322,7 @@ class Cancelled(Exception):
     pass
 
 
-@pytest.mark.parametrize("kind", ["teacher", "student"])
+@pytest.mark.parametrize("kind", ["teacher", "ancestral", "student"])
 def test_exception_from_callback_stops_sampling(kind):
     cond = make_cond()
     y, _ = targets(cond)
@@ -259,8 +333,9 @@ def test_exception_from_callback_stops_sampling(kind):
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        if kind == "teacher":
-            sample_teacher(model, cond, FlowSchedule(), steps=6, generator=torch.Generator(), callback=cb)
+        if kind in ("teacher", "ancestral"):
+            sampler = sample_teacher if kind == "teacher" else sample_teacher_ancestral
+            sampler(model, cond, FlowSchedule(), steps=6, generator=torch.Generator(), callback=cb)
         else:
             sample_student(model, cond, FlowSchedule(), [1.0, 0.8, 0.6, 0.4, 0.2], generator=torch.Generator(),
                            callback=cb)

@@ -7,7 +7,8 @@ gates, so the figures match theirs):
 - the teacher's own sampler (Euler with its CFG, at its own step count: the reference);
 - the teacher undistilled at fewer steps, with both samplers it could be run with: its Euler + CFG
   sampler with the step count lowered, and the students' few-step sampler (predict x0, re-noise) at
-  the students' uniform timesteps;
+  the students' uniform timesteps; on request (``ancestral``) also Euler ancestral at every step count,
+  its own included, the stochastic sampler ComfyUI users reach for when an ODE drifts;
 - each student, as its file says it samples;
 
 and checks issue 14's synthetic bars: the teacher's own sampler has the lowest Fréchet distance of
@@ -50,13 +51,26 @@ def teacher_euler_at(teacher: LoadedModel, steps: int) -> LoadedModel:
     return dataclasses.replace(teacher, metadata=meta)
 
 
-def undistilled_variants(teacher: LoadedModel, step_counts) -> list[tuple[str, str, int, LoadedModel]]:
+def teacher_ancestral_at(teacher: LoadedModel, steps: int, eta: float = 1.0) -> LoadedModel:
+    """The teacher's Euler + CFG sampler as Euler ancestral (``eta``) at ``steps`` steps."""
+    meta = dict(teacher.metadata)
+    meta["sampler"] = {**meta["sampler"], "steps": steps, "eta": eta}
+    return dataclasses.replace(teacher, metadata=meta)
+
+
+def undistilled_variants(teacher: LoadedModel, step_counts,
+                         ancestral: bool = False) -> list[tuple[str, str, int, LoadedModel]]:
     """(name, sampler, steps, model) of every undistilled sample: the teacher's own sampler first."""
     own = teacher.sampler["steps"]
     variants = [(f"teacher Euler {own}", "euler", own, teacher)]
+    if ancestral:
+        variants.append((f"teacher Euler ancestral {own}", "euler_ancestral", own, teacher_ancestral_at(teacher, own)))
     for n in sorted(set(step_counts), reverse=True):
         if n < own:
             variants.append((f"teacher Euler {n}", "euler", n, teacher_euler_at(teacher, n)))
+            if ancestral:
+                variants.append((f"teacher Euler ancestral {n}", "euler_ancestral", n,
+                                 teacher_ancestral_at(teacher, n)))
             few_step = teacher_as_few_step(teacher, uniform_timesteps(n))
             variants.append((f"teacher few-step {n}", "few_step", n, few_step))
     return variants
@@ -92,7 +106,7 @@ def check_bars(rows: list[dict]) -> dict:
 
 
 def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: int = 64,
-                     step_counts=(16, 8, 4), video_encoder: str | None = None, seed: int = 0,
+                     step_counts=(16, 8, 4), ancestral: bool = False, video_encoder: str | None = None, seed: int = 0,
                      oracle_draws: int = 8, log: Callable[[str], None] = print) -> dict:
     """Score every undistilled sample and every student on the gate clips, and (when the data leaves
     something open and ``oracle_draws`` > 0) the oracles; returns the report."""
@@ -100,7 +114,7 @@ def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: i
     evaluator = GateEvaluator(data, clips, video_encoder, cache_dir=None, seed=seed)
     step_counts = {*step_counts, *(s.sampler["steps"] for s in students)}
     plan = [(name, "teacher" if i == 0 else "undistilled", sampler, steps, model)
-            for i, (name, sampler, steps, model) in enumerate(undistilled_variants(teacher, step_counts))]
+            for i, (name, sampler, steps, model) in enumerate(undistilled_variants(teacher, step_counts, ancestral))]
     plan += [(s.path.stem, "student", s.sampler["kind"], s.sampler["steps"], s) for s in students]
     rows = []
     for name, kind, sampler, steps, model in plan:

@@ -173,10 +173,11 @@ SCHEDULE = {"shift": number(0, 100, above=True), "num_train_timesteps": whole(1,
 VIDEO = {"frames": whole(1, 1024), "height": whole(1, 8192), "width": whole(1, 8192)}
 SAMPLER_STEPS = whole(1, 1000)
 SAMPLERS = {
-    "euler_cfg": {"kind": Field("text"), "steps": SAMPLER_STEPS, "cfg": number(0, 100)},
+    "euler_cfg": {"kind": Field("text"), "steps": SAMPLER_STEPS, "cfg": number(0, 100), "eta": number(0, 1)},
     "few_step": {"kind": Field("text"), "steps": SAMPLER_STEPS, "timesteps": Field("number list", length=(1, 1000))},
 }
-#: Required keys of each sampler kind (``cfg`` defaults to 1, no guidance).
+#: Required keys of each sampler kind (``cfg`` defaults to 1, no guidance; ``eta`` to 0, the Euler ODE: above 0
+#: the teacher is sampled by Euler ancestral, ``sampling.samplers.sample_teacher_ancestral``).
 SAMPLER_REQUIRED = {"euler_cfg": ("kind", "steps"), "few_step": ("kind", "steps", "timesteps")}
 
 #: ``WanTransformer3DModel`` (wan_concat's backbone) and ``WanVACETransformer3DModel`` arguments.

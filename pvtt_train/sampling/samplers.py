@@ -2,6 +2,9 @@
 
 - Teacher: diffusers' Euler flow-matching scheduler, N steps, classifier-free guidance in the
   standard form ``v = v_uncond + cfg * (v_cond - v_uncond)`` (cfg 1 = no guidance, one call/step).
+  With ``eta`` > 0 (a sampler's optional ``eta``) the same sigmas are walked by Euler ancestral, ComfyUI's
+  ``euler_ancestral`` for rectified flow (diffusers' ``LTXEulerAncestralRFScheduler``): each step lands
+  below the next sigma and fresh noise brings it back, so errors of earlier steps are partly forgotten.
   Every CFG in PVTT (samplers, DMD's real score, regression trajectories) is ``guided_velocity``.
 - Student: the few-step sampler of the DMD anchors: predict x0 at each listed sigma, then re-noise
   that x0 with fresh noise to the next sigma; the last prediction is the output.
@@ -24,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from diffusers import LTXEulerAncestralRFScheduler
 
 from ..errors import CheckpointError, InputError
 from ..models.pvtt_model import Condition
@@ -86,6 +91,35 @@ def sample_teacher(model, cond: Condition, schedule: FlowSchedule, steps: int = 
     return x
 
 
+@torch.no_grad()
+def sample_teacher_ancestral(model, cond: Condition, schedule: FlowSchedule, steps: int = 50, cfg: float = 1.0,
+                             eta: float = 1.0, generator: torch.Generator | None = None,
+                             preserve_background: bool = True, callback: StepCallback | None = None) -> torch.Tensor:
+    """Euler ancestral flow-matching sampling from pure noise at the Euler sampler's sigmas; returns x0.
+
+    Background preservation: until the last step, outside the mask the model's velocity is replaced by the
+    template's exact one, so the background walks the same stochastic path as the product (same noise
+    draws) and the model always sees the template noised to the current sigma, as the Euler sampler's
+    re-injection keeps it. The last step returns the model's own x0 everywhere, raw like Euler's."""
+    euler = schedule.euler_scheduler()
+    euler.set_timesteps(steps, device=cond.background.device)
+    scheduler = LTXEulerAncestralRFScheduler(num_train_timesteps=schedule.num_train_timesteps, eta=eta)
+    scheduler.set_timesteps(sigmas=euler.sigmas, device=cond.background.device)
+    sigmas = [float(s) for s in scheduler.sigmas]
+    x = initial_noise(model, cond, generator)
+    if preserve_background:
+        x = reinject_background(x, cond, sigmas[0], x)
+    for i, t in enumerate(scheduler.timesteps[:-1]):
+        v = guided_velocity(model, x, sigmas[i], cond, cfg)
+        x0 = schedule.x0_from_velocity(x, v, sigmas[i])
+        if preserve_background and i < steps - 1:
+            v = cond.region * v + (1 - cond.region) * (x - cond.background) / sigmas[i]
+        x = scheduler.step(v, t, x, generator=generator, return_dict=False)[0]
+        if callback is not None:
+            callback(i + 1, steps, x0)
+    return x
+
+
 def student_rollout(model, cond: Condition, schedule: FlowSchedule, sigmas: list[float], exit_step: int,
                     generator: torch.Generator | None = None, preserve_background: bool = True, cfg: float = 1.0,
                     grad_at_exit: bool = False, callback: StepCallback | None = None) -> torch.Tensor:
@@ -136,8 +170,12 @@ def sample_from_metadata(model, cond: Condition, metadata: dict, steps: int | No
     sampler = metadata["sampler"]
     if sampler["kind"] == "euler_cfg":
         cfg = sampler.get("cfg", 1.0) if guidance is None else guidance
-        x0 = sample_teacher(model, cond, schedule, steps or sampler["steps"], cfg, generator, preserve_background,
-                            callback)
+        if sampler.get("eta", 0.0) > 0:
+            x0 = sample_teacher_ancestral(model, cond, schedule, steps or sampler["steps"], cfg, sampler["eta"],
+                                          generator, preserve_background, callback)
+        else:
+            x0 = sample_teacher(model, cond, schedule, steps or sampler["steps"], cfg, generator, preserve_background,
+                                callback)
     elif sampler["kind"] == "few_step":
         from ..models.schedule import uniform_timesteps
 
