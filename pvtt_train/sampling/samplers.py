@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from diffusers import LTXEulerAncestralRFScheduler
 
 from ..errors import CheckpointError, InputError
