@@ -44,18 +44,17 @@ MIN_SPEEDUP = 20.0
 RETAINED = ("product_psnr", "product_ssim", "background_psnr_raw")
 
 
-def teacher_euler_at(teacher: LoadedModel, steps: int) -> LoadedModel:
-    """The teacher's own Euler + CFG sampler with its step count set to ``steps``."""
+def teacher_euler_at(teacher: LoadedModel, steps: int, **sampler) -> LoadedModel:
+    """The teacher's own Euler + CFG sampler with its step count set to ``steps`` (and any other ``sampler``
+    field set, such as ``eta``); the teacher itself is left unchanged."""
     meta = dict(teacher.metadata)
-    meta["sampler"] = {**meta["sampler"], "steps": steps}
+    meta["sampler"] = {**meta["sampler"], "steps": steps, **sampler}
     return dataclasses.replace(teacher, metadata=meta)
 
 
 def teacher_ancestral_at(teacher: LoadedModel, steps: int, eta: float = 1.0) -> LoadedModel:
     """The teacher's Euler + CFG sampler as Euler ancestral (``eta``) at ``steps`` steps."""
-    meta = dict(teacher.metadata)
-    meta["sampler"] = {**meta["sampler"], "steps": steps, "eta": eta}
-    return dataclasses.replace(teacher, metadata=meta)
+    return teacher_euler_at(teacher, steps, eta=eta)
 
 
 def undistilled_variants(teacher: LoadedModel, step_counts,
