@@ -687,25 +687,36 @@ CHECKPOINT_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("case_id", sorted(CHECKPOINT_REFUSALS))
-def test_bad_checkpoint_is_refused_with_problem_and_fix(case_id, folders, models_dir, monkeypatch, tmp_path):
-    own = tmp_path / "own_models"
-    own.mkdir()
+@pytest.fixture(scope="module")
+def bad_models_dir(tmp_path_factory, models_dir):
+    """One models folder of every bad checkpoint beside the good one, built once for the module (each
+    holds a copy of the tiny model's tensors: rebuilding it per case wrote 1.8 GB per test run)."""
+    own = tmp_path_factory.mktemp("bad_models")
     (own / TINY_NAME).write_bytes((models_dir / TINY_NAME).read_bytes())
     bad_checkpoints(own, models_dir)
+    return own
+
+
+def _listing(folder):
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("case_id", sorted(CHECKPOINT_REFUSALS))
+def test_bad_checkpoint_is_refused_with_problem_and_fix(case_id, folders, bad_models_dir, monkeypatch):
+    own = bad_models_dir
+    before = _listing(own)
     monkeypatch.setenv("PVTT_MODELS_DIR", str(own))
     name, error, problem, fix = CHECKPOINT_REFUSALS[case_id]
     with pytest.raises(Exception) as excinfo:
         execute("PVTTLoadModel", model_name=name)
     assert_refused(excinfo, Refusal("PVTTLoadModel", None, problem, fix, error))
+    assert _listing(own) == before, "a refused checkpoint changed the models folder"
 
 
-def test_pickle_checkpoints_are_never_listed_or_unpickled(folders, models_dir, monkeypatch, tmp_path):
+def test_pickle_checkpoints_are_never_listed_or_unpickled(folders, bad_models_dir, monkeypatch):
     import pickle
 
-    own = tmp_path / "own_models"
-    bad_checkpoints(own, models_dir)
-    monkeypatch.setenv("PVTT_MODELS_DIR", str(own))
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(bad_models_dir))
     assert "model.ckpt" not in nodes["PVTTLoadModel"].INPUT_TYPES()["required"]["model_name"][0]
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled a user file"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled a user file"))
