@@ -703,14 +703,13 @@ def _listing(folder):
 
 @pytest.mark.parametrize("case_id", sorted(CHECKPOINT_REFUSALS))
 def test_bad_checkpoint_is_refused_with_problem_and_fix(case_id, folders, bad_models_dir, monkeypatch):
-    own = bad_models_dir
-    before = _listing(own)
-    monkeypatch.setenv("PVTT_MODELS_DIR", str(own))
+    before = _listing(bad_models_dir)
+    monkeypatch.setenv("PVTT_MODELS_DIR", str(bad_models_dir))
     name, error, problem, fix = CHECKPOINT_REFUSALS[case_id]
     with pytest.raises(Exception) as excinfo:
         execute("PVTTLoadModel", model_name=name)
     assert_refused(excinfo, Refusal("PVTTLoadModel", None, problem, fix, error))
-    assert _listing(own) == before, "a refused checkpoint changed the models folder"
+    assert _listing(bad_models_dir) == before, "a refused checkpoint changed the models folder"
 
 
 def test_pickle_checkpoints_are_never_listed_or_unpickled(folders, bad_models_dir, monkeypatch):
