@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--prediction", choices=PREDICTIONS, default="velocity",
                    help="what the network predicts: the flow velocity, or the clean clip's correction of the "
-                        "aligned paste composite (paste_residual; it starts as the paste itself)")
+                        "aligned paste composite (paste_residual; it starts as the paste itself), or that "
+                        "correction with EDM's skip around the paste, which keeps the noisy input near clean "
+                        "(paste_residual_edm)")
     p.add_argument("--paste", choices=PASTES, default="aligned_paste",
                    help="the training paste: fitted at the working size, or warped at the supersampled size and "
                         "shrunk as the pipeline does for a full-size clip (supersampled_warp)")

@@ -27,7 +27,7 @@ from diffusers import WanTransformer3DModel
 from torch import nn
 
 from ..conditioning import aligned_paste
-from .paste_residual import PREDICTIONS, velocity_from_residual
+from .paste_residual import PREDICTIONS, velocity_from_edm_residual, velocity_from_residual
 
 #: Channels of the concatenated condition: masked template (3), mask as -1/1 (1), aligned paste (3).
 CONCAT_CONDITION_CHANNELS = 7
@@ -113,7 +113,8 @@ class WanConcatPVTT(nn.Module):
         self._backbone_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
         self._context_tokens = context_tokens
         #: "velocity": the backbone predicts the flow velocity; "paste_residual": it predicts the clean clip's
-        #: difference from the paste composite (``paste_residual``), returned as the velocity it implies.
+        #: difference from the paste composite (``paste_residual``; ``paste_residual_edm`` with EDM's skip around
+        #: the paste), returned as the velocity it implies.
         self.prediction = prediction
 
     def config(self) -> dict:
@@ -163,6 +164,8 @@ class WanConcatPVTT(nn.Module):
         )[0]
         if self.prediction == "paste_residual":
             return velocity_from_residual(out, x_t, sigma, features)
+        if self.prediction == "paste_residual_edm":
+            return velocity_from_edm_residual(out, x_t, sigma, features)
         return out
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,

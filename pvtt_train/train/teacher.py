@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..data.batches import TrainingStream
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import save_checkpoint
-from ..models.paste_residual import zero_output
+from ..models.paste_residual import RESIDUAL_PREDICTIONS, zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 from ..models.schedule import FlowSchedule
 from ..sampling.composite import grow_mask
@@ -46,7 +46,7 @@ class TeacherConfig:
     shift: float = 1.0
     sample_steps: int = 50
     sample_cfg: float = 1.0
-    prediction: str = "velocity"  # or "paste_residual" (models.paste_residual)
+    prediction: str = "velocity"  # or "paste_residual" / "paste_residual_edm" (models.paste_residual)
     save_every: int = 500
     data: SyntheticConfig = field(default_factory=SyntheticConfig)
     backbone: dict = field(default_factory=lambda: dict(TINY_BACKBONE))
@@ -100,7 +100,7 @@ def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: 
     keep = (torch.rand(b, generator=generator) >= cfg_dropout).float()
     v = model.velocity(x_t, sigma, cond, keep_reference=keep)
     error = v - (noise - x0)
-    if getattr(model, "prediction", "velocity") == "paste_residual":
+    if getattr(model, "prediction", "velocity") in RESIDUAL_PREDICTIONS:
         error = error * sigma.view(-1, 1, 1, 1, 1)
     weight = loss_weight(cond.region, mask_weight, interior_weight)
     return (weight * error ** 2).mean() / weight.mean()
@@ -128,7 +128,7 @@ def train_teacher(cfg: TeacherConfig, out: Path, log_path: Path | None = None, p
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = WanConcatPVTT(cfg.backbone, prediction=cfg.prediction)
-    if cfg.prediction == "paste_residual":
+    if cfg.prediction in RESIDUAL_PREDICTIONS:
         zero_output(model.backbone)  # start from the paste composite itself
     model.train()
     schedule = FlowSchedule(shift=cfg.shift)
