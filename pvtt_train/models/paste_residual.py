@@ -31,7 +31,8 @@ sigma), ``c_skip = e^2 / (e^2 + sigma_edm^2)`` and ``c_out = sigma_edm e / sqrt(
 the spread of the correction (EDM's sigma_data, ``RESIDUAL_STD``): near clean the noisy input is kept
 whatever the network says, at pure noise the estimate is the paste plus ``e F``, and ``F`` has unit scale
 at every level. The velocity it implies is written without dividing by ``sigma`` or ``1 - sigma``, so it is
-exact from pure noise to clean.
+exact from pure noise to clean. Trained by the same command, it lowered the few-step sampler's and a 4-step
+student's Fréchet distance but not the CFG-guided Euler sampler's (README, ``docs/sampler_eval/specular_edm``).
 """
 
 from __future__ import annotations
