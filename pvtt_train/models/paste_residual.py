@@ -43,9 +43,6 @@ if TYPE_CHECKING:  # the CLI reads PREDICTIONS without importing torch
     import torch
     from torch import nn
 
-PREDICTIONS = ("velocity", "paste_residual", "paste_residual_edm")
-#: The predictions whose network draws a correction of the paste (trained on the clean-clip estimate).
-RESIDUAL_PREDICTIONS = ("paste_residual", "paste_residual_edm")
 MIN_SIGMA = 1e-3
 #: EDM's sigma_data for ``paste_residual_edm``: the standard deviation of (clean clip - paste) inside the
 #: mask in model space, measured 0.33 on the 64 gate clips of the --specular 0.6 training data.
@@ -77,6 +74,13 @@ def velocity_from_edm_residual(out: torch.Tensor, x_t: torch.Tensor, sigma: torc
     a = 1 - s
     d = e2 * a ** 2 + s ** 2
     return ((s - e2 * a) * x_t - s * paste_base(features)) / d - RESIDUAL_STD * out / d.sqrt()
+
+
+#: The predictions whose network draws a correction of the paste (trained on the clean-clip estimate), each with
+#: the function turning the network's output into the velocity it implies.
+RESIDUAL_VELOCITY = {"paste_residual": velocity_from_residual, "paste_residual_edm": velocity_from_edm_residual}
+RESIDUAL_PREDICTIONS = tuple(RESIDUAL_VELOCITY)
+PREDICTIONS = ("velocity", *RESIDUAL_PREDICTIONS)
 
 
 def zero_output(backbone: "nn.Module") -> None:

@@ -27,7 +27,7 @@ from diffusers import WanTransformer3DModel
 from torch import nn
 
 from ..conditioning import aligned_paste
-from .paste_residual import PREDICTIONS, velocity_from_edm_residual, velocity_from_residual
+from .paste_residual import PREDICTIONS, RESIDUAL_VELOCITY
 
 #: Channels of the concatenated condition: masked template (3), mask as -1/1 (1), aligned paste (3).
 CONCAT_CONDITION_CHANNELS = 7
@@ -162,10 +162,8 @@ class WanConcatPVTT(nn.Module):
             encoder_hidden_states=self.context.expand(x_t.shape[0], -1, -1),
             return_dict=False,
         )[0]
-        if self.prediction == "paste_residual":
-            return velocity_from_residual(out, x_t, sigma, features)
-        if self.prediction == "paste_residual_edm":
-            return velocity_from_edm_residual(out, x_t, sigma, features)
+        if self.prediction in RESIDUAL_VELOCITY:
+            return RESIDUAL_VELOCITY[self.prediction](out, x_t, sigma, features)
         return out
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
