@@ -62,6 +62,16 @@ def test_the_fastest_student_is_the_one_held_to_the_bars():
     assert bars["passed"] and all("student_4step" in c["name"] for c in bars["checks"][1:])
 
 
+def test_every_student_at_the_fewest_steps_is_held_to_the_bars_on_its_own():
+    rows = [row("teacher Euler 50", "teacher", 50, 1.9), row("teacher few-step 4", "undistilled", 4, 2.0),
+            row("gan_4step", "student", 4, 1.1, 25.0, 0.97), row("dmd_4step", "student", 4, 1.5, 25.0, 0.97)]
+    bars = check_bars(rows)
+    assert len(bars["checks"]) == 1 + 4 + 4
+    assert [c["name"] for c in bars["checks"] if not c["passed"]] == ["dmd_4step Fréchet <= 0.7 x the best undistilled "
+                                                                      "4-step sample"]
+    assert all(c["passed"] for c in bars["checks"] if "gan_4step" in c["name"]) and not bars["passed"]
+
+
 def test_undistilled_variants_lower_the_steps_of_both_samplers_and_leave_the_teacher_alone(tmp_path):
     teacher = load_micro_teacher(tmp_path, steps=50, cfg=1.5)
     before = json.dumps(teacher.metadata, sort_keys=True)
