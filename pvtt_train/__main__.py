@@ -77,7 +77,7 @@ def cmd_teacher(args) -> None:
     _threads(args)
     cfg = TeacherConfig(minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                         mask_weight=args.mask_weight, interior_weight=args.interior_weight,
-                        cfg_dropout=args.cfg_dropout, seed=args.seed,
+                        input_perturbation=args.input_perturbation, cfg_dropout=args.cfg_dropout, seed=args.seed,
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
                                              light_slope=args.light_slope, specular=args.specular))
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interior-weight", type=number(0), default=0.0,
                    help="extra loss weight at the mask's interior pixels (all 8 neighbours in the mask), the "
                         "only ones whose correction the pipeline keeps at a designer's size (default: 0)")
+    p.add_argument("--input-perturbation", type=number(0), default=0.0,
+                   help="extra noise on the network's input that its target does not have (Ning et al. 2023; "
+                        "0.1 in the paper), so the teacher learns to correct a sampler's own drift (default: 0)")
     p.add_argument("--cfg-dropout", type=number(0, 1, high_open=True), default=0.1)
     p.add_argument("--sample-cfg", type=CFG, default=1.0, help="CFG the checkpoint's sampler uses")
     p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250)
