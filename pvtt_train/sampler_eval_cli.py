@@ -62,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "distance, product and background PSNR, time per clip, speed-up and quality retention, and "
                     "checks whether distillation earns its place: the teacher's own sampler is its best, and "
                     "each student at the fewest steps beats the undistilled teacher at its step count (0.7x its "
-                    "Fréchet distance) and stays within 1.15x of the teacher's, with retention >= 0.95 and speed-up >= 20x. "
-                    "Writes report.json and report.md to --out.")
+                    "Fréchet distance) and stays within 1.15x of the teacher's, with retention >= 0.95 and "
+                    "speed-up >= 20x. Writes report.json and report.md to --out.")
     p.add_argument("--teacher", default=None,
                    help="the teacher checkpoint (a PVTT teacher trained on synthetic clips; default: the shipped "
                         "pvtt_teacher.safetensors)")
