@@ -8,7 +8,7 @@ import torch
 
 from pvtt_train.data.synthetic import SyntheticConfig
 from pvtt_train.models.checkpoint import load_checkpoint, save_checkpoint
-from pvtt_train.models.pvtt_model import WanConcatPVTT
+from pvtt_train.models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 
 MICRO_BACKBONE = {
     "patch_size": [1, 2, 2],
@@ -20,6 +20,20 @@ MICRO_BACKBONE = {
     "num_layers": 1,
     "rope_max_seq_len": 32,
 }
+#: The embedded model's backbone cut to one small layer: a teacher loss to compute in milliseconds.
+SMALL_BACKBONE = {**TINY_BACKBONE, "num_layers": 1, "ffn_dim": 32}
+
+
+def paste_batch(seed: int = 0, b: int = 2) -> dict:
+    """A random teacher-training batch [b, 5 frames, 8x8]: template, a box mask, the paste inside it and a
+    target that is the template outside the box and 0.9 x the paste inside."""
+    g = torch.Generator().manual_seed(seed)
+    template = torch.rand(b, 5, 8, 8, 3, generator=g)
+    mask = torch.zeros(b, 5, 8, 8)
+    mask[:, :, 2:6, 3:7] = 1
+    paste = torch.rand(b, 5, 8, 8, 3, generator=g) * mask[..., None]
+    target = template * (1 - mask[..., None]) + paste * 0.9
+    return {"template": template, "mask": mask, "paste": paste, "target": target}
 
 
 def micro_teacher(path: Path, seed: int = 0, steps: int = 3, cfg: float = 1.5,

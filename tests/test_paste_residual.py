@@ -10,26 +10,15 @@ import torch
 from pvtt_train.errors import CheckpointError
 from pvtt_train.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from pvtt_train.models.paste_residual import RESIDUAL_PREDICTIONS, RESIDUAL_STD, paste_base, zero_output
-from pvtt_train.models.pvtt_model import TINY_BACKBONE, WanConcatPVTT, build_model
+from pvtt_train.models.pvtt_model import WanConcatPVTT, build_model
 from pvtt_train.models.schedule import FlowSchedule
 from pvtt_train.train.teacher import flow_matching_loss
-
-SMALL = {**TINY_BACKBONE, "num_layers": 1, "ffn_dim": 32}
-
-
-def _batch(seed=0, b=2):
-    g = torch.Generator().manual_seed(seed)
-    template = torch.rand(b, 5, 8, 8, 3, generator=g)
-    mask = torch.zeros(b, 5, 8, 8)
-    mask[:, :, 2:6, 3:7] = 1
-    paste = torch.rand(b, 5, 8, 8, 3, generator=g) * mask[..., None]
-    target = template * (1 - mask[..., None]) + paste * 0.9
-    return {"template": template, "mask": mask, "paste": paste, "target": target}
+from tests._tiny import SMALL_BACKBONE, paste_batch
 
 
 def _model(prediction="paste_residual"):
     torch.manual_seed(0)
-    model = WanConcatPVTT(SMALL, prediction=prediction)
+    model = WanConcatPVTT(SMALL_BACKBONE, prediction=prediction)
     if prediction in RESIDUAL_PREDICTIONS:
         zero_output(model.backbone)
     return model
@@ -41,7 +30,7 @@ def _clean_estimate(model, x_t, s, cond):
 
 
 def test_an_untrained_residual_model_predicts_the_paste_composite_at_every_noise_level():
-    model, batch = _model(), _batch()
+    model, batch = _model(), paste_batch()
     cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
     base = paste_base(cond.features)
     expected = model.encode(batch["template"] * (1 - batch["mask"][..., None]) + batch["paste"])
@@ -54,7 +43,7 @@ def test_an_untrained_residual_model_predicts_the_paste_composite_at_every_noise
 
 
 def test_a_dropped_reference_leaves_a_neutral_region_in_the_base():
-    model, batch = _model(), _batch()
+    model, batch = _model(), paste_batch()
     cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
     sigma = torch.full((2,), 0.5)
     x_t = torch.randn_like(cond.background)
@@ -93,7 +82,7 @@ def test_an_unknown_prediction_in_a_checkpoint_is_refused_with_the_choices(tmp_p
 
 
 def test_the_residual_teacher_is_scored_on_its_clean_estimate_and_stays_finite_near_zero_noise():
-    model, batch = _model(), _batch()
+    model, batch = _model(), paste_batch()
     g = torch.Generator().manual_seed(0)
     loss = flow_matching_loss(model, batch, FlowSchedule(), 4.0, 0.0, g)
     # The untrained model's clean estimate is the paste composite: its error is the target's residual.
@@ -108,7 +97,7 @@ def test_the_residual_teacher_is_scored_on_its_clean_estimate_and_stays_finite_n
 
 
 def _edm_setup(seed=0):
-    model, batch = _model("paste_residual_edm"), _batch()
+    model, batch = _model("paste_residual_edm"), paste_batch()
     torch.manual_seed(seed)
     torch.nn.init.normal_(model.backbone.proj_out.weight, std=0.5)  # a network that says something
     cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
@@ -152,7 +141,7 @@ def test_the_edm_velocity_matches_the_skip_formula_in_between():
 
 
 def test_an_untrained_edm_residual_model_starts_from_the_paste_and_survives_a_checkpoint(tmp_path):
-    model, batch = _model("paste_residual_edm"), _batch()
+    model, batch = _model("paste_residual_edm"), paste_batch()
     cond = model.condition_from_paste(batch["template"], batch["mask"], batch["paste"])
     x_t = torch.randn_like(cond.background)
     assert torch.allclose(_clean_estimate(model, x_t, 1.0, cond), paste_base(cond.features), atol=1e-5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pvtt_train.models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
+from pvtt_train.models.pvtt_model import WanConcatPVTT
 from pvtt_train.models.schedule import FlowSchedule
 from pvtt_train.train.teacher import flow_matching_loss, interior_of, loss_weight
+from tests._tiny import SMALL_BACKBONE, paste_batch
 
 
 def _square_region(size: int = 9, lo: int = 2, hi: int = 7) -> torch.Tensor:
@@ -44,12 +45,7 @@ def test_input_perturbation_noises_the_input_but_not_the_target(gamma):
     """Ning et al.'s input perturbation: the network sees noise + gamma * extra, the target keeps the noise; at
     0 nothing extra is drawn, so earlier recipes train exactly as before."""
     torch.manual_seed(0)
-    model = WanConcatPVTT({**TINY_BACKBONE, "num_layers": 1, "ffn_dim": 32})
-    g = torch.Generator().manual_seed(1)
-    template, paste = torch.rand(2, 5, 8, 8, 3, generator=g), torch.rand(2, 5, 8, 8, 3, generator=g)
-    mask = torch.zeros(2, 5, 8, 8)
-    mask[:, :, 2:6, 3:7] = 1
-    batch = {"template": template, "mask": mask, "paste": paste * mask[..., None], "target": template * 0.8}
+    model, batch = WanConcatPVTT(SMALL_BACKBONE), paste_batch()
     seen = {}
     velocity = model.velocity
     model.velocity = lambda x_t, sigma, cond, **kw: seen.setdefault("v", velocity(seen.setdefault("x_t", x_t), sigma,
@@ -64,6 +60,6 @@ def test_input_perturbation_noises_the_input_but_not_the_target(gamma):
     torch.rand(2, generator=replay)  # the reference dropout's draw
     assert torch.equal(drawn.get_state(), replay.get_state())
     assert torch.allclose(seen["x_t"], (1 - sigma) * x0 + sigma * (noise + gamma * extra), atol=1e-6)
-    weight = loss_weight(model.condition_from_paste(template, mask, batch["paste"]).region, 4.0)
+    weight = loss_weight(model.condition_from_paste(batch["template"], batch["mask"], batch["paste"]).region, 4.0)
     expected = (weight * (seen["v"] - (noise - x0)) ** 2).mean() / weight.mean()
     assert torch.allclose(loss, expected, rtol=1e-5)
