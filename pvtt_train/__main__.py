@@ -23,6 +23,7 @@ from . import stop_signals
 from .cli_args import (
     CFG,
     LEARNING_RATE,
+    REAL_SCORE_CFG,
     SEED,
     aspect_range,
     check_encoders,
@@ -258,8 +259,9 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str) -> N
                    help="each stage's critic: a fresh copy of the teacher, or the previous stage's critic")
     g.add_argument("--shift", type=number(0, low_open=True), default=None,
                    help="student schedule shift; default: the teacher's")
-    g.add_argument("--teacher-cfg", type=CFG, default=None,
-                   help="teacher CFG for the real score, standard form (1 = off); default: the teacher's own")
+    g.add_argument("--teacher-cfg", type=REAL_SCORE_CFG, default=None,
+                   help="teacher CFG for the real score and the regression targets, standard form (1 = off, "
+                        "below 1 = towards the unconditional branch); default: the teacher's own")
     g.add_argument("--real-score", choices=("teacher", "previous"), default="teacher",
                    help="score each stage against the teacher, or against the previous stage's student")
     g = p.add_argument_group("losses")

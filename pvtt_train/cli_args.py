@@ -61,6 +61,9 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
 SEED = whole(0)
 LEARNING_RATE = number(0, low_open=True, meaning=" (e.g. 1e-4)")
 CFG = number(1, meaning=" (1 = no guidance)")
+#: DMD's real score may also lean towards the unconditional branch (below 1): on the specular EDM teacher
+#: that brings the GAN student closer to the data than the teacher's own CFG does (README, issue 14).
+REAL_SCORE_CFG = number(0, meaning=" (1 = no guidance, below 1 = towards the unconditional branch)")
 
 
 def _blocked_by_file(path: Path) -> Path | None:

@@ -219,7 +219,7 @@ CASES = [
      [">= 2"]),
     ("distill-lr-critic-negative", ["distill", "--lr-critic", "-0.0001"], ["--lr-critic"], ["> 0"]),
     ("distill-ema-decay-one", ["distill", "--ema-decay", "1"], ["--ema-decay"], ["< 1"]),
-    ("distill-teacher-cfg-below-one", ["distill", "--teacher-cfg", "0.9"], ["--teacher-cfg"], [">= 1"]),
+    ("distill-teacher-cfg-negative", ["distill", "--teacher-cfg", "-0.5"], ["--teacher-cfg"], [">= 0"]),
     ("distill-critic-ratio-zero", ["distill", "--critic-ratio", "0"], ["--critic-ratio"], [">= 1"]),
     ("distill-run-dir-not-empty", ["distill", "--teacher", "{teacher}", "--run-dir", "{user_run}"],
      ["run folder", "user_run is not empty (thesis.tex)"], ["Add --resume", "or --overwrite"]),

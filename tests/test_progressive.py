@@ -97,6 +97,16 @@ def teacher(tmp_path):
     return load_micro_teacher(tmp_path, steps=4)
 
 
+def test_teacher_cfg_below_one_reaches_every_stage_and_the_default_is_the_teachers():
+    """`--teacher-cfg` may lean DMD's real score towards the unconditional branch (0 <= cfg < 1)."""
+    from pvtt_train.__main__ import _progressive_from_args, build_parser
+
+    stages, _ = _progressive_from_args(build_parser().parse_args(["distill", "--teacher-cfg", "0.6"]))
+    assert [s.teacher_cfg for s in stages] == [0.6, 0.6, 0.6]
+    stages, _ = _progressive_from_args(build_parser().parse_args(["distill"]))
+    assert [s.teacher_cfg for s in stages] == [None, None, None]
+
+
 def test_cached_trajectory_is_the_teacher_sampler(teacher, tmp_path):
     """With the student sigmas on the teacher's grid, the cached x0 is exactly the Euler sampler's."""
     scheduler = teacher.schedule.euler_scheduler()
