@@ -40,9 +40,9 @@ from .cli_args import (
     step_path,
     whole,
 )
-from .errors import DISK_ERRORS
 from .data.shapes import DEFAULT_ASPECT, SHAPES
 from .data.warp_paste import PASTES
+from .errors import DISK_ERRORS
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
 

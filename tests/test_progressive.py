@@ -285,7 +285,8 @@ def test_progressive_run_exports_every_stage_self_described(tmp_path):
     for entry, steps in zip(result["stages"], (4, 2)):
         path = tmp_path / "models" / f"pvtt_student_{steps}step.safetensors"
         meta = read_metadata(path)
-        assert meta["sampler"] == {"kind": "few_step", "steps": steps, "timesteps": list(stages[2 - steps // 2].timesteps)}
+        timesteps = list(stages[2 - steps // 2].timesteps)
+        assert meta["sampler"] == {"kind": "few_step", "steps": steps, "timesteps": timesteps}
         assert meta["stage"] == entry["name"] and meta["schedule"]["shift"] == 1.0
         assert meta["provenance"]["teacher_sha256"] == file_sha256(teacher)
         assert meta["gate"]["passed"] and meta["gate"]["scores"]["frechet_distance"] >= 0
