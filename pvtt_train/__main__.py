@@ -73,15 +73,20 @@ def cmd_data(args) -> None:
 
 def cmd_teacher(args) -> None:
     from .data.synthetic import SyntheticConfig
+    from .errors import InputError
     from .train.teacher import TeacherConfig, train_teacher
 
+    if args.specular_scenes > 0 and args.specular == 0:
+        raise InputError(f"--specular-scenes {args.specular_scenes:g} shares out a specular light, but --specular is "
+                         f"0 (no highlight): add --specular S, e.g. --specular 0.6")
     _threads(args)
     cfg = TeacherConfig(minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                         mask_weight=args.mask_weight, interior_weight=args.interior_weight,
                         input_perturbation=args.input_perturbation, cfg_dropout=args.cfg_dropout, seed=args.seed,
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
-                                             light_slope=args.light_slope, specular=args.specular))
+                                             light_slope=args.light_slope, specular=args.specular,
+                                             specular_scenes=args.specular_scenes))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -356,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--specular", type=number(0, 1), default=0.0,
                    help="peak strength of a specular highlight on the new product, at a random place per clip "
                         "that the product photo does not show, so sampling must draw it (default: 0, none)")
+    p.add_argument("--specular-scenes", type=number(0, 1), default=0.0,
+                   help="share of clips whose scene has the --specular light, shown on the template's old product "
+                        "too; the other clips have no highlight at all, so the model learns to draw one only where "
+                        "the template shows the light (default: 0, a highlight on every new product and none on "
+                        "the template)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -104,6 +104,36 @@ def test_a_redraw_of_a_clip_without_a_highlight_is_the_clip_and_a_negative_draw_
         plain.example(5, draw=-1)
 
 
+def test_with_specular_scenes_the_template_shows_whether_the_new_product_has_a_highlight_and_how_bright():
+    plain = SyntheticVideoGenerator(STILL)
+    scenes = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6, specular_scenes=0.5))
+    lit = 0
+    for seed in range(16):
+        a, b = plain.example(seed), scenes.example(seed)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.reference, b.reference)
+        old_gain, new_gain = b.template - a.template, b.target - a.target
+        assert old_gain.min() >= 0.0 and new_gain.min() >= 0.0
+        if old_gain.max() == 0:  # a matte scene: no highlight anywhere
+            np.testing.assert_array_equal(b.target, a.target)
+            continue
+        lit += 1
+        # the same light on both products: peaks of the same strength (up to the pixel grid and clipping)
+        assert new_gain.max() > 0.05 and abs(old_gain.max() - new_gain.max()) < 0.15, seed
+        np.testing.assert_array_equal(old_gain[:, _background(a, px=1)], 0.0)
+    assert 3 <= lit <= 13, lit  # about half the clips
+
+
+def test_with_specular_scenes_a_redraw_moves_only_the_new_products_highlight():
+    scenes = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6, specular_scenes=1.0,
+                                                         paste="supersampled_warp_lit"))
+    for seed in SEEDS:
+        clip, redrawn = scenes.example(seed), scenes.example(seed, draw=2)
+        for name in ("template", "mask", "reference", "paste"):  # the template's highlight is conditioning
+            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        assert np.abs(redrawn.target - clip.target).max() > 0.05, seed
+
+
 def test_shapes_and_aspect_give_masks_with_an_orientation():
     elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
     round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))
@@ -141,7 +171,8 @@ def test_default_config_keeps_every_shape():
 
 @pytest.mark.parametrize("kwargs", [dict(shapes=()), dict(shapes=("hexagon",)), dict(aspect=(0.2, 0.5)),
                                     dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0),
-                                    dict(specular=-0.1), dict(specular=1.5)])
+                                    dict(specular=-0.1), dict(specular=1.5), dict(specular_scenes=0.5),
+                                    dict(specular_scenes=1.5, specular=0.6)])
 def test_bad_scene_options_are_rejected_upfront(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SyntheticVideoGenerator(SyntheticConfig(**kwargs))
@@ -149,7 +180,7 @@ def test_bad_scene_options_are_rejected_upfront(kwargs):
 
 def test_scene_options_round_trip_through_checkpoint_provenance():
     config = SyntheticConfig(paste="supersampled_warp_lit", shapes=("ellipse", "rounded"), aspect=(0.5, 0.75),
-                             light_slope=0.3, specular=0.4)
+                             light_slope=0.3, specular=0.4, specular_scenes=0.5)
     recorded = json.loads(json.dumps(config.to_dict()))  # as a checkpoint's JSON metadata holds it
     loaded = SimpleNamespace(metadata={"provenance": {"data": recorded}}, path=Path("teacher.safetensors"))
     assert training_data_config(loaded) == config
@@ -159,4 +190,5 @@ def test_checkpoints_from_before_the_scene_options_read_as_the_old_scene():
     teacher = load_checkpoint(SHIPPED_TEACHER)
     assert "shapes" not in teacher.metadata["provenance"]["data"]
     config = training_data_config(teacher)
-    assert (config.shapes, config.aspect, config.light_slope, config.specular) == (SHAPES, (0.75, 1.0), 0.0, 0.0)
+    assert (config.shapes, config.aspect, config.light_slope, config.specular, config.specular_scenes) == (
+        SHAPES, (0.75, 1.0), 0.0, 0.0, 0.0)

@@ -46,6 +46,14 @@ class SyntheticConfig:
     #: conditioning does not fix it: a one-shot prediction can only spread it into a faint haze, a sampler
     #: must draw one sharp spot. 0 (default) draws none, and the clips stay bit for bit as before.
     specular: float = 0.0
+    #: Share of clips whose scene has the specular light, shown on the template too. 0 (default) keeps the
+    #: data above: every new product has a highlight and the template never shows one, so a model cannot
+    #: tell a shiny scene from a matte one and draws a highlight everywhere, on a designer's matte product
+    #: too. Above 0, that share of clips has a light that puts a highlight on the template's old product
+    #: (which the model sees) and one of the same strength on the new product, at a place of its own that
+    #: nothing shows; the other clips have none on either. The template then says whether to draw one and
+    #: how bright; where it goes is still left to sampling.
+    specular_scenes: float = 0.0
     texture_std: float = 0.03
     #: The product silhouettes drawn (``SHAPES``). A circle, square or diamond has no orientation its mask
     #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
@@ -181,6 +189,10 @@ class SyntheticVideoGenerator:
             raise ValueError(f"light_slope must be in [0, 2) so the light stays positive, got {c.light_slope}")
         if not 0 <= c.specular <= 1:
             raise ValueError(f"specular must be in [0, 1], got {c.specular}")
+        if not 0 <= c.specular_scenes <= 1:
+            raise ValueError(f"specular_scenes must be in [0, 1], got {c.specular_scenes}")
+        if c.specular_scenes > 0 and c.specular == 0:
+            raise ValueError("specular_scenes needs a highlight to show: set specular above 0 too")
 
     def example(self, seed: int, draw: int = 0) -> Example:
         """Clip ``seed``. ``draw`` picks the realisation of what its conditioning leaves open (the specular
@@ -222,8 +234,18 @@ class SyntheticVideoGenerator:
         for f in range(1, F):
             gain[f] = float(np.clip(gain[f - 1] + rng.normal(0, 0.04), *c.light_gain))
         field = self._light_field(rng, xs, ys) if c.light_slope > 0 else 1.0  # no draws: old clips stay bit-exact
-        # Its own stream, so every other draw (template, reference, paste) is the same with or without it.
-        highlight = self._highlight(np.random.default_rng([seed, 1 + draw])) if c.specular > 0 else None
+        # Their own streams, so every other draw (template, reference, paste) is the same with or without
+        # them: the scene's light is part of the clip ([seed, 0]); the new product's spot is what a redraw
+        # changes ([seed, 1 + draw]).
+        old_highlight, highlight = None, None
+        if c.specular_scenes > 0:
+            scene = np.random.default_rng([seed, 0])
+            if scene.uniform() < c.specular_scenes:
+                strength = scene.uniform(c.specular / 2, c.specular)
+                old_highlight = self._highlight(scene, strength)
+                highlight = self._highlight(np.random.default_rng([seed, 1 + draw]), strength)
+        elif c.specular > 0:
+            highlight = self._highlight(np.random.default_rng([seed, 1 + draw]))
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -248,6 +270,8 @@ class SyntheticVideoGenerator:
             v = (-sr * dx + cr * dy) / half
             rgb_a, cover = _render_product(product_a, u, v)
             rgb_b, _ = _render_product(product_b, u, v)
+            if old_highlight is not None:
+                rgb_a = rgb_a + old_highlight(u, v)
             if highlight is not None:
                 rgb_b = rgb_b + highlight(u, v)
             k = cover[..., None]
@@ -275,11 +299,13 @@ class SyntheticVideoGenerator:
         d = (math.cos(phi) * (xs - c.width / 2) + math.sin(phi) * (ys - c.height / 2)) / max(c.height, c.width)
         return (1 + slope * d)[..., None].astype(np.float32)
 
-    def _highlight(self, rng: np.random.Generator):
-        """The clip's specular spot on the new product: ``(u, v) -> [..., 1]`` added to its colour."""
+    def _highlight(self, rng: np.random.Generator, strength: float | None = None):
+        """A specular spot on a product: ``(u, v) -> [..., 1]`` added to its colour; its strength is drawn
+        unless the scene's light sets it."""
         hu, hv = rng.uniform(-0.5, 0.5, size=2)
         radius = rng.uniform(0.3, 0.45)
-        strength = rng.uniform(self.config.specular / 2, self.config.specular)
+        if strength is None:
+            strength = rng.uniform(self.config.specular / 2, self.config.specular)
 
         def spot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
             return (strength * np.exp(-((u - hu) ** 2 + (v - hv) ** 2) / (2 * radius ** 2)))[..., None].astype(
