@@ -1,8 +1,9 @@
 """What a perfect sampler and a perfect regressor score on the gate clips: the floor under sampler-eval's bars.
 
 A synthetic clip's conditioning (template, mask, product photo) fixes most of its ground truth. What it
-leaves open (``SyntheticConfig.specular``: where the new product's highlight sits and how bright it is)
-a sampler has to draw. Redrawing only that (``SyntheticVideoGenerator.example(seed, draw)``) gives what a
+leaves open (``SyntheticConfig.specular``: where the new product's highlight sits and how bright it is;
+with ``specular_scenes`` only where, since the template shows whether the scene has the light and how
+bright) a sampler has to draw. Redrawing only that (``SyntheticVideoGenerator.example(seed, draw)``) gives what a
 sampler with the true distribution returns; the mean of many redraws is what a perfect one-shot
 regressor returns (the posterior mean: right on average, blurred where the conditioning leaves things
 open). Scored exactly like the samples, the two say whether the Fréchet distance can reward sampling on
