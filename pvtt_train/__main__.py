@@ -82,7 +82,9 @@ def cmd_teacher(args) -> None:
     _threads(args)
     cfg = TeacherConfig(minutes=args.minutes, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                         mask_weight=args.mask_weight, interior_weight=args.interior_weight,
-                        input_perturbation=args.input_perturbation, cfg_dropout=args.cfg_dropout, seed=args.seed,
+                        input_perturbation=args.input_perturbation, dream=args.dream,
+                        rollout_steps=args.rollout_steps, rollout_spacing=args.rollout_spacing,
+                        cfg_dropout=args.cfg_dropout, seed=args.seed,
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
                                              light_slope=args.light_slope, specular=args.specular,
@@ -336,6 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-perturbation", type=number(0), default=0.0,
                    help="extra noise on the network's input that its target does not have (Ning et al. 2023; "
                         "0.1 in the paper), so the teacher learns to correct a sampler's own drift (default: 0)")
+    p.add_argument("--dream", type=number(0), default=0.0, metavar="P",
+                   help="DREAM (Zhou et al. 2024): train on the input moved towards the model's own clean estimate "
+                        "by sigma**P of the way, as a sampler's own steps leave it, at one extra forward pass per "
+                        "step (1 in the paper; default: 0, off)")
+    p.add_argument("--rollout-steps", type=whole(0), default=0, metavar="K",
+                   help="train on where K of the model's own Euler steps take the truth noised --rollout-spacing "
+                        "per step higher, its clean target unchanged: the inputs a sampler's own steps make, at K "
+                        "extra forward passes per step (default: 0, off)")
+    p.add_argument("--rollout-spacing", type=number(0, 1, low_open=True), default=0.04,
+                   help="sigma covered by each --rollout-steps step (default: 0.04, two of a 50-step sampler's)")
     p.add_argument("--cfg-dropout", type=number(0, 1, high_open=True), default=0.1)
     p.add_argument("--sample-cfg", type=CFG, default=1.0, help="CFG the checkpoint's sampler uses")
     p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250)

@@ -165,6 +165,8 @@ CASES = [
      ["add --specular S"]),
     ("teacher-interior-weight-negative", ["teacher", "--out", "{work}/t.safetensors", "--interior-weight", "-1"],
      ["--interior-weight", "'-1'"], []),
+    ("teacher-rollout-spacing-zero", ["teacher", "--out", "{work}/t.safetensors", "--rollout-steps", "3",
+                                      "--rollout-spacing", "0"], ["--rollout-spacing", "'0'"], []),
     ("teacher-save-every-negative", ["teacher", "--out", "{work}/t.safetensors", "--save-every", "-5"],
      ["--save-every"], [">= 0", "0 = save only at the end"]),
     # --- teacher-eval

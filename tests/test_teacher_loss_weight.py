@@ -63,3 +63,33 @@ def test_input_perturbation_noises_the_input_but_not_the_target(gamma):
     weight = loss_weight(model.condition_from_paste(batch["template"], batch["mask"], batch["paste"]).region, 4.0)
     expected = (weight * (seen["v"] - (noise - x0)) ** 2).mean() / weight.mean()
     assert torch.allclose(loss, expected, rtol=1e-5)
+
+
+def test_dream_moves_the_input_towards_the_models_own_estimate_and_keeps_the_clean_target():
+    """DREAM at power p: the network is trained at x_t + sigma**p (1 - sigma)(x0_hat - x0), where x0_hat is its
+    own clean estimate of the true noisy clip, and the velocity target moves with it so that the clean clip
+    it implies is still the truth."""
+    torch.manual_seed(0)
+    model, batch = WanConcatPVTT(SMALL_BACKBONE), paste_batch()
+    calls = []
+    velocity = model.velocity
+    model.velocity = lambda x_t, sig, cond, **kw: calls.append((x_t, velocity(x_t, sig, cond, **kw))) or calls[-1][1]
+    drawn = torch.Generator().manual_seed(7)
+    loss = flow_matching_loss(model, batch, FlowSchedule(), 4.0, 0.0, drawn, dream=1.0)
+    replay = torch.Generator().manual_seed(7)
+    x0 = model.encode(batch["target"])
+    sigma = torch.sigmoid(torch.randn(2, generator=replay)).view(-1, 1, 1, 1, 1)
+    noise = torch.randn(x0.shape, generator=replay)
+    x_t = (1 - sigma) * x0 + sigma * noise
+    assert len(calls) == 2 and torch.allclose(calls[0][0], x_t, atol=1e-6)  # first the estimate on the true clip
+    x0_hat = x_t - sigma * calls[0][1]
+    assert not torch.allclose(x0_hat, x0, atol=1e-3)  # an untrained model's estimate is off, so the input moves
+    shifted = x_t + sigma * (1 - sigma) * (x0_hat - x0)
+    assert torch.allclose(calls[1][0], shifted, atol=1e-6)
+    implied_x0 = shifted - sigma * ((noise - x0) + sigma * (1 - sigma) * (x0_hat - x0) / sigma)
+    assert torch.allclose(implied_x0, x0, atol=1e-5)  # the target's clean clip is the truth
+    weight = loss_weight(model.condition_from_paste(batch["template"], batch["mask"], batch["paste"]).region, 4.0)
+    target = (noise - x0) + (1 - sigma) * (x0_hat - x0)
+    expected = (weight * (calls[1][1] - target) ** 2).mean() / weight.mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert calls[1][1].requires_grad and not calls[0][1].requires_grad  # the estimate costs no backward

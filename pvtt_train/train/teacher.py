@@ -13,7 +13,9 @@ learns to correct inputs a little off the true noisy clip, as a sampler's own ea
 An Euler sampler walks the teacher's own estimates, and off the training inputs a tiny teacher drifts (on
 the ``--specular`` data its clean estimate along its own path stays near the truth's distribution down to
 sigma 0.3 and adds detail that is not there below it). At the paper's 0.1 it moved a 750-step teacher's
-figures by 2-3 % only (README, issue 14 section); larger values are untested.
+figures by 2-3 % only (README, issue 14 section); larger values are untested. ``dream`` (``dream.py``) and
+``rollout_steps`` (``self_rollout.py``) show the network its own one-step and several-step errors instead;
+what they did to the same teacher is in the README too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from ..models.paste_residual import RESIDUAL_PREDICTIONS, zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 from ..models.schedule import FlowSchedule
 from ..sampling.composite import grow_mask
+from .dream import dream_shift
+from .self_rollout import rollout_input
 
 
 @dataclass
@@ -49,6 +53,9 @@ class TeacherConfig:
     mask_weight: float = 4.0
     interior_weight: float = 0.0
     input_perturbation: float = 0.0
+    dream: float = 0.0  # DREAM's power p (dream.py); 0 = off
+    rollout_steps: int = 0  # self_rollout.py; 0 = off
+    rollout_spacing: float = 0.04
     minutes: float = 25.0
     max_steps: int = 0  # 0 = limited by minutes only
     seed: int = 0
@@ -94,9 +101,13 @@ def loss_weight(region: torch.Tensor, mask_weight: float, interior_weight: float
 
 def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: float, cfg_dropout: float,
                        generator: torch.Generator, interior_weight: float = 0.0,
-                       input_perturbation: float = 0.0) -> torch.Tensor:
+                       input_perturbation: float = 0.0, dream: float = 0.0,
+                       rollout: tuple[int, float] = (0, 0.0)) -> torch.Tensor:
     """Mask-weighted velocity MSE on one batch, with reference dropout for CFG; with ``input_perturbation``
-    the input is noised with extra noise of that scale that the target does not have.
+    the input is noised with extra noise of that scale that the target does not have; with ``dream`` (> 0,
+    its power ``p``) the input moves towards the model's own clean estimate and the target keeps the clean
+    clip (``dream.py``); with ``rollout`` (steps, spacing) the input is where the model's own Euler steps
+    take the truth noised higher, the target still the clean clip (``self_rollout.py``).
 
     A paste-residual model is scored on its clean-clip estimate instead (the velocity error times sigma):
     its network outputs that estimate, and the velocity's 1 / sigma would weight the nearly clean draws
@@ -110,8 +121,16 @@ def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: 
     seen = noise + input_perturbation * torch.randn(x0.shape, generator=generator) if input_perturbation else noise
     x_t = schedule.noise(x0, seen, sigma)
     keep = (torch.rand(b, generator=generator) >= cfg_dropout).float()
+    target = noise - x0
+    if rollout[0]:
+        x_t = rollout_input(model, x0, seen, sigma, cond, keep, *rollout)
+        target = (x_t - x0) / sigma.view(-1, 1, 1, 1, 1)
+    if dream:
+        shift = dream_shift(model, x_t, x0, sigma, cond, keep, dream)
+        x_t = x_t + shift
+        target = target + shift / sigma.view(-1, 1, 1, 1, 1)
     v = model.velocity(x_t, sigma, cond, keep_reference=keep)
-    error = v - (noise - x0)
+    error = v - target
     if getattr(model, "prediction", "velocity") in RESIDUAL_PREDICTIONS:
         error = error * sigma.view(-1, 1, 1, 1, 1)
     weight = loss_weight(cond.region, mask_weight, interior_weight)
@@ -166,7 +185,7 @@ def train_teacher(cfg: TeacherConfig, out: Path, log_path: Path | None = None, p
     while time.monotonic() < deadline and (not cfg.max_steps or step < cfg.max_steps):
         batch = stream.next()
         loss = flow_matching_loss(model, batch, schedule, cfg.mask_weight, cfg.cfg_dropout, gen, cfg.interior_weight,
-                                  cfg.input_perturbation)
+                                  cfg.input_perturbation, cfg.dream, (cfg.rollout_steps, cfg.rollout_spacing))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
