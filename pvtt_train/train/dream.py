@@ -13,7 +13,7 @@ while the clean-clip target stays the truth. In velocity terms the target noise 
 sigma, so the implied clean clip is unchanged. This is the rectified-flow form of diffusers'
 ``training_utils.compute_dream_and_update_latents`` (written for an epsilon-predicting UNet, so it cannot
 be called on this model); ``p`` is its ``dream_detail_preservation`` (1 in the paper), with sigma in place
-of ``sqrt(1 - alpha_bar)``.
+of ``sqrt(1 - alpha_bar)``. On the 750-step specular EDM recipe it moved Euler 50 by 5 % at most (README).
 """
 
 from __future__ import annotations

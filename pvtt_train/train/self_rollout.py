@@ -7,7 +7,9 @@ a single step's error; this shows it several of its own steps'. The truth is noi
 ``sigma + steps * spacing`` (at most 1), the model walks it down to ``sigma`` in ``steps`` Euler steps without
 gradients (the template put back outside the mask at each step, as the sampler does), and the network is
 trained on where that walk ends, with the truth as its clean target. The target is what the sampler needs
-there: the best clean estimate from the input its own steps made.
+there: the best clean estimate from the input its own steps made. On the 750-step specular EDM recipe a walk
+of 0.6 took Euler 50 from 6.489 to 5.316 but the few-step sampler from 2.623 to 4.281 at its best (README),
+so the 50-step sampler was still not the teacher's best.
 """
 
 from __future__ import annotations
