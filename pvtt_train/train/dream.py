@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import torch
 
+from ..models.schedule import FlowSchedule
+
 
 def dream_shift(model, x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, cond, keep: torch.Tensor,
                 power: float) -> torch.Tensor:
     """The shift DREAM adds to ``x_t`` (``sigma`` [B]): ``lam * (1 - sigma) * (x0_hat - x0)``, no gradient."""
-    s = sigma.view(-1, *([1] * (x_t.dim() - 1)))
     with torch.no_grad():
-        x0_hat = x_t - s * model.velocity(x_t, sigma, cond, keep_reference=keep)
+        x0_hat = FlowSchedule.x0_from_velocity(x_t, model.velocity(x_t, sigma, cond, keep_reference=keep), sigma)
+    s = sigma.view(-1, *([1] * (x_t.dim() - 1)))
     return (s ** power) * (1 - s) * (x0_hat - x0)

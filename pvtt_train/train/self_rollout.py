@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..models.schedule import FlowSchedule
+from ..sampling.samplers import reinject_background
 
 
 def rollout_input(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, cond, keep: torch.Tensor,
@@ -30,5 +31,5 @@ def rollout_input(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Ten
             s_to = start + (sigma - start) * ((k + 1) / steps)
             v = model.velocity(x, s_from, cond, keep_reference=keep)
             x = x + (s_to - s_from).view(-1, *([1] * (x.dim() - 1))) * v
-            x = cond.region * x + (1 - cond.region) * FlowSchedule.noise(cond.background, noise, s_to)
+            x = reinject_background(x, cond, s_to, noise)
     return x
