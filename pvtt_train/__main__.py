@@ -88,7 +88,7 @@ def cmd_teacher(args) -> None:
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
                                              light_slope=args.light_slope, specular=args.specular,
-                                             specular_scenes=args.specular_scenes))
+                                             specular_scenes=args.specular_scenes, sheen=args.sheen))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -378,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "too; the other clips have no highlight at all, so the model learns to draw one only where "
                         "the template shows the light (default: 0, a highlight on every new product and none on "
                         "the template)")
+    p.add_argument("--sheen", type=number(0, 1, high_open=True), default=0.0,
+                   help="strength of a sheen on the new product: one side brighter, the other darker, along a random "
+                        "direction per clip that the product photo does not show, so sampling must draw it "
+                        "(default: 0, none)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -160,6 +160,7 @@ CASES = [
      ["--light-slope", "'2'"], []),
     ("teacher-specular-above-one", ["teacher", "--out", "{work}/t.safetensors", "--specular", "1.5"],
      ["--specular", "'1.5'"], ["<= 1"]),
+    ("teacher-sheen-one", ["teacher", "--out", "{work}/t.safetensors", "--sheen", "1"], ["--sheen", "'1'"], ["< 1"]),
     ("teacher-specular-scenes-without-specular", ["teacher", "--out", "{work}/t.safetensors", "--specular-scenes",
                                                   "0.5"], ["--specular-scenes 0.5", "--specular is 0"],
      ["add --specular S"]),

@@ -13,7 +13,7 @@ from pvtt_train.distill.report import teacher_as_few_step
 from pvtt_train.errors import InputError
 from pvtt_train.eval.sampler_eval import (check_bars, markdown, run_sampler_eval, teacher_ancestral_at,
                                          teacher_euler_at, undistilled_variants, write_report)
-from pvtt_train.eval.sampler_oracle import oracle_rows, redrawn_targets
+from pvtt_train.eval.sampler_oracle import leaves_open, oracle_rows, redrawn_targets
 from pvtt_train.models.checkpoint import load_checkpoint
 from pvtt_train.models.schedule import uniform_timesteps
 from tests._tiny import load_micro_teacher, micro_encoders
@@ -195,8 +195,9 @@ def shiny_run(tmp_path_factory):
 def test_the_oracles_are_scored_beside_the_samplers_and_kept_out_of_the_bars(shiny_run):
     report = shiny_run[2]
     oracles = [r for r in report["rows"] if r["kind"] == "oracle"]
-    assert [r["name"] for r in oracles] == ["perfect sampler (highlight redrawn; mean of 4 draws)",
-                                            "perfect regressor (mean of the 4 draws)"]
+    assert [r["name"] for r in oracles] == [
+        "perfect sampler (what the conditioning leaves open redrawn; mean of 4 draws)",
+        "perfect regressor (mean of the 4 draws)"]
     assert report["bars"] == check_bars([r for r in report["rows"] if r["kind"] != "oracle"])
     low, high = oracles[0]["scores"]["frechet_range"]
     assert low <= oracles[0]["scores"]["frechet_distance"] <= high and low < high
@@ -226,6 +227,13 @@ def test_the_oracles_are_the_draws_and_their_mean_scored_as_the_gates_score_samp
 def test_data_without_anything_left_open_gets_no_oracle_rows(micro_run):
     assert all(r["kind"] != "oracle" for r in micro_run[2]["rows"])  # its micro teacher's data has no highlight
     assert "Oracles" not in markdown(micro_run[2])
+
+
+def test_a_highlight_or_a_sheen_leaves_something_open_and_plain_data_nothing():
+    from pvtt_train.data.synthetic import SyntheticConfig
+
+    assert leaves_open(SyntheticConfig(specular=0.5)) and leaves_open(SyntheticConfig(sheen=0.5))
+    assert not leaves_open(SyntheticConfig())
 
 
 def test_oracle_rows_need_two_draws(shiny_run):

@@ -1,4 +1,5 @@
-"""The training generator's scene options: which silhouettes, their aspect, and a directional light."""
+"""The training generator's scene options: which silhouettes, their aspect, a directional light, and what the
+conditioning leaves open (a specular highlight, a sheen)."""
 
 import dataclasses
 import json
@@ -134,6 +135,52 @@ def test_with_specular_scenes_a_redraw_moves_only_the_new_products_highlight():
         assert np.abs(redrawn.target - clip.target).max() > 0.05, seed
 
 
+def test_a_sheen_brightens_one_side_of_the_new_product_and_darkens_the_other_and_nothing_it_is_conditioned_on():
+    plain = SyntheticVideoGenerator(STILL)
+    sheen = SyntheticVideoGenerator(dataclasses.replace(STILL, sheen=0.6))
+    for seed in SEEDS:
+        a, b = plain.example(seed), sheen.example(seed)
+        for name in ("template", "mask", "reference"):  # what a model is given: the same, draw for draw
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        change = (b.target - a.target).sum(-1)
+        np.testing.assert_array_equal(change[:, _background(a, px=1)], 0.0)  # never off the product
+        assert change.max() > 0.05 and change.min() < -0.05, seed  # one side brighter, the other darker
+        inside = a.mask[0] > 0.5
+        ys, xs = np.nonzero(inside)
+        design = np.stack([np.ones_like(xs), xs, ys], axis=1).astype(np.float64)
+        ratio = (b.target[0] + 1e-3) / (a.target[0] + 1e-3)
+        bright = ratio[inside].mean(-1) > 1  # the bright side is a half-plane across the product: a line splits it
+        coef, *_ = np.linalg.lstsq(design, np.where(bright, 1.0, -1.0), rcond=None)
+        assert ((design @ coef > 0) == bright).mean() > 0.9, seed
+
+
+def test_the_sheen_faces_another_way_in_each_clip_and_a_redraw_turns_only_it():
+    sheen = SyntheticVideoGenerator(dataclasses.replace(STILL, sheen=0.6, paste="supersampled_warp_lit"))
+    plain = SyntheticVideoGenerator(dataclasses.replace(STILL, paste="supersampled_warp_lit"))
+    sides = set()
+    for seed in SEEDS:
+        base, clip, redrawn = plain.example(seed), sheen.example(seed), sheen.example(seed, draw=2)
+        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
+            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        assert np.abs(redrawn.target - clip.target).max() > 0.05, seed
+        ys, xs = np.nonzero(base.mask[0])
+        gain = (clip.target[0] - base.target[0]).sum(-1)[ys, xs]
+        # the side the sheen lights, as the sign of the gain's correlation with x and with y
+        sides.add((bool(np.corrcoef(xs, gain)[0, 1] > 0), bool(np.corrcoef(ys, gain)[0, 1] > 0)))
+    assert len(sides) >= 3, sides
+
+
+def test_a_sheen_leaves_the_highlight_where_it_was():
+    plain, glossy = (SyntheticVideoGenerator(dataclasses.replace(STILL, sheen=sheen)) for sheen in (0.0, 0.3))
+    spot, both = (SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6, sheen=sheen))
+                  for sheen in (0.0, 0.3))
+    for seed in SEEDS:
+        alone = (spot.example(seed).target - plain.example(seed).target).ravel()
+        with_sheen = (both.example(seed).target - glossy.example(seed).target).ravel()
+        # the spot is the same with the sheen under it (up to clipping): its gain lies where it lay alone
+        assert np.corrcoef(alone, with_sheen)[0, 1] > 0.9, seed
+
+
 def test_shapes_and_aspect_give_masks_with_an_orientation():
     elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
     round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))
@@ -172,7 +219,7 @@ def test_default_config_keeps_every_shape():
 @pytest.mark.parametrize("kwargs", [dict(shapes=()), dict(shapes=("hexagon",)), dict(aspect=(0.2, 0.5)),
                                     dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0),
                                     dict(specular=-0.1), dict(specular=1.5), dict(specular_scenes=0.5),
-                                    dict(specular_scenes=1.5, specular=0.6)])
+                                    dict(specular_scenes=1.5, specular=0.6), dict(sheen=-0.1), dict(sheen=1.0)])
 def test_bad_scene_options_are_rejected_upfront(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SyntheticVideoGenerator(SyntheticConfig(**kwargs))
@@ -180,7 +227,7 @@ def test_bad_scene_options_are_rejected_upfront(kwargs):
 
 def test_scene_options_round_trip_through_checkpoint_provenance():
     config = SyntheticConfig(paste="supersampled_warp_lit", shapes=("ellipse", "rounded"), aspect=(0.5, 0.75),
-                             light_slope=0.3, specular=0.4, specular_scenes=0.5)
+                             light_slope=0.3, specular=0.4, specular_scenes=0.5, sheen=0.8)
     recorded = json.loads(json.dumps(config.to_dict()))  # as a checkpoint's JSON metadata holds it
     loaded = SimpleNamespace(metadata={"provenance": {"data": recorded}}, path=Path("teacher.safetensors"))
     assert training_data_config(loaded) == config
@@ -190,5 +237,5 @@ def test_checkpoints_from_before_the_scene_options_read_as_the_old_scene():
     teacher = load_checkpoint(SHIPPED_TEACHER)
     assert "shapes" not in teacher.metadata["provenance"]["data"]
     config = training_data_config(teacher)
-    assert (config.shapes, config.aspect, config.light_slope, config.specular, config.specular_scenes) == (
-        SHAPES, (0.75, 1.0), 0.0, 0.0, 0.0)
+    assert (config.shapes, config.aspect, config.light_slope, config.specular, config.specular_scenes,
+            config.sheen) == (SHAPES, (0.75, 1.0), 0.0, 0.0, 0.0, 0.0)

@@ -54,6 +54,14 @@ class SyntheticConfig:
     #: nothing shows; the other clips have none on either. The template then says whether to draw one and
     #: how bright; where it goes is still left to sampling.
     specular_scenes: float = 0.0
+    #: Strength of a sheen on the new product: its colour is scaled by ``1 + a * d``, ``d`` in [-1, 1] along a
+    #: random direction in the product's own coordinates (so the bright side moves and turns with it), ``a``
+    #: drawn per clip from [sheen / 2, sheen]. Like the highlight, the photo and the paste do not show it, but it
+    #: spans the whole product: a one-shot prediction averages the directions into no sheen at all, which
+    #: the Fréchet distance punishes far harder than a blurred spot (a perfect regressor scores 4.2 against a
+    #: perfect sampler's 0.7 at 0.8, 1.1 against 0.45 for the 0.6 highlight). 0 (default) draws none, and the
+    #: clips stay bit for bit as before.
+    sheen: float = 0.0
     texture_std: float = 0.03
     #: The product silhouettes drawn (``SHAPES``). A circle, square or diamond has no orientation its mask
     #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
@@ -193,11 +201,13 @@ class SyntheticVideoGenerator:
             raise ValueError(f"specular_scenes must be in [0, 1], got {c.specular_scenes}")
         if c.specular_scenes > 0 and c.specular == 0:
             raise ValueError("specular_scenes needs a highlight to show: set specular above 0 too")
+        if not 0 <= c.sheen < 1:
+            raise ValueError(f"sheen must be in [0, 1) so the product's colour stays positive, got {c.sheen}")
 
     def example(self, seed: int, draw: int = 0) -> Example:
         """Clip ``seed``. ``draw`` picks the realisation of what its conditioning leaves open (the specular
-        highlight): 0 is the clip itself; any other number redraws only that, keeping template, mask, photo
-        and paste, as a sampler drawing from the true distribution would (``eval.sampler_oracle``)."""
+        highlight and the sheen): 0 is the clip itself; any other number redraws only that, keeping template,
+        mask, photo and paste, as a sampler drawing from the true distribution would (``eval.sampler_oracle``)."""
         if draw < 0:
             raise ValueError(f"draw must be >= 0, got {draw}")
         c = self.config
@@ -246,6 +256,8 @@ class SyntheticVideoGenerator:
                 highlight = self._highlight(np.random.default_rng([seed, 1 + draw]), strength)
         elif c.specular > 0:
             highlight = self._highlight(np.random.default_rng([seed, 1 + draw]))
+        # A stream of its own too, so adding a sheen leaves the highlight where it was.
+        sheen = self._sheen(np.random.default_rng([seed, 1 + draw, 1])) if c.sheen > 0 else None
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -270,6 +282,8 @@ class SyntheticVideoGenerator:
             v = (-sr * dx + cr * dy) / half
             rgb_a, cover = _render_product(product_a, u, v)
             rgb_b, _ = _render_product(product_b, u, v)
+            if sheen is not None:
+                rgb_b = rgb_b * sheen(u, v)
             if old_highlight is not None:
                 rgb_a = rgb_a + old_highlight(u, v)
             if highlight is not None:
@@ -312,6 +326,17 @@ class SyntheticVideoGenerator:
                 np.float32)
 
         return spot
+
+    def _sheen(self, rng: np.random.Generator):
+        """A sheen on a product: ``(u, v) -> [..., 1]``, the factor its colour is scaled by."""
+        phi = rng.uniform(0, 2 * math.pi)
+        strength = rng.uniform(self.config.sheen / 2, self.config.sheen)
+        cu, cv = math.cos(phi), math.sin(phi)
+
+        def factor(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+            return (1 + strength * np.clip(cu * u + cv * v, -1, 1))[..., None].astype(np.float32)
+
+        return factor
 
     def _reference(self, product: Product, rng: np.random.Generator) -> np.ndarray:
         """Product B upright and centred on a plain light backdrop, as a product photo would be, at the

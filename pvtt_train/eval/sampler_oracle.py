@@ -3,13 +3,14 @@
 A synthetic clip's conditioning (template, mask, product photo) fixes most of its ground truth. What it
 leaves open (``SyntheticConfig.specular``: where the new product's highlight sits and how bright it is;
 with ``specular_scenes`` only where, since the template shows whether the scene has the light and how
-bright) a sampler has to draw. Redrawing only that (``SyntheticVideoGenerator.example(seed, draw)``) gives what a
+bright; ``SyntheticConfig.sheen``: which side of the new product is bright, and how much) a sampler has
+to draw. Redrawing only that (``SyntheticVideoGenerator.example(seed, draw)``) gives what a
 sampler with the true distribution returns; the mean of many redraws is what a perfect one-shot
 regressor returns (the posterior mean: right on average, blurred where the conditioning leaves things
 open). Scored exactly like the samples, the two say whether the Fréchet distance can reward sampling on
 this data at all, and how far the teacher's own errors lie above that floor.
 
-Data whose conditioning leaves nothing open (``specular`` 0) has no oracle rows: there a perfect sampler
+Data whose conditioning leaves nothing open (``specular`` and ``sheen`` 0) has no oracle rows: there a perfect sampler
 and a perfect regressor both return the truth.
 """
 
@@ -26,7 +27,7 @@ from ..errors import InputError
 
 def leaves_open(data: SyntheticConfig) -> bool:
     """True when the data has something its conditioning does not fix, so a sampler has something to draw."""
-    return data.specular > 0
+    return data.specular > 0 or data.sheen > 0
 
 
 def redrawn_targets(data: SyntheticConfig, seeds, draw: int) -> torch.Tensor:
@@ -46,7 +47,7 @@ def oracle_rows(evaluator: GateEvaluator, data: SyntheticConfig, draws: int = 8)
     distances = [s["frechet_distance"] for s in per_draw]
     sampler["frechet_range"] = [min(distances), max(distances)]
     regressor = evaluator.score_clips(torch.stack(redrawn).mean(0))
-    return [{"name": f"perfect sampler (highlight redrawn; mean of {draws} draws)", "kind": "oracle",
-             "sampler": "oracle", "steps": 0, "scores": sampler},
+    return [{"name": f"perfect sampler (what the conditioning leaves open redrawn; mean of {draws} draws)",
+             "kind": "oracle", "sampler": "oracle", "steps": 0, "scores": sampler},
             {"name": f"perfect regressor (mean of the {draws} draws)", "kind": "oracle", "sampler": "oracle",
              "steps": 0, "scores": regressor}]
