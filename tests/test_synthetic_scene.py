@@ -60,13 +60,19 @@ def test_light_lights_template_and_truth_alike():
         np.testing.assert_array_equal(ex.template[:, outside], ex.target[:, outside])
 
 
-def test_a_specular_highlight_brightens_only_the_new_product_and_nothing_it_is_conditioned_on():
-    plain = SyntheticVideoGenerator(STILL)
-    shiny = SyntheticVideoGenerator(dataclasses.replace(STILL, specular=0.6))
+def _without_and_with(**option):
+    """(seed, clip without ``option``, clip with it) for each seed, once what a model is given (template, mask,
+    product photo) is checked to be the same, draw for draw."""
+    plain, other = SyntheticVideoGenerator(STILL), SyntheticVideoGenerator(dataclasses.replace(STILL, **option))
     for seed in SEEDS:
-        a, b = plain.example(seed), shiny.example(seed)
-        for name in ("template", "mask", "reference"):  # what a model is given: the same, draw for draw
+        a, b = plain.example(seed), other.example(seed)
+        for name in ("template", "mask", "reference"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        yield seed, a, b
+
+
+def test_a_specular_highlight_brightens_only_the_new_product_and_nothing_it_is_conditioned_on():
+    for seed, a, b in _without_and_with(specular=0.6):
         gain = b.target - a.target
         assert gain.min() >= 0.0  # only brighter
         np.testing.assert_array_equal(gain[:, _background(a, px=1)], 0.0)  # never off the product
@@ -136,12 +142,7 @@ def test_with_specular_scenes_a_redraw_moves_only_the_new_products_highlight():
 
 
 def test_a_sheen_brightens_one_side_of_the_new_product_and_darkens_the_other_and_nothing_it_is_conditioned_on():
-    plain = SyntheticVideoGenerator(STILL)
-    sheen = SyntheticVideoGenerator(dataclasses.replace(STILL, sheen=0.6))
-    for seed in SEEDS:
-        a, b = plain.example(seed), sheen.example(seed)
-        for name in ("template", "mask", "reference"):  # what a model is given: the same, draw for draw
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for seed, a, b in _without_and_with(sheen=0.6):
         change = (b.target - a.target).sum(-1)
         np.testing.assert_array_equal(change[:, _background(a, px=1)], 0.0)  # never off the product
         assert change.max() > 0.05 and change.min() < -0.05, seed  # one side brighter, the other darker
