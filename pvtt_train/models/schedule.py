@@ -29,12 +29,12 @@ class FlowSchedule:
 
     @staticmethod
     def noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = _bcast(sigma, x0)
+        s = per_sample(sigma, x0)
         return (1 - s) * x0 + s * noise
 
     @staticmethod
     def x0_from_velocity(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return x_t - _bcast(sigma, x_t) * v
+        return x_t - per_sample(sigma, x_t) * v
 
     def student_sigmas(self, timesteps) -> list[float]:
         """Sigmas of a few-step student from its timestep list (e.g. 1000/750/500/250), shifted."""
@@ -45,7 +45,8 @@ class FlowSchedule:
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
 
 
-def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def per_sample(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``sigma`` (a scalar, or one value per sample [B]) shaped to broadcast over ``like`` [B, ...]."""
     sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
     if sigma.ndim == 0:
         return sigma

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.schedule import FlowSchedule
+from ..models.schedule import FlowSchedule, per_sample
 
 
 def dream_shift(model, x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, cond, keep: torch.Tensor,
@@ -28,5 +28,5 @@ def dream_shift(model, x_t: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
     """The shift DREAM adds to ``x_t`` (``sigma`` [B]): ``lam * (1 - sigma) * (x0_hat - x0)``, no gradient."""
     with torch.no_grad():
         x0_hat = FlowSchedule.x0_from_velocity(x_t, model.velocity(x_t, sigma, cond, keep_reference=keep), sigma)
-    s = sigma.view(-1, *([1] * (x_t.dim() - 1)))
+    s = per_sample(sigma, x_t)
     return (s ** power) * (1 - s) * (x0_hat - x0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.schedule import FlowSchedule
+from ..models.schedule import FlowSchedule, per_sample
 from ..sampling.samplers import reinject_background
 
 
@@ -30,6 +30,6 @@ def rollout_input(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Ten
             s_from = start + (sigma - start) * (k / steps)
             s_to = start + (sigma - start) * ((k + 1) / steps)
             v = model.velocity(x, s_from, cond, keep_reference=keep)
-            x = x + (s_to - s_from).view(-1, *([1] * (x.dim() - 1))) * v
+            x = x + per_sample(s_to - s_from, x) * v
             x = reinject_background(x, cond, s_to, noise)
     return x

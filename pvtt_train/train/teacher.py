@@ -35,7 +35,7 @@ from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import save_checkpoint
 from ..models.paste_residual import RESIDUAL_PREDICTIONS, zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
-from ..models.schedule import FlowSchedule
+from ..models.schedule import FlowSchedule, per_sample
 from ..sampling.composite import grow_mask
 from .dream import dream_shift
 from .self_rollout import rollout_input
@@ -124,15 +124,15 @@ def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: 
     target = noise - x0
     if rollout[0]:
         x_t = rollout_input(model, x0, seen, sigma, cond, keep, *rollout)
-        target = (x_t - x0) / sigma.view(-1, 1, 1, 1, 1)
+        target = (x_t - x0) / per_sample(sigma, x_t)
     if dream:
         shift = dream_shift(model, x_t, x0, sigma, cond, keep, dream)
         x_t = x_t + shift
-        target = target + shift / sigma.view(-1, 1, 1, 1, 1)
+        target = target + shift / per_sample(sigma, x_t)
     v = model.velocity(x_t, sigma, cond, keep_reference=keep)
     error = v - target
     if getattr(model, "prediction", "velocity") in RESIDUAL_PREDICTIONS:
-        error = error * sigma.view(-1, 1, 1, 1, 1)
+        error = error * per_sample(sigma, error)
     weight = loss_weight(cond.region, mask_weight, interior_weight)
     return (weight * error ** 2).mean() / weight.mean()
 
