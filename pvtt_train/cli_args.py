@@ -161,10 +161,10 @@ def step_budgets(text: str) -> tuple[int, ...]:
         budgets = tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers; write one number or one per "
-                                         f"stage, e.g. 60,100,150") from None
+                                         f"stage, e.g. 30,80,130") from None
     if any(b < 1 for b in budgets):
         raise argparse.ArgumentTypeError(f"{text!r}: every stage needs at least 1 student update; write numbers "
-                                         f">= 1, e.g. 60,100,150")
+                                         f">= 1, e.g. 30,80,130")
     return budgets
 
 
