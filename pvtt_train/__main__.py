@@ -22,6 +22,7 @@ from pathlib import Path
 from . import stop_signals
 from .cli_args import (
     CFG,
+    DEFAULT_GENERATOR_STEPS,
     LEARNING_RATE,
     REAL_SCORE_CFG,
     SEED,
@@ -248,13 +249,6 @@ def cmd_demo(args) -> None:
 
 
 # --- the parser ---------------------------------------------------------------------------------------------
-
-#: Student updates per stage of the default path (16, 8, 4 steps), for ``distill`` and ``demo`` alike. With the
-#: shipped teacher, whose own 50-step sampler scores worse than its few-step one, more DMD updates move the
-#: students further toward that weaker distribution: 30,80,130 scored better on every gate figure than the
-#: earlier 60,100,150 and keeps the demo within its 20 minutes on 2 cores (README, issue 14).
-DEFAULT_GENERATOR_STEPS = "30,80,130"
-
 
 def _add_progressive_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stages")
