@@ -89,7 +89,8 @@ def cmd_teacher(args) -> None:
                         sample_cfg=args.sample_cfg, save_every=args.save_every, prediction=args.prediction,
                         data=SyntheticConfig(paste=args.paste, shapes=args.shapes, aspect=args.aspect,
                                              light_slope=args.light_slope, specular=args.specular,
-                                             specular_scenes=args.specular_scenes, sheen=args.sheen))
+                                             specular_scenes=args.specular_scenes, sheen=args.sheen,
+                                             grain=args.grain))
     out = train_teacher(cfg, Path(args.out))
     print(f"teacher written to {out}")
 
@@ -383,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strength of a sheen on the new product: one side brighter, the other darker, along a random "
                         "direction per clip that the product photo does not show, so sampling must draw it "
                         "(default: 0, none)")
+    p.add_argument("--grain", type=number(0, 0.5, high_open=True), default=0.0,
+                   help="strength of a fine grain on the new product, about a pixel across, different per clip and "
+                        "fixed on the product, that the product photo does not show: detail only the last, low-noise "
+                        "steps of a sampler draw (default: 0, none)")
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")

@@ -82,9 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video-encoder", default=None,
                    help="encoder of the Fréchet distance: the shipped one, or an I3D .safetensors file")
     p.add_argument("--oracle-draws", type=oracle_draws, default=8,
-                   help="when the teacher's data has something its conditioning leaves open (teacher --specular "
-                        "or --sheen), also score a perfect sampler (the truth with that redrawn, averaged over this "
-                        "many draws) and a perfect regressor (their mean); 0 = skip (default: 8)")
+                   help="when the teacher's data has something its conditioning leaves open (teacher --specular, "
+                        "--sheen or --grain), also score a perfect sampler (the truth with that redrawn, averaged "
+                        "over this many draws) and a perfect regressor (their mean); 0 = skip (default: 8)")
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed (the gates use the run's --seed, 0 by default)")
     p.add_argument("--out", default="out/sampler_eval", type=out_folder,
                    help="folder for report.json and report.md (created if missing)")

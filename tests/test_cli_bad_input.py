@@ -161,6 +161,8 @@ CASES = [
     ("teacher-specular-above-one", ["teacher", "--out", "{work}/t.safetensors", "--specular", "1.5"],
      ["--specular", "'1.5'"], ["<= 1"]),
     ("teacher-sheen-one", ["teacher", "--out", "{work}/t.safetensors", "--sheen", "1"], ["--sheen", "'1'"], ["< 1"]),
+    ("teacher-grain-half", ["teacher", "--out", "{work}/t.safetensors", "--grain", "0.5"], ["--grain", "'0.5'"],
+     ["< 0.5"]),
     ("teacher-specular-scenes-without-specular", ["teacher", "--out", "{work}/t.safetensors", "--specular-scenes",
                                                   "0.5"], ["--specular-scenes 0.5", "--specular is 0"],
      ["add --specular S"]),

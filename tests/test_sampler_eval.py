@@ -229,10 +229,11 @@ def test_data_without_anything_left_open_gets_no_oracle_rows(micro_run):
     assert "Oracles" not in markdown(micro_run[2])
 
 
-def test_a_highlight_or_a_sheen_leaves_something_open_and_plain_data_nothing():
+def test_a_highlight_a_sheen_or_a_grain_leaves_something_open_and_plain_data_nothing():
     from pvtt_train.data.synthetic import SyntheticConfig
 
     assert leaves_open(SyntheticConfig(specular=0.5)) and leaves_open(SyntheticConfig(sheen=0.5))
+    assert leaves_open(SyntheticConfig(grain=0.3))
     assert not leaves_open(SyntheticConfig())
 
 

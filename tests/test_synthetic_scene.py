@@ -1,5 +1,5 @@
 """The training generator's scene options: which silhouettes, their aspect, a directional light, and what the
-conditioning leaves open (a specular highlight, a sheen)."""
+conditioning leaves open (a specular highlight, a sheen, a grain)."""
 
 import dataclasses
 import json
@@ -182,6 +182,47 @@ def test_a_sheen_leaves_the_highlight_where_it_was():
         assert np.corrcoef(alone, with_sheen)[0, 1] > 0.9, seed
 
 
+def test_a_grain_varies_the_new_product_pixel_by_pixel_and_nothing_it_is_conditioned_on():
+    for seed, a, b in _without_and_with(grain=0.4):
+        change = np.abs(b.target - a.target).sum(-1)
+        np.testing.assert_array_equal(change[:, _background(a, px=1)], 0.0)  # never off the product
+        inner = binary_erosion(a.mask[0].astype(bool))
+        ratio = ((b.target[0] + 1e-3) / (a.target[0] + 1e-3)).mean(-1)[inner]
+        ys, xs = np.nonzero(inner)
+        design = np.stack([np.ones_like(xs), xs, ys], axis=1).astype(np.float64)
+        coef, *_ = np.linalg.lstsq(design, ratio, rcond=None)
+        # pixel-scale detail: a plane across the product (what a sheen is) explains little of it
+        assert ratio.std() > 0.03 and np.std(ratio - design @ coef) > 0.6 * ratio.std(), seed
+
+
+def test_a_redraw_changes_only_the_grain_and_its_pattern_with_it():
+    grain = SyntheticVideoGenerator(dataclasses.replace(STILL, grain=0.4, paste="supersampled_warp_lit"))
+    plain = SyntheticVideoGenerator(dataclasses.replace(STILL, paste="supersampled_warp_lit"))
+    for seed in SEEDS:
+        base, clip, redrawn = plain.example(seed), grain.example(seed), grain.example(seed, draw=2)
+        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
+            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        inner = binary_erosion(base.mask[0].astype(bool))
+        first, second = ((ex.target[0] - base.target[0]).sum(-1)[inner] for ex in (clip, redrawn))
+        assert abs(np.corrcoef(first, second)[0, 1]) < 0.8, seed  # another pattern, not the same one rescaled
+
+
+def test_the_grain_stays_on_the_product_from_frame_to_frame():
+    """Fixed in the product's coordinates: the second frame's grain, moved back by the product's step between the
+    frames (to the nearest pixel), is the first frame's (a grain drawn anew per frame would not correlate)."""
+    steady = dataclasses.replace(STILL, max_zoom=0.0, max_rotation_deg=0.0)
+    plain, grain = SyntheticVideoGenerator(steady), SyntheticVideoGenerator(dataclasses.replace(steady, grain=0.4))
+    correlations = []
+    for seed in range(16):
+        a, b = plain.example(seed), grain.example(seed)
+        change = (b.target - a.target).sum(-1)
+        step = max(((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)),
+                   key=lambda s: (a.mask[0] * np.roll(a.mask[1], s, (0, 1))).sum())
+        both = binary_erosion(a.mask[0].astype(bool)) & binary_erosion(np.roll(a.mask[1], step, (0, 1)).astype(bool))
+        correlations.append(np.corrcoef(change[0][both], np.roll(change[1], step, (0, 1))[both])[0, 1])
+    assert np.median(correlations) > 0.6, np.round(correlations, 2)
+
+
 def test_shapes_and_aspect_give_masks_with_an_orientation():
     elongated = SyntheticVideoGenerator(SyntheticConfig(shapes=("ellipse", "rounded"), aspect=(0.5, 0.6)))
     round_ = SyntheticVideoGenerator(SyntheticConfig(shapes=("circle",)))
@@ -220,7 +261,8 @@ def test_default_config_keeps_every_shape():
 @pytest.mark.parametrize("kwargs", [dict(shapes=()), dict(shapes=("hexagon",)), dict(aspect=(0.2, 0.5)),
                                     dict(aspect=(0.8, 0.7)), dict(light_slope=-0.1), dict(light_slope=2.0),
                                     dict(specular=-0.1), dict(specular=1.5), dict(specular_scenes=0.5),
-                                    dict(specular_scenes=1.5, specular=0.6), dict(sheen=-0.1), dict(sheen=1.0)])
+                                    dict(specular_scenes=1.5, specular=0.6), dict(sheen=-0.1), dict(sheen=1.0),
+                                    dict(grain=-0.1), dict(grain=0.5)])
 def test_bad_scene_options_are_rejected_upfront(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         SyntheticVideoGenerator(SyntheticConfig(**kwargs))
@@ -228,7 +270,7 @@ def test_bad_scene_options_are_rejected_upfront(kwargs):
 
 def test_scene_options_round_trip_through_checkpoint_provenance():
     config = SyntheticConfig(paste="supersampled_warp_lit", shapes=("ellipse", "rounded"), aspect=(0.5, 0.75),
-                             light_slope=0.3, specular=0.4, specular_scenes=0.5, sheen=0.8)
+                             light_slope=0.3, specular=0.4, specular_scenes=0.5, sheen=0.8, grain=0.3)
     recorded = json.loads(json.dumps(config.to_dict()))  # as a checkpoint's JSON metadata holds it
     loaded = SimpleNamespace(metadata={"provenance": {"data": recorded}}, path=Path("teacher.safetensors"))
     assert training_data_config(loaded) == config
@@ -239,4 +281,4 @@ def test_checkpoints_from_before_the_scene_options_read_as_the_old_scene():
     assert "shapes" not in teacher.metadata["provenance"]["data"]
     config = training_data_config(teacher)
     assert (config.shapes, config.aspect, config.light_slope, config.specular, config.specular_scenes,
-            config.sheen) == (SHAPES, (0.75, 1.0), 0.0, 0.0, 0.0, 0.0)
+            config.sheen, config.grain) == (SHAPES, (0.75, 1.0), 0.0, 0.0, 0.0, 0.0, 0.0)

@@ -20,6 +20,11 @@ from .shapes import ASPECT_LIMITS, DEFAULT_ASPECT, SHAPES
 from .warp_paste import LIT_PASTES, PASTES, supersampled_warp_paste
 
 PATTERNS = ("stripes", "checker", "dots")
+#: The grain's field covers product coordinates [-GRAIN_EXTENT, GRAIN_EXTENT] (a shape reaches 1, or 1.15 for a
+#: diamond) in cells of GRAIN_CELL_UNITS: a product's half size is 2.5-4.1 output pixels, so a cell is about one
+#: output pixel and the grain is the finest detail the clip can show.
+GRAIN_EXTENT = 1.3
+GRAIN_CELL_UNITS = 0.3
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,13 @@ class SyntheticConfig:
     #: scores 2.240 against a perfect sampler's 0.693 at 0.8; 1.099 against 0.453 for the 0.6 highlight).
     #: 0 (default) draws none, and the clips stay bit for bit as before.
     sheen: float = 0.0
+    #: Strength of a grain on the new product: its colour is scaled by ``1 + a * n``, ``n`` a random field of
+    #: about one output pixel's scale fixed in the product's own coordinates (so it moves, turns and zooms with
+    #: the product), ``a`` drawn per clip from [grain / 2, grain]. The photo and the paste do not show it. Unlike
+    #: the highlight and the sheen, which are settled at high noise, fine texture is settled at low noise, the
+    #: last steps a sampler takes: a one-shot prediction from a mid noise level returns the product smooth.
+    #: 0 (default) draws none, and the clips stay bit for bit as before.
+    grain: float = 0.0
     texture_std: float = 0.03
     #: The product silhouettes drawn (``SHAPES``). A circle, square or diamond has no orientation its mask
     #: can show, so the photo's pattern cannot be aligned to it; elongated shapes (``ellipse``, ``rounded``
@@ -203,6 +215,8 @@ class SyntheticVideoGenerator:
             raise ValueError("specular_scenes needs a highlight to show: set specular above 0 too")
         if not 0 <= c.sheen < 1:
             raise ValueError(f"sheen must be in [0, 1) so the product's colour stays positive, got {c.sheen}")
+        if not 0 <= c.grain < 0.5:
+            raise ValueError(f"grain must be in [0, 0.5) so the product's colour stays positive, got {c.grain}")
 
     def example(self, seed: int, draw: int = 0) -> Example:
         """Clip ``seed``. ``draw`` picks the realisation of what its conditioning leaves open (the specular
@@ -258,6 +272,7 @@ class SyntheticVideoGenerator:
             highlight = self._highlight(np.random.default_rng([seed, 1 + draw]))
         # A stream of its own too, so adding a sheen leaves the highlight where it was.
         sheen = self._sheen(np.random.default_rng([seed, 1 + draw, 1])) if c.sheen > 0 else None
+        grain = self._grain(np.random.default_rng([seed, 1 + draw, 2])) if c.grain > 0 else None
 
         template = np.empty((F, H, W, 3), np.float32)
         target = np.empty((F, H, W, 3), np.float32)
@@ -284,6 +299,8 @@ class SyntheticVideoGenerator:
             rgb_b, _ = _render_product(product_b, u, v)
             if sheen is not None:
                 rgb_b = rgb_b * sheen(u, v)
+            if grain is not None:
+                rgb_b = rgb_b * grain(u, v)
             if old_highlight is not None:
                 rgb_a = rgb_a + old_highlight(u, v)
             if highlight is not None:
@@ -335,6 +352,24 @@ class SyntheticVideoGenerator:
 
         def factor(u: np.ndarray, v: np.ndarray) -> np.ndarray:
             return (1 + strength * np.clip(cu * u + cv * v, -1, 1))[..., None].astype(np.float32)
+
+        return factor
+
+    def _grain(self, rng: np.random.Generator):
+        """A grain on a product: ``(u, v) -> [..., 1]``, the factor its colour is scaled by; a clipped Gaussian
+        field, bilinear between its cells, in the product's own coordinates (so it zooms with the product)."""
+        cells = 2 * GRAIN_EXTENT / GRAIN_CELL_UNITS
+        field = np.clip(rng.normal(0.0, 1.0, size=(int(cells) + 2, int(cells) + 2)), -2.0, 2.0).astype(np.float32)
+        strength = rng.uniform(self.config.grain / 2, self.config.grain)
+
+        def factor(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+            gu = np.clip((u + GRAIN_EXTENT) / GRAIN_CELL_UNITS, 0, field.shape[1] - 1.001)
+            gv = np.clip((v + GRAIN_EXTENT) / GRAIN_CELL_UNITS, 0, field.shape[0] - 1.001)
+            iu, iv = gu.astype(int), gv.astype(int)
+            fu, fv = gu - iu, gv - iv
+            n = ((1 - fv) * ((1 - fu) * field[iv, iu] + fu * field[iv, iu + 1])
+                 + fv * ((1 - fu) * field[iv + 1, iu] + fu * field[iv + 1, iu + 1]))
+            return (1 + strength * n)[..., None].astype(np.float32)
 
         return factor
 

@@ -3,15 +3,16 @@
 A synthetic clip's conditioning (template, mask, product photo) fixes most of its ground truth. What it
 leaves open (``SyntheticConfig.specular``: where the new product's highlight sits and how bright it is;
 with ``specular_scenes`` only where, since the template shows whether the scene has the light and how
-bright; ``SyntheticConfig.sheen``: which side of the new product is bright, and how much) a sampler has
-to draw. Redrawing only that (``SyntheticVideoGenerator.example(seed, draw)``) gives what a
-sampler with the true distribution returns; the mean of many redraws is what a perfect one-shot
-regressor returns (the posterior mean: right on average, blurred where the conditioning leaves things
-open). Scored exactly like the samples, the two say whether the Fréchet distance can reward sampling on
-this data at all, and how far the teacher's own errors lie above that floor.
+bright; ``SyntheticConfig.sheen``: which side of the new product is bright, and how much;
+``SyntheticConfig.grain``: the new product's fine texture) a sampler has to draw. Redrawing only that
+(``SyntheticVideoGenerator.example(seed, draw)``) gives what a sampler with the true distribution returns;
+the mean of many redraws is what a perfect one-shot regressor returns (the posterior mean: right on
+average, blurred where the conditioning leaves things open). Scored exactly like the samples, the two say
+whether the Fréchet distance can reward sampling on this data at all, and how far the teacher's own errors
+lie above that floor.
 
-Data whose conditioning leaves nothing open (``specular`` and ``sheen`` 0) has no oracle rows: there a perfect sampler
-and a perfect regressor both return the truth.
+Data whose conditioning leaves nothing open (``specular``, ``sheen`` and ``grain`` 0) has no oracle rows:
+there a perfect sampler and a perfect regressor both return the truth.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..errors import InputError
 
 def leaves_open(data: SyntheticConfig) -> bool:
     """True when the data has something its conditioning does not fix, so a sampler has something to draw."""
-    return data.specular > 0 or data.sheen > 0
+    return data.specular > 0 or data.sheen > 0 or data.grain > 0
 
 
 def redrawn_targets(data: SyntheticConfig, seeds, draw: int) -> torch.Tensor:
