@@ -60,6 +60,12 @@ def test_light_lights_template_and_truth_alike():
         np.testing.assert_array_equal(ex.template[:, outside], ex.target[:, outside])
 
 
+def _assert_same_conditioning(clip, redrawn) -> None:
+    """Everything a model is given (template, mask, photo, paste) is the same in both examples."""
+    for name in ("template", "mask", "reference", "paste"):
+        np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+
+
 def _without_and_with(**option):
     """(seed, clip without ``option``, clip with it) for each seed, once what a model is given (template, mask,
     product photo) is checked to be the same, draw for draw."""
@@ -97,8 +103,7 @@ def test_a_redraw_moves_only_the_highlight_and_draw_0_is_the_clip_itself():
     for seed in SEEDS:
         clip, same, redrawn = shiny.example(seed), shiny.example(seed, draw=0), shiny.example(seed, draw=3)
         np.testing.assert_array_equal(clip.target, same.target)
-        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
-            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        _assert_same_conditioning(clip, redrawn)
         changed = np.abs(redrawn.target - clip.target).max(axis=-1)
         assert changed.max() > 0.05, seed  # the highlight moved or changed strength
         np.testing.assert_array_equal(changed[:, _background(clip, px=1)], 0.0)  # and nothing else did
@@ -136,8 +141,7 @@ def test_with_specular_scenes_a_redraw_moves_only_the_new_products_highlight():
                                                          paste="supersampled_warp_lit"))
     for seed in SEEDS:
         clip, redrawn = scenes.example(seed), scenes.example(seed, draw=2)
-        for name in ("template", "mask", "reference", "paste"):  # the template's highlight is conditioning
-            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        _assert_same_conditioning(clip, redrawn)  # the template's highlight is conditioning
         assert np.abs(redrawn.target - clip.target).max() > 0.05, seed
 
 
@@ -161,8 +165,7 @@ def test_the_sheen_faces_another_way_in_each_clip_and_a_redraw_turns_only_it():
     sides = set()
     for seed in SEEDS:
         base, clip, redrawn = plain.example(seed), sheen.example(seed), sheen.example(seed, draw=2)
-        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
-            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        _assert_same_conditioning(clip, redrawn)
         assert np.abs(redrawn.target - clip.target).max() > 0.05, seed
         ys, xs = np.nonzero(base.mask[0])
         gain = (clip.target[0] - base.target[0]).sum(-1)[ys, xs]
@@ -200,8 +203,7 @@ def test_a_redraw_changes_only_the_grain_and_its_pattern_with_it():
     plain = SyntheticVideoGenerator(dataclasses.replace(STILL, paste="supersampled_warp_lit"))
     for seed in SEEDS:
         base, clip, redrawn = plain.example(seed), grain.example(seed), grain.example(seed, draw=2)
-        for name in ("template", "mask", "reference", "paste"):  # everything a model is given is kept
-            np.testing.assert_array_equal(getattr(clip, name), getattr(redrawn, name))
+        _assert_same_conditioning(clip, redrawn)
         inner = binary_erosion(base.mask[0].astype(bool))
         first, second = ((ex.target[0] - base.target[0]).sum(-1)[inner] for ex in (clip, redrawn))
         assert abs(np.corrcoef(first, second)[0, 1]) < 0.8, seed  # another pattern, not the same one rescaled
