@@ -16,19 +16,24 @@ from pathlib import Path
 
 # --- argument types: checked at parse time, each message names the value and what to write instead ----------
 
-def whole(minimum: int, meaning: str = ""):
-    """argparse ``type``: a whole number >= ``minimum``; ``meaning`` explains a special value (e.g. 0 = none)."""
+def whole(minimum: int, meaning: str = "", maximum: int | None = None):
+    """argparse ``type``: a whole number >= ``minimum`` (and <= ``maximum``, when given); ``meaning`` explains a
+    special value (e.g. 0 = none)."""
+    wanted = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; write one >= {minimum}{meaning}") \
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; write one {wanted}{meaning}") \
                 from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is too small; write a whole number >= {minimum}{meaning}")
+            raise argparse.ArgumentTypeError(f"{text!r} is too small; write a whole number {wanted}{meaning}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large; write a whole number {wanted}{meaning}")
         return value
 
-    parse.__name__ = f"whole number >= {minimum}"
+    parse.__name__ = f"whole number {wanted}"
     return parse
 
 
@@ -58,7 +63,10 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
     return parse
 
 
-SEED = whole(0)
+#: Seeds end in ``torch.Generator.manual_seed``, which takes at most 2**64 - 1, after commands have scaled and
+#: offset them (``distill`` seeds its streams with ``seed * 1009 + rank``; ``sampler-eval --repeats`` adds one per
+#: repeat), so a seed is held to numpy's classic 32-bit range.
+SEED = whole(0, maximum=2**32 - 1)
 LEARNING_RATE = number(0, low_open=True, meaning=" (e.g. 1e-4)")
 CFG = number(1, meaning=" (1 = no guidance)")
 #: DMD's real score may also lean towards the unconditional branch (below 1): on the specular EDM teacher
