@@ -204,6 +204,8 @@ CASES = [
     ("sampler-eval-clips-one", ["sampler-eval", "--clips", "1", "--out", "{work}/s"], ["--clips", "'1'"], [">= 2"]),
     ("sampler-eval-oracle-one-draw", ["sampler-eval", "--oracle-draws", "1", "--out", "{work}/s"],
      ["--oracle-draws", "1 draw is no mean"], ["use 0 (no oracles) or at least 2"]),
+    ("sampler-eval-repeats-zero", ["sampler-eval", "--repeats", "0", "--out", "{work}/s"], ["--repeats", "'0'"],
+     [">= 1"]),
     ("sampler-eval-seed-past-the-generator", ["sampler-eval", "--seed", "18446744073709551616", "--out", "{work}/s"],
      ["--seed", "'18446744073709551616' is too large"], ["from 0 to 4294967295"]),
     ("distill-seed-past-its-streams", ["distill", "--teacher", "{teacher}", "--seed", "9223372036854775807"],

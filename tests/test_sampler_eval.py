@@ -242,3 +242,43 @@ def test_oracle_rows_need_two_draws(shiny_run):
     gates = GateEvaluator(training_data_config(teacher), 2, str(video_encoder), cache_dir=None)
     with pytest.raises(InputError, match="at least 2"):
         oracle_rows(gates, training_data_config(teacher), draws=1)
+
+
+def test_repeats_score_every_row_under_each_seed_and_hold_the_bars_to_the_mean(tmp_path):
+    teacher = load_micro_teacher(tmp_path, steps=2, cfg=1.5)
+    _, video_encoder = micro_encoders(tmp_path)
+    options = dict(clips=4, step_counts=(1,), video_encoder=str(video_encoder), oracle_draws=0, log=lambda line: None)
+    alone = [run_sampler_eval(teacher, [], seed=seed, **options) for seed in (3, 4)]
+    both = run_sampler_eval(teacher, [], seed=3, repeats=2, **options)
+    assert both["seeds"] == [3, 4] and alone[0]["seeds"] == [3]
+    for row, *single in zip(both["rows"], alone[0]["rows"], alone[1]["rows"]):
+        by_seed = [r["scores"]["frechet_distance"] for r in single]
+        assert row["frechet_by_seed"] == pytest.approx(by_seed, rel=1e-6)  # each seed as a run of its own scores it
+        for key in ("frechet_distance", "product_psnr", "background_psnr_raw"):
+            assert row["scores"][key] == pytest.approx(sum(r["scores"][key] for r in single) / 2, rel=1e-6)
+    assert any(len(set(r["frechet_by_seed"])) == 2 for r in both["rows"])  # the noise moves the distances
+    first_bar = both["bars"]["checks"][0]
+    assert first_bar["best"] == min(both["rows"], key=lambda r: r["scores"]["frechet_distance"])["name"]
+    assert first_bar["best_by_seed"] == [run["bars"]["checks"][0]["best"] for run in alone]
+    text = markdown(both)
+    assert "mean of sampling seeds 3, 4" in text and "; under each seed: " in text
+    low, high = sorted(both["rows"][0]["frechet_by_seed"])
+    assert f"| {both['rows'][0]['scores']['frechet_distance']:.3f} ({low:.3f}–{high:.3f}) |" in text
+    assert "under each seed" not in markdown(alone[0]) and "mean of sampling seeds" not in markdown(alone[0])
+
+
+def test_a_repeat_draws_noise_that_no_chunk_of_the_runs_before_drew(tmp_path, monkeypatch):
+    import pvtt_train.distill.gates as gates_module
+
+    monkeypatch.setattr(gates_module, "CHUNK", 2)  # 4 clips in two chunks, seeded seed and seed + 1
+    teacher = load_micro_teacher(tmp_path, steps=1)
+    _, video_encoder = micro_encoders(tmp_path)
+    gates = GateEvaluator(training_data_config(teacher), 4, str(video_encoder), cache_dir=None, seed=5)
+    seeds = []
+    generate = gates_module.generate
+    monkeypatch.setattr(gates_module, "generate",
+                        lambda loaded, chunk, seed: seeds.append(seed) or generate(loaded, chunk, seed))
+    scores = [gates.repeated(r).score(teacher, "teacher")["frechet_distance"] for r in range(3)]
+    assert seeds == [5, 6, 7, 8, 9, 10]
+    assert gates.seed == 5 and gates.repeated(0).seed == 5
+    assert scores[0] == gates.score(teacher, "teacher")["frechet_distance"]  # repeat 0 is the evaluator itself

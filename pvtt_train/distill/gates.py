@@ -10,6 +10,7 @@ sampler) is scored once per run and cached on disk, keyed by checkpoint hash, cl
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -92,6 +93,14 @@ class GateEvaluator:
         raw, comp, seconds = self._generate(loaded)
         self.videos[name] = comp
         return self._summary(raw, comp, seconds)
+
+    def repeated(self, repeat: int) -> GateEvaluator:
+        """The same clips, truth and encoder under fresh sampling noise, to see how far the noise alone moves a
+        score (``sampler-eval --repeats``). Each chunk is seeded ``seed + i``, so repeat ``r`` starts where
+        ``r`` runs' chunks end: no clip's noise is drawn again, not even for another clip."""
+        other = copy.copy(self)
+        other.seed, other.videos = self.seed + repeat * -(-self.clips // CHUNK), {}
+        return other
 
     def score_clips(self, raw: torch.Tensor) -> dict:
         """Scores of ready-made clips of the gate clips [N,F,H,W,3] in pixels (an oracle's: no model, no
