@@ -64,8 +64,8 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
 
 
 #: Seeds end in ``torch.Generator.manual_seed``, which takes at most 2**64 - 1, after commands have scaled and
-#: offset them (``distill`` seeds its streams with ``seed * 1009 + rank``; ``sampler-eval --repeats`` adds one per
-#: repeat), so a seed is held to numpy's classic 32-bit range.
+#: offset them (``distill`` seeds its streams with ``seed * 1009 + rank``; each of ``sampler-eval --repeats`` starts
+#: past the chunk seeds of the ones before), so a seed is held to numpy's classic 32-bit range.
 SEED = whole(0, maximum=2**32 - 1)
 LEARNING_RATE = number(0, low_open=True, meaning=" (e.g. 1e-4)")
 CFG = number(1, meaning=" (1 = no guidance)")

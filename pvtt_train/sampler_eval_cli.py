@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--sheen or --grain), also score a perfect sampler (the truth with that redrawn, averaged "
                         "over this many draws) and a perfect regressor (their mean); 0 = skip (default: 8)")
     p.add_argument("--seed", type=SEED, default=0, help="sampling seed (the gates use the run's --seed, 0 by default)")
-    p.add_argument("--repeats", type=whole(1), default=1,
+    p.add_argument("--repeats", type=whole(1, " (each repeat is a whole scoring of every row)", maximum=100), default=1,
                    help="score every sample under this many draws of sampling noise (the first from --seed) and check "
                         "the bars on the mean Fréchet distance; the report shows each row's range and the best "
                         "undistilled sample under each draw. Sampling noise alone moves a distance on 64 clips by "
