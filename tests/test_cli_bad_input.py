@@ -210,11 +210,11 @@ CASES = [
      ["--repeats", "is too large"], ["from 1 to 100", "each repeat is a whole scoring"]),
     ("sampler-eval-seed-past-the-generator", ["sampler-eval", "--seed", "18446744073709551616", "--out", "{work}/s"],
      ["--seed", "'18446744073709551616' is too large"], ["from 0 to 4294967295"]),
-    ("distill-seed-past-its-streams", ["distill", "--teacher", "{teacher}", "--seed", "9223372036854775807"],
-     ["--seed", "'9223372036854775807' is too large"], ["from 0 to 4294967295"]),
     ("sampler-eval-steps-increasing", ["sampler-eval", "--steps", "4,8", "--out", "{work}/s"], ["--steps", "'4,8'"],
      ["strictly decreasing"]),
     # --- distill
+    ("distill-seed-past-its-streams", ["distill", "--teacher", "{teacher}", "--seed", "9223372036854775807"],
+     ["--seed", "'9223372036854775807' is too large"], ["from 0 to 4294967295"]),
     ("distill-path-increasing", ["distill", "--teacher", "{teacher}", "--path", "4,8"], ["--path", "'4,8'"],
      ["strictly decreasing", "e.g. 16,8,4"]),
     ("distill-path-ends-at-zero", ["distill", "--teacher", "{teacher}", "--path", "8,0"], ["--path", "'8,0'"],
