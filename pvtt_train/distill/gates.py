@@ -99,7 +99,7 @@ class GateEvaluator:
         score (``sampler-eval --repeats``). Each chunk is seeded ``seed + i``, so repeat ``r`` starts where
         ``r`` runs' chunks end: no clip's noise is drawn again, not even for another clip."""
         other = copy.copy(self)
-        other.seed, other.videos = self.seed + repeat * -(-self.clips // CHUNK), {}
+        other.seed, other.videos = self.seed + repeat * len(range(0, self.clips, CHUNK)), {}  # _generate's chunks
         return other
 
     def score_clips(self, raw: torch.Tensor) -> dict:
