@@ -20,6 +20,7 @@ def cmd_sampler_eval(args) -> None:
     from .eval.sampler_eval import markdown, run_sampler_eval, write_report
     from .models.checkpoint import load_checkpoint
     from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
+    from .sampling.autoguidance import GUIDE_WEIGHT, check_guide
 
     teacher_path = Path(args.teacher or SHIPPED_TEACHER)
     student_paths = [Path(s) for s in args.student] if args.student else \
@@ -31,13 +32,21 @@ def cmd_sampler_eval(args) -> None:
                          f"teacher` (a teacher trained on your own clips is scored by the gates of `distill --data`)")
     for path in student_paths:
         check_model_file(path, "--student", "student")
+    if args.guide_model is not None:
+        guide_meta = check_model_file(Path(args.guide_model), "--guide-model", "teacher")
+        check_guide(teacher_meta, guide_meta, Path(args.guide_model).name)
+    elif args.guide_weight is not None:
+        raise InputError("--guide-weight sets autoguidance's weight, but no --guide-model was given; pass the "
+                         "guide (the teacher's recipe trained for less time) or drop --guide-weight")
     check_encoders(None, args.video_encoder)
     steps = PATHS[args.steps] if isinstance(args.steps, str) else args.steps
     torch.set_num_threads(args.threads)
+    guide = load_checkpoint(args.guide_model) if args.guide_model is not None else None
     report = run_sampler_eval(load_checkpoint(teacher_path), [load_checkpoint(p) for p in student_paths],
                               clips=args.clips, step_counts=steps, ancestral=args.ancestral,
                               video_encoder=args.video_encoder, seed=args.seed, oracle_draws=args.oracle_draws,
-                              repeats=args.repeats,
+                              repeats=args.repeats, guide=guide,
+                              guide_weight=args.guide_weight or GUIDE_WEIGHT,
                               log=lambda line: print("  " + line, flush=True))
     written = write_report(Path(args.out), report)
     print()
@@ -47,7 +56,7 @@ def cmd_sampler_eval(args) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sampler-eval`` to the ``python -m pvtt_train`` sub-commands."""
-    from .cli_args import SEED, out_folder, step_path, whole
+    from .cli_args import SEED, number, out_folder, step_path, whole
 
     def oracle_draws(text: str) -> int:
         value = whole(0)(text)
@@ -78,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also sample the teacher undistilled with Euler ancestral (ComfyUI's euler_ancestral for "
                         "rectified flow, eta 1) at its own step count and at each of --steps: does a stochastic "
                         "sampler make more steps pay?")
+    p.add_argument("--guide-model", default=None,
+                   help="also sample every undistilled row under autoguidance (Karras et al. 2024) by this weaker "
+                        "copy of the teacher: its own command with a lower --max-steps. The autoguided rows come "
+                        "first and the teacher's own sampler so guided is the reference (2 calls a step, like CFG)")
+    p.add_argument("--guide-weight", default=None,
+                   type=number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)"),
+                   help="autoguidance's weight w: each call is v_guide + w (v_teacher - v_guide); above 1 "
+                        "(default: 2, within the paper's 1.5-3; the README's figures)")
     p.add_argument("--clips", type=whole(2, " (a Fréchet distance needs a covariance)"), default=64,
                    help="gate clips to score (the gates use 64)")
     p.add_argument("--video-encoder", default=None,

@@ -24,6 +24,12 @@ def training_data_config(loaded: LoadedModel) -> SyntheticConfig:
         raise CheckpointError(f"{loaded.path.name} does not record synthetic data it was trained on "
                               f"(provenance.data), so there is no synthetic data to draw for it: pass --data "
                               f"DATASET (made by prepare-data), or use a teacher written by `pvtt_train teacher`.")
+    return synthetic_config(data)
+
+
+def synthetic_config(data: dict) -> SyntheticConfig:
+    """A checkpoint's recorded ``provenance.data`` as the config it stands for (fields it predates take their
+    defaults, so older checkpoints read as the data they were trained on)."""
     return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

@@ -9,6 +9,8 @@ gates, so the figures match theirs):
   sampler with the step count lowered, and the students' few-step sampler (predict x0, re-noise) at
   the students' uniform timesteps; on request (``ancestral``) also Euler ancestral at every step count,
   its own included, the stochastic sampler ComfyUI users reach for when an ODE drifts;
+- on request (``guide``), all of these again under autoguidance by a weaker copy of the teacher
+  (``sampling.autoguidance``), listed first: the teacher's own sampler so guided is then the reference;
 - each student, as its file says it samples;
 
 and checks issue 14's synthetic bars: the teacher's own sampler has the lowest Fréchet distance of
@@ -40,6 +42,7 @@ from ..distill.gates import GateEvaluator
 from ..distill.report import teacher_as_few_step
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.schedule import uniform_timesteps
+from ..sampling.autoguidance import GUIDE_WEIGHT, autoguided
 from .evaluate import quality_retention
 from .sampler_oracle import leaves_open, oracle_rows
 
@@ -63,9 +66,16 @@ def teacher_ancestral_at(teacher: LoadedModel, steps: int, eta: float = 1.0) -> 
     return teacher_euler_at(teacher, steps, eta=eta)
 
 
-def undistilled_variants(teacher: LoadedModel, step_counts,
-                         ancestral: bool = False) -> list[tuple[str, str, int, LoadedModel]]:
-    """(name, sampler, steps, model) of every undistilled sample: the teacher's own sampler first."""
+def undistilled_variants(teacher: LoadedModel, step_counts, ancestral: bool = False, guide: LoadedModel | None = None,
+                         guide_weight: float = GUIDE_WEIGHT) -> list[tuple[str, str, int, LoadedModel]]:
+    """(name, sampler, steps, model) of every undistilled sample: the teacher's own sampler first. With a
+    ``guide``, every sample is drawn under autoguidance first (the teacher's own sampler so guided becomes the
+    reference, the 100-call sampler a student replaces), then again without it."""
+    if guide is not None:
+        mark = f", autoguided x{guide_weight:g}"
+        guided = [(name + mark, sampler, steps, model) for name, sampler, steps, model in
+                  undistilled_variants(autoguided(teacher, guide, guide_weight), step_counts, ancestral)]
+        return guided + undistilled_variants(teacher, step_counts, ancestral)
     own = teacher.sampler["steps"]
     variants = [(f"teacher Euler {own}", "euler", own, teacher)]
     if ancestral:
@@ -129,16 +139,18 @@ def mean_scores(per_seed: list[dict]) -> dict:
 
 def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: int = 64,
                      step_counts=(16, 8, 4), ancestral: bool = False, video_encoder: str | None = None, seed: int = 0,
-                     oracle_draws: int = 8, repeats: int = 1, log: Callable[[str], None] = print) -> dict:
-    """Score every undistilled sample and every student on the gate clips, under ``repeats`` draws of sampling
-    noise (the first from ``seed``), and (when the data leaves something open and ``oracle_draws`` > 0) the
-    oracles; returns the report."""
+                     oracle_draws: int = 8, repeats: int = 1, guide: LoadedModel | None = None,
+                     guide_weight: float = GUIDE_WEIGHT, log: Callable[[str], None] = print) -> dict:
+    """Score every undistilled sample (with a ``guide``, autoguided and not) and every student on the gate
+    clips, under ``repeats`` draws of sampling noise (the first from ``seed``), and (when the data leaves
+    something open and ``oracle_draws`` > 0) the oracles; returns the report."""
     data = training_data_config(teacher)
     evaluator = GateEvaluator(data, clips, video_encoder, cache_dir=None, seed=seed)
     evaluators = [evaluator] + [evaluator.repeated(r) for r in range(1, repeats)]
     step_counts = {*step_counts, *(s.sampler["steps"] for s in students)}
+    variants = undistilled_variants(teacher, step_counts, ancestral, guide, guide_weight)
     plan = [(name, "teacher" if i == 0 else "undistilled", sampler, steps, model)
-            for i, (name, sampler, steps, model) in enumerate(undistilled_variants(teacher, step_counts, ancestral))]
+            for i, (name, sampler, steps, model) in enumerate(variants)]
     plan += [(s.path.stem, "student", s.sampler["kind"], s.sampler["steps"], s) for s in students]
     rows = []
     for name, kind, sampler, steps, model in plan:
@@ -163,6 +175,7 @@ def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: i
                 f"{row['scores']['product_psnr']:.2f}")
     return {"teacher": str(teacher.path), "students": [str(s.path) for s in students], "clips": evaluator.clips,
             "seed": seed, "seeds": [e.seed for e in evaluators], "distance_encoder": evaluator.encoder_name,
+            "guide": None if guide is None else {"model": str(guide.path), "weight": guide_weight},
             "rows": rows, "bars": check_bars(rows)}
 
 
@@ -192,6 +205,10 @@ def markdown(report: dict) -> str:
                      f"{'pass' if c['passed'] else 'FAIL'} |")
     lines += ["", f"Distance encoder: {report['distance_encoder']}; speed-up and retention against the first row, "
                   f"timed in one process."]
+    if report.get("guide"):
+        g = report["guide"]
+        lines += ["", f"Autoguided rows: every model call is v_guide + {g['weight']:g} (v_teacher - v_guide), the "
+                      f"guide {Path(g['model']).name}; they make twice the calls of the same sampler unguided."]
     oracles = [r for r in report["rows"] if r["kind"] == "oracle"]
     if oracles:
         sampler, regressor = (r["scores"]["frechet_distance"] for r in oracles)
