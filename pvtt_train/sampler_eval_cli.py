@@ -33,6 +33,9 @@ def cmd_sampler_eval(args) -> None:
     for path in student_paths:
         check_model_file(path, "--student", "student")
     if args.guide_model is not None:
+        if Path(args.guide_model).resolve() == teacher_path.resolve():
+            raise InputError(f"--guide-model {args.guide_model} is the teacher itself, so autoguidance would change "
+                             f"nothing; pass a weaker copy: the teacher's command with a lower --max-steps")
         guide_meta = check_model_file(Path(args.guide_model), "--guide-model", "teacher")
         check_guide(teacher_meta, guide_meta, Path(args.guide_model).name)
     elif args.guide_weight is not None:
