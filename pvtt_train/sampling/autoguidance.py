@@ -3,7 +3,7 @@ model with a bad version of itself").
 
 Classifier-free guidance extrapolates away from the branch without the product photo. On PVTT's data that
 branch knows nothing of the product, so every guidance scale tried moved the samples away from the data
-(README, *Does distillation earn its place?*). Autoguidance keeps the conditioning in both branches and
+(README, *Does fine texture make the 50 steps pay?*). Autoguidance keeps the conditioning in both branches and
 extrapolates away from a *guide*: the same model trained for less time on the same data, whose errors are
 the teacher's own, made larger. Each model call becomes
 
@@ -11,7 +11,8 @@ the teacher's own, made larger. Each model call becomes
 
 two calls per step like CFG, so a 50-step autoguided teacher makes the 100 calls a 4-step student
 replaces. ``AutoGuided`` wraps the teacher so that every sampler (Euler, Euler ancestral, the few-step
-sampler) and CFG on top of it run unchanged.
+sampler) and CFG on top of it run unchanged. Measured on the shipped paste-residual and a grain teacher, it
+lowers every Euler distance but leaves fewer steps ahead of 50 (README, *Guided by a weaker copy of itself?*).
 """
 
 from __future__ import annotations
