@@ -32,19 +32,19 @@ def cmd_sampler_eval(args) -> None:
                          f"teacher` (a teacher trained on your own clips is scored by the gates of `distill --data`)")
     for path in student_paths:
         check_model_file(path, "--student", "student")
-    if args.guide_model is not None:
-        if Path(args.guide_model).resolve() == teacher_path.resolve():
-            raise InputError(f"--guide-model {args.guide_model} is the teacher itself, so autoguidance would change "
+    guide_path = Path(args.guide_model) if args.guide_model is not None else None
+    if guide_path is not None:
+        if guide_path.resolve() == teacher_path.resolve():
+            raise InputError(f"--guide-model {guide_path} is the teacher itself, so autoguidance would change "
                              f"nothing; pass a weaker copy: the teacher's command with a lower --max-steps")
-        guide_meta = check_model_file(Path(args.guide_model), "--guide-model", "teacher")
-        check_guide(teacher_meta, guide_meta, Path(args.guide_model).name)
+        check_guide(teacher_meta, check_model_file(guide_path, "--guide-model", "teacher"), guide_path.name)
     elif args.guide_weight is not None:
         raise InputError("--guide-weight sets autoguidance's weight, but no --guide-model was given; pass the "
                          "guide (the teacher's recipe trained for less time) or drop --guide-weight")
     check_encoders(None, args.video_encoder)
     steps = PATHS[args.steps] if isinstance(args.steps, str) else args.steps
     torch.set_num_threads(args.threads)
-    guide = load_checkpoint(args.guide_model) if args.guide_model is not None else None
+    guide = load_checkpoint(guide_path) if guide_path is not None else None
     report = run_sampler_eval(load_checkpoint(teacher_path), [load_checkpoint(p) for p in student_paths],
                               clips=args.clips, step_counts=steps, ancestral=args.ancestral,
                               video_encoder=args.video_encoder, seed=args.seed, oracle_draws=args.oracle_draws,
