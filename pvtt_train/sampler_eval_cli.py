@@ -49,7 +49,7 @@ def cmd_sampler_eval(args) -> None:
                               clips=args.clips, step_counts=steps, ancestral=args.ancestral,
                               video_encoder=args.video_encoder, seed=args.seed, oracle_draws=args.oracle_draws,
                               repeats=args.repeats, guide=guide,
-                              guide_weight=args.guide_weight or GUIDE_WEIGHT,
+                              guide_weight=args.guide_weight or GUIDE_WEIGHT, shift=args.shift,
                               log=lambda line: print("  " + line, flush=True))
     written = write_report(Path(args.out), report)
     print()
@@ -98,6 +98,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    type=number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)"),
                    help="autoguidance's weight w: each call is v_guide + w (v_teacher - v_guide); above 1 "
                         "(default: 2, within the paper's 1.5-3; the README's figures)")
+    p.add_argument("--shift", default=None, type=number(0, 100, low_open=True, meaning=" (e.g. 5, Wan 2.1's at 720p)"),
+                   help="sample every undistilled row of the teacher at this flow shift instead of its own schedule's "
+                        "(s' = shift s / (1 + (shift - 1) s): above 1, more of the steps at high noise, as Wan 2.1 "
+                        "samples at 3 or 5); students keep their own. Default: the teacher's")
     p.add_argument("--clips", type=whole(2, " (a Fréchet distance needs a covariance)"), default=64,
                    help="gate clips to score (the gates use 64)")
     p.add_argument("--video-encoder", default=None,

@@ -212,6 +212,8 @@ CASES = [
      ["--seed", "'18446744073709551616' is too large"], ["from 0 to 4294967295"]),
     ("sampler-eval-steps-increasing", ["sampler-eval", "--steps", "4,8", "--out", "{work}/s"], ["--steps", "'4,8'"],
      ["strictly decreasing"]),
+    ("sampler-eval-shift-zero", ["sampler-eval", "--shift", "0", "--out", "{work}/s"],
+     ["--shift", "'0' is out of range"], ["> 0", "e.g. 5, Wan 2.1's at 720p"]),
     ("sampler-eval-guide-weight-one", ["sampler-eval", "--teacher", "{teacher}", "--guide-model", "{teacher}",
                                        "--guide-weight", "1", "--out", "{work}/s"],
      ["--guide-weight", "'1' is out of range"], ["> 1", "at 1 the guide changes nothing"]),

@@ -43,6 +43,7 @@ from ..distill.report import teacher_as_few_step
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.schedule import uniform_timesteps
 from ..sampling.autoguidance import GUIDE_WEIGHT, autoguided
+from ..sampling.flow_shift import sampled_at_shift
 from .evaluate import quality_retention
 from .sampler_oracle import leaves_open, oracle_rows
 
@@ -140,11 +141,16 @@ def mean_scores(per_seed: list[dict]) -> dict:
 def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: int = 64,
                      step_counts=(16, 8, 4), ancestral: bool = False, video_encoder: str | None = None, seed: int = 0,
                      oracle_draws: int = 8, repeats: int = 1, guide: LoadedModel | None = None,
-                     guide_weight: float = GUIDE_WEIGHT, log: Callable[[str], None] = print) -> dict:
-    """Score every undistilled sample (with a ``guide``, autoguided and not) and every student on the gate
-    clips, under ``repeats`` draws of sampling noise (the first from ``seed``), and (when the data leaves
-    something open and ``oracle_draws`` > 0) the oracles; returns the report."""
+                     guide_weight: float = GUIDE_WEIGHT, shift: float | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Score every undistilled sample (with a ``guide``, autoguided and not; with a ``shift``, under that flow
+    shift instead of the teacher's own) and every student on the gate clips, under ``repeats`` draws of sampling
+    noise (the first from ``seed``), and (when the data leaves something open and ``oracle_draws`` > 0) the
+    oracles; returns the report."""
     data = training_data_config(teacher)
+    own_shift = teacher.schedule.shift
+    if shift is not None:
+        teacher = sampled_at_shift(teacher, shift)
     evaluator = GateEvaluator(data, clips, video_encoder, cache_dir=None, seed=seed)
     evaluators = [evaluator] + [evaluator.repeated(r) for r in range(1, repeats)]
     step_counts = {*step_counts, *(s.sampler["steps"] for s in students)}
@@ -176,6 +182,7 @@ def run_sampler_eval(teacher: LoadedModel, students: list[LoadedModel], clips: i
     return {"teacher": str(teacher.path), "students": [str(s.path) for s in students], "clips": evaluator.clips,
             "seed": seed, "seeds": [e.seed for e in evaluators], "distance_encoder": evaluator.encoder_name,
             "guide": None if guide is None else {"model": str(guide.path), "weight": guide_weight},
+            "shift": {"teacher": own_shift, "sampled": teacher.schedule.shift},
             "rows": rows, "bars": check_bars(rows)}
 
 
@@ -209,6 +216,10 @@ def markdown(report: dict) -> str:
         g = report["guide"]
         lines += ["", f"Autoguided rows: every model call is v_guide + {g['weight']:g} (v_teacher - v_guide), the "
                       f"guide {Path(g['model']).name}; they make twice the calls of the same sampler unguided."]
+    shift = report.get("shift")
+    if shift and shift["sampled"] != shift["teacher"]:
+        lines += ["", f"Undistilled rows sampled at flow shift {shift['sampled']:g} (the teacher's schedule: "
+                      f"{shift['teacher']:g}); each student at its own."]
     oracles = [r for r in report["rows"] if r["kind"] == "oracle"]
     if oracles:
         sampler, regressor = (r["scores"]["frechet_distance"] for r in oracles)
