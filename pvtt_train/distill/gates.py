@@ -27,7 +27,9 @@ from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_err
 from ..eval.video_encoder import load_video_encoder
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.loading import source_sha256
+from ..sampling.flow_shift import sampled_at_shift
 from .config import GateConfig
+from .report import teacher_as_few_step
 
 GATE_OFFSET = 20_000
 CHUNK = 16
@@ -142,11 +144,9 @@ class GateEvaluator:
 
 
 def as_few_step(base: LoadedModel, model: torch.nn.Module, timesteps, shift: float) -> LoadedModel:
-    """A student still in memory, wrapped with the metadata its sampler needs."""
-    meta = dict(base.metadata)
-    meta["schedule"] = {**meta["schedule"], "shift": shift}
-    meta["sampler"] = {"kind": "few_step", "steps": len(timesteps), "timesteps": list(timesteps)}
-    return dataclasses.replace(base, model=model, metadata=meta)
+    """A student still in memory, wrapped with the metadata its sampler needs: ``base``'s, at the student's
+    shift and with the few-step sampler at ``timesteps``."""
+    return dataclasses.replace(teacher_as_few_step(sampled_at_shift(base, shift), timesteps), model=model)
 
 
 def check_gate(gate: GateConfig, scores: dict, teacher: dict, previous: dict | None) -> dict:
