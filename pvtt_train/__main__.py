@@ -28,6 +28,7 @@ from .cli_args import (
     SEED,
     aspect_range,
     check_encoders,
+    check_guide_model,
     check_model_file,
     check_output_folders,
     clip_frames,
@@ -138,7 +139,9 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
     """Everything a distillation reads, checked before it creates a folder; then the folders it writes.
     ``any_form``: the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the
     demo's is PVTT's)."""
-    check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
+    teacher_meta = check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
+    if hasattr(args, "guide_model"):  # distill's
+        check_guide_model(args.teacher, teacher_meta, args.guide_model, args.guide_weight, folder_ok=any_form)
     check_encoders(args.identity_encoder, args.video_encoder)
     from .run_folder import check_run_folder
 
@@ -150,34 +153,44 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
 
 
 def cmd_distill(args) -> None:
+    from dataclasses import replace
+
+    from .sampling.autoguidance import GUIDE_WEIGHT
+
     _threads(args)
     stages, run = _progressive_from_args(args)
+    guide = Path(args.guide_model) if args.guide_model is not None else None
+    run = replace(run, teacher_shift=args.teacher_shift,
+                  guide_weight=(args.guide_weight or GUIDE_WEIGHT) if guide is not None else args.guide_weight)
     _check_progressive_inputs(args, any_form=True)
     if args.report_clips:
         require_training_extra("distill --report-clips (its quality_speed.png plot)", "matplotlib")
     if not args.skip_memory_check:
         from .plan_cli import check_distill_memory
 
-        check_distill_memory(args.teacher, stages, run)
+        check_distill_memory(args.teacher, stages, run, args.guide_model)
 
     from .data.batches import training_data_config
     from .data.dataset import open_data
     from .distill.progressive import make_accelerator, run_progressive
     from .distill.report import side_by_side, write_report
+    from .distill.teacher_sampling import teacher_sampling
     from .models.loading import load_model
 
     open_data(args.data)  # a wrong --data fails before the run folder is made
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,
-                             accelerator=acc, data=args.data, overwrite=args.overwrite)
+                             accelerator=acc, data=args.data, overwrite=args.overwrite, guide_path=guide)
     if acc.is_main_process:
         for s in result["stages"]:
             print(f"{s['name']}: {s['export']}")
         if args.report_clips:
             teacher = load_model(Path(args.teacher))
             data = open_data(args.data) or training_data_config(teacher)
-            report, _, _ = side_by_side(teacher, result, data, args.report_clips)
+            # The students are reported against the teacher as the run sampled it.
+            sampled = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight).apply(teacher)
+            report, _, _ = side_by_side(sampled, result, data, args.report_clips)
             write_report(report, run_dir)
             print((run_dir / "report.md").read_text())
 
@@ -307,6 +320,22 @@ def _add_progressive_args(p: argparse.ArgumentParser) -> None:
                    help="delete the run saved in the run folder and start again (only a folder PVTT created)")
 
 
+def _add_teacher_sampling_args(p: argparse.ArgumentParser) -> None:
+    """How ``distill`` samples its teacher (``distill/teacher_sampling.py``)."""
+    g = p.add_argument_group("teacher sampling (what the students learn to draw)")
+    g.add_argument("--teacher-shift", default=None,
+                   type=number(0, 100, low_open=True, meaning=" (e.g. 5, Wan 2.1's at 720p)"),
+                   help="sample the teacher at this flow shift for the regression targets, the gates and the report "
+                        "(s' = shift s / (1 + (shift - 1) s)); default: its schedule's. The students keep --shift")
+    g.add_argument("--guide-model", default=None,
+                   help="autoguide the teacher by this weaker copy of itself (its own command with a lower "
+                        "--max-steps): the real score, the regression targets and the gates' reference all become "
+                        "v_guide + w (v_teacher - v_guide), 2 calls where there was 1")
+    g.add_argument("--guide-weight", default=None,
+                   type=number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)"),
+                   help="autoguidance's weight w (default 2 with --guide-model)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .paths import DEFAULT_MODELS_DIR, SHIPPED_TEACHER
 
@@ -411,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' (the teacher's generator) or a dataset folder written by prepare-data")
     _add_progressive_args(p)
+    _add_teacher_sampling_args(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")

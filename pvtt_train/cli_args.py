@@ -349,3 +349,25 @@ def check_encoders(identity: str | None, video: str | None) -> None:
                 load_video_encoder(path)
         except (CheckpointError, InputError) as exc:
             raise type(exc)(f"{flag}: {exc}") from exc
+
+
+def check_guide_model(teacher: str | Path, teacher_meta: dict | None, guide: str | Path | None,
+                      guide_weight: float | None, folder_ok: bool = False) -> None:
+    """Refuse, before anything is written, a ``--guide-model`` that cannot guide ``teacher`` (itself, not a
+    teacher, another recipe) and a ``--guide-weight`` without one. A guide without PVTT metadata (a diffusers
+    folder) is compared with its teacher once both are loaded."""
+    from .errors import InputError
+    from .sampling.autoguidance import check_guide
+
+    if guide is None:
+        if guide_weight is not None:
+            raise InputError("--guide-weight sets autoguidance's weight, but no --guide-model was given; pass the "
+                             "guide (the teacher's recipe trained for less time) or drop --guide-weight")
+        return
+    guide = Path(guide)
+    if guide.resolve() == Path(teacher).resolve():
+        raise InputError(f"--guide-model {guide} is the teacher itself, so autoguidance would change "
+                         f"nothing; pass a weaker copy: the teacher's command with a lower --max-steps")
+    guide_meta = check_model_file(guide, "--guide-model", "teacher", folder_ok=folder_ok)
+    if teacher_meta is not None and guide_meta is not None:
+        check_guide(teacher_meta, guide_meta, guide.name)

@@ -324,6 +324,7 @@ class Setup:
     offload: bool = False  # FSDP parameter offload: sharded weights, gradients and AdamW states in host RAM
     regression: bool = True  # the regression loss (a second student call with gradients)
     pixel_losses: bool = True  # temporal / identity / perceptual: the clip decoded with gradients
+    guide_parameters: int = 0  # an autoguided teacher's guide (``distill --guide-model``), frozen as the teacher is
 
     def checked(self) -> "Setup":
         """Sharding only exists under FSDP: 'sharded' means 'replicated' under DDP."""
@@ -398,6 +399,10 @@ class Planner:
         teacher = p * (2 if half and s.teacher_half else 4)
         where = {"sharded": (teacher / shard, 0), "replicated": (teacher, 0), "cpu": (0, teacher)}[s.teacher]
         gpu["teacher"], host["teacher"] = where
+        if s.guide_parameters:
+            guide = s.guide_parameters * (2 if half and s.teacher_half else 4)
+            gpu["guide"], host["guide"] = {"sharded": (guide / shard, 0), "replicated": (guide, 0),
+                                           "cpu": (0, guide)}[s.teacher]
         state = {"student": 4 * p, "critic": 4 * p, "optimizer_states": 2 * 2 * 4 * p, "gradients": 2 * 4 * p}
         if not fsdp and n > 1:
             state["gradients"] *= 2  # DDP's reducer buckets: a second copy of every gradient
@@ -494,7 +499,7 @@ def plan_from_accelerate_yaml(planner: Planner, yaml_path: str | Path, **setting
 
 # --- output ---------------------------------------------------------------------------------------------------
 
-ROWS = ("teacher", "student", "critic", "ema", "optimizer_states", "gradients", "vae", "working_buffers",
+ROWS = ("teacher", "guide", "student", "critic", "ema", "optimizer_states", "gradients", "vae", "working_buffers",
         "activations", "allowance")
 
 

@@ -54,14 +54,15 @@ def distributed_setup(gpu_memory: int | None = None) -> dict:
             "offload": offload and fsdp, "gpu_memory": int(gpu_memory)}
 
 
-def check_distill_memory(teacher: str, stages, run) -> None:
+def check_distill_memory(teacher: str, stages, run, guide: str | None = None) -> None:
     """Refuse, before any weight is loaded, a distillation whose plan does not fit the devices.
 
-    Plans the trainer as it is built (``memory_plan.trainer_as_built``) at the teacher's clip size."""
+    Plans the trainer as it is built (``memory_plan.trainer_as_built``) at the teacher's clip size, with the
+    autoguided teacher's ``guide`` frozen beside it."""
     import torch
 
     from .errors import InputError
-    from .memory_plan import Planner, Setup, model_spec, refusal, trainer_as_built
+    from .memory_plan import Planner, Setup, count_parameters, model_spec, refusal, trainer_as_built
 
     mixed = run.mixed_precision
     if mixed is None:  # accelerate's own setting (its config file or ACCELERATE_MIXED_PRECISION) decides
@@ -73,7 +74,8 @@ def check_distill_memory(teacher: str, stages, run) -> None:
                   batch_size=run.batch_size, regression="regression" in losses,
                   pixel_losses=bool(losses & {"temporal", "identity", "perceptual"}),
                   ema="off" if run.ema_decay <= 0 else built["ema"], teacher=built["teacher"],
-                  teacher_half=built["teacher_half"])
+                  teacher_half=built["teacher_half"],
+                  guide_parameters=count_parameters(model_spec(guide)).trainable if guide is not None else 0)
     plan = Planner(model_spec(str(teacher))).plan(setup)
     if not plan.fits:
         device = "GPU" if torch.cuda.is_available() else "CPU (available RAM)"

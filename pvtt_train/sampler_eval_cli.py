@@ -14,13 +14,13 @@ DEFAULT_STUDENTS = tuple(f"pvtt_student_{n}step.safetensors" for n in (16, 8, 4)
 def cmd_sampler_eval(args) -> None:
     import torch
 
-    from .cli_args import check_encoders, check_model_file
+    from .cli_args import check_encoders, check_guide_model, check_model_file
     from .distill.config import PATHS
     from .errors import InputError
     from .eval.sampler_eval import markdown, run_sampler_eval, write_report
     from .models.checkpoint import load_checkpoint
     from .paths import SHIPPED_MODELS, SHIPPED_TEACHER
-    from .sampling.autoguidance import GUIDE_WEIGHT, check_guide
+    from .sampling.autoguidance import GUIDE_WEIGHT
 
     teacher_path = Path(args.teacher or SHIPPED_TEACHER)
     student_paths = [Path(s) for s in args.student] if args.student else \
@@ -33,14 +33,7 @@ def cmd_sampler_eval(args) -> None:
     for path in student_paths:
         check_model_file(path, "--student", "student")
     guide_path = Path(args.guide_model) if args.guide_model is not None else None
-    if guide_path is not None:
-        if guide_path.resolve() == teacher_path.resolve():
-            raise InputError(f"--guide-model {guide_path} is the teacher itself, so autoguidance would change "
-                             f"nothing; pass a weaker copy: the teacher's command with a lower --max-steps")
-        check_guide(teacher_meta, check_model_file(guide_path, "--guide-model", "teacher"), guide_path.name)
-    elif args.guide_weight is not None:
-        raise InputError("--guide-weight sets autoguidance's weight, but no --guide-model was given; pass the "
-                         "guide (the teacher's recipe trained for less time) or drop --guide-weight")
+    check_guide_model(teacher_path, teacher_meta, guide_path, args.guide_weight)
     check_encoders(None, args.video_encoder)
     steps = PATHS[args.steps] if isinstance(args.steps, str) else args.steps
     torch.set_num_threads(args.threads)

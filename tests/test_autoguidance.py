@@ -125,3 +125,13 @@ def test_the_command_scores_the_autoguided_teacher_as_the_reference(tmp_path, ca
     assert (fresh.videos["guided"] - fresh.videos["plain"]).abs().max() > 1e-3
     assert "Autoguided rows: every model call is v_guide + 1.5 (v_teacher - v_guide), the guide guide.safetensors" \
         in capsys.readouterr().out
+
+
+def test_an_autoguided_sample_counts_twice_the_model_calls(pair):
+    from pvtt_train.eval.evaluate import generate
+
+    _, teacher, guide, _ = pair
+    batch = make_batch(SyntheticVideoGenerator(training_data_config(teacher)), range(1))
+    plain, guided = generate(teacher, batch, 0), generate(autoguided(teacher, guide, 2.0), batch, 0)
+    assert plain.model_calls == 3 * 2  # 3 Euler steps under CFG 1.5
+    assert guided.model_calls == 2 * plain.model_calls

@@ -4,6 +4,7 @@ refusals, the shipped FSDP configs, size parsing, and accelerate's mixed precisi
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,17 @@ def test_plan_cli_prints_a_table_and_refuses_bad_input(capsys):
         main(["plan", "--model", "wan2.1-vace-1.3b", "--gpu-memory", "lots"])
     assert exc.value.code == 2
     assert "80GiB" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_autoguided_teachers_guide_is_planned_as_a_second_frozen_teacher(planners, strategy):
+    planner = planners["wan2.1-vace-1.3b"]
+    setup = Setup(gpus=8, strategy=strategy, gradient_checkpointing=True)
+    plain = planner.plan(setup, alternatives=False)
+    guided = planner.plan(replace(setup, guide_parameters=planner.counts.trainable), alternatives=False)
+    assert "guide" not in plain.gpu
+    assert guided.gpu["guide"] == pytest.approx(plain.gpu["teacher"])  # same size, cast and placement
+    assert guided.total > plain.total + plain.gpu["teacher"]  # the guide, and the allowance on it
 
 
 def test_distill_precheck_refuses_14b_here_and_passes_the_shipped_model(monkeypatch):

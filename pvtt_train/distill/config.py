@@ -112,6 +112,8 @@ class RunConfig:
     identity_encoder: str | None = None  # None = shipped; or a .safetensors / CLIP or DINOv2 folder
     video_encoder: str | None = None  # None = shipped; or an I3D .safetensors
     force: bool = False  # continue past a failed gate
+    teacher_shift: float | None = None  # the flow shift the teacher is sampled at; None = its schedule's
+    guide_weight: float | None = None  # autoguidance's weight; None = no guide (``teacher_sampling``)
 
 
 def stage_role(index: int, count: int) -> str:

@@ -4,8 +4,9 @@ Each stage is scored on the same held-out clips (``GATE_OFFSET``, disjoint from 
 CFG-calibration clips) with the same noise: a Fréchet distance between its composited samples
 and the ground truth in the features of a frozen video encoder (the project's shipped encoder by
 default, or an I3D), plus product and raw background PSNR. The teacher (its own 50-step CFG
-sampler) is scored once per run and cached on disk, keyed by checkpoint hash, clips and the composite
-(``evaluate.COMPOSITE``): composites cached under another composite are never reused.
+sampler) is scored once per run and cached on disk, keyed by checkpoint hash, clips, the composite
+(``evaluate.COMPOSITE``) and how the run samples the teacher (``teacher_sampling``): composites cached under
+another key are never reused.
 """
 
 from __future__ import annotations
@@ -121,10 +122,13 @@ class GateEvaluator:
             scores["frechet_to_teacher"] = frechet_distance(features, self._features(self.videos["teacher"]))
         return scores
 
-    def score_teacher(self, teacher: LoadedModel) -> dict:
-        """The teacher's scores, from the cache when this teacher was scored on these clips before."""
+    def score_teacher(self, teacher: LoadedModel, sampling: dict | None = None) -> dict:
+        """The teacher's scores, from the cache when this teacher was scored on these clips before;
+        ``sampling`` (``teacher_sampling``) says how it is sampled when not as its file says."""
         signed = {"teacher": source_sha256(teacher.path), "clips": self.clips, "seed": self.seed,
                   "sampler": teacher.sampler, "offset": GATE_OFFSET, "chunk": CHUNK, "composite": COMPOSITE}
+        if sampling:
+            signed["sampling"] = sampling
         if self.data_key.get("kind") == "dataset":  # synthetic clips follow from the teacher; a dataset does not
             signed["data"] = self.data_key
         key = json.dumps(signed, sort_keys=True)

@@ -45,6 +45,7 @@ from .report import teacher_as_few_step
 from .sharding import load_model_state, shared_copy
 from .signature import check_signature, run_signature, teacher_fingerprint
 from .state import load_state, state_files
+from .teacher_sampling import TeacherSampling, teacher_sampling
 from .trainer import StageInputs, student_schedule, train_stage
 
 
@@ -72,8 +73,11 @@ def student_file(stage: StageConfig) -> str:
 
 
 def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: RunConfig, scores: dict,
-                    gate: dict, stats: dict, real_score: str, data: dict | None = None) -> dict:
-    """The student's metadata; ``data`` is what it trained on (default: the teacher's synthetic data)."""
+                    gate: dict, stats: dict, real_score: str, data: dict | None = None,
+                    sampling: TeacherSampling = TeacherSampling()) -> dict:
+    """The student's metadata; ``data`` is what it trained on (default: the teacher's synthetic data),
+    ``sampling`` how the teacher was sampled (recorded when it was not plain)."""
+    recorded = sampling.record()
     return {
         "stage": stage.name,
         "stage_index": index,
@@ -87,6 +91,7 @@ def export_metadata(teacher: LoadedModel, stage: StageConfig, index: int, run: R
             "teacher": teacher.path.name,
             "teacher_sha256": source_sha256(teacher.path),
             "real_score": real_score,
+            **({"teacher_sampling": recorded} if recorded else {}),
             "data": data if data is not None else teacher.metadata.get("provenance", {}).get("data"),
             "config": {"stage": asdict(stage), "run": asdict(run)},
             **stats,
@@ -156,12 +161,13 @@ def _losses_used(stages: list[StageConfig]) -> set[str]:
 
 def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path,
                     models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None,
-                    data: str | Path = "synthetic", overwrite: bool = False) -> dict:
+                    data: str | Path = "synthetic", overwrite: bool = False, guide_path: Path | None = None) -> dict:
     """Train, gate and export every stage; returns {teacher: scores, stages: [...]} for the report.
 
     ``data`` is 'synthetic' (the teacher's own generator settings, from its provenance) or a
-    ``prepare-data`` folder, which must have been encoded by this teacher's VAE. The run folder is
-    locked for the whole run, so a second run on it is refused instead of sweeping this one's temps;
+    ``prepare-data`` folder, which must have been encoded by this teacher's VAE. The teacher is sampled at
+    ``run.teacher_shift`` and autoguided by ``guide_path`` at ``run.guide_weight`` (``teacher_sampling``).
+    The run folder is locked for the whole run, so a second run on it is refused instead of sweeping this one's temps;
     an existing run in it is resumed (``resume``), emptied (``overwrite``, only a folder PVTT created)
     or refused (``run_folder``)."""
     check_config(stages, run)
@@ -172,7 +178,7 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     try:
         if acc.is_main_process:
             _sweep_interrupted_writes(run_dir, models_dir, stages)
-        return _run_stages(teacher_path, stages, run, run_dir, models_dir, resume, progress, acc, dataset)
+        return _run_stages(teacher_path, stages, run, run_dir, models_dir, resume, progress, acc, dataset, guide_path)
     finally:
         if lock is not None:
             lock.release()
@@ -217,10 +223,18 @@ def _sweep_interrupted_writes(run_dir: Path, models_dir: Path, stages: list[Stag
 
 
 def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path, models_dir: Path,
-                resume: bool, progress: bool, acc, dataset) -> dict:
+                resume: bool, progress: bool, acc, dataset, guide_path: Path | None) -> dict:
     main = acc.is_main_process
     progress_path = run_dir / "progress.json"
     teacher = load_model(teacher_path)  # a PVTT file, a diffusers Wan-VACE folder or a ComfyUI-native file
+    # The teacher as it is sampled (trajectories, gates, real score); the students start from its plain weights.
+    sampling = teacher_sampling(teacher, run.teacher_shift, guide_path, run.guide_weight)
+    sampled = sampling.apply(teacher)
+    recorded = sampling.record()
+    if recorded:
+        _say(main, "teacher sampled " + ", ".join(
+            ([f"at flow shift {sampling.shift:g}"] if sampling.shift is not None else [])
+            + ([f"autoguided by {sampling.guide.path.name} at weight {sampling.weight:g}"] if sampling.guide else [])))
     if dataset is None:
         data, data_provenance = training_data_config(teacher), None
     else:
@@ -230,7 +244,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
                    f"held-out clip windows, sha {dataset.sha256})")
     # Checked against progress.json here and against each training state when its stage resumes.
     signature = run_signature(stages, run, teacher_fingerprint(teacher.path), acc.num_processes,
-                              dataset.sha256 if dataset else None)
+                              dataset.sha256 if dataset else None, (recorded or {}).get("guide_sha256"))
     saved_states = any(state_files(run_dir / "state" / stage.name) for stage in stages)
     log = ProgressLog(progress_path, signature, resume, record_now=main and not (resume and saved_states))
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
@@ -242,8 +256,8 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
     if used & {"regression", "perceptual"}:
         sigmas = sorted({s for st in stages for s in student_schedule(teacher.schedule, st).student_sigmas(
             st.timesteps)}, reverse=True)
-        trajectories = TrajectoryCache(run_dir / "cache", teacher, data, sigmas, teacher_cfg, run.regression_pool,
-                                       seed=run.seed)
+        trajectories = TrajectoryCache(run_dir / "cache", sampled, data, sigmas, teacher_cfg, run.regression_pool,
+                                       seed=run.seed, sampling=recorded)
         _say(main, f"teacher ODE trajectories for the regression loss: {run.regression_pool} clips at "
                    f"{len(sigmas)} student sigmas ({trajectories.folder})")
         if main:
@@ -267,7 +281,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
 
     evaluator = GateEvaluator(data, run.eval_clips, run.video_encoder, run_dir / "cache", seed=run.seed) \
         if main else None
-    teacher_scores = evaluator.score_teacher(teacher) if main else None
+    teacher_scores = evaluator.score_teacher(sampled, recorded) if main else None
     _say(main, f"teacher on {evaluator.clips if main else run.eval_clips} gate clips: " + _fmt(teacher_scores or {}))
     # The baseline distillation has to beat: the teacher itself with the last stage's few-step sampler.
     undistilled = evaluator.score(teacher_as_few_step(teacher, stages[-1].timesteps), "teacher_undistilled") \
@@ -275,7 +289,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
     _say(main, f"undistilled teacher at {stages[-1].steps} steps: " + _fmt(undistilled or {}))
 
     student_init, critic_init = teacher.model, teacher.model
-    real, real_cfg = teacher.model, teacher_cfg
+    real, real_cfg = sampled.model, teacher_cfg
     previous_scores = None
     results = []
     for index, stage in enumerate(stages):
@@ -313,7 +327,8 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
                 gate["forced"] = bool(not gate["passed"] and run.force)
                 target = out if gate["passed"] or run.force else run_dir / "failed" / out.name
                 save_checkpoint(target, student_model, export_metadata(teacher, stage, index, run, scores, gate,
-                                                                       result.stats, run.real_score, data_provenance))
+                                                                       result.stats, run.real_score, data_provenance,
+                                                                       sampling))
                 entry.update(scores=scores, gate=gate, export=str(target), sha256=file_sha256(target),
                              train_minutes=round(result.stats["train_seconds"] / 60, 2))
                 log.record(entry)

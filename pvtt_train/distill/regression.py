@@ -9,7 +9,8 @@ regression CausVid uses and DMD2/CausVid users add against over-saturation.
 
 One cache serves all stages of a run (the 16-step sigmas contain the 8- and 4-step ones). It is
 written in chunks, each an atomic safetensors file, so a killed generation resumes chunk by chunk;
-a cache whose key (teacher hash, sigmas, CFG, shift, data, pool) differs is never reused.
+a cache whose key (teacher hash, sigmas, CFG, shift, data, pool, and the teacher's sampling shift and guide
+when a run sets them: ``teacher_sampling``) differs is never reused.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class TrajectoryCache:
     """Teacher ODE states at ``sigmas`` and final x0 for ``pool`` clips, generated once on disk."""
 
     def __init__(self, folder: Path, teacher: LoadedModel, data: SyntheticConfig | EncodedDataset,
-                 sigmas: list[float], cfg: float, pool: int = 64, seed: int = 0, chunk: int = 16):
+                 sigmas: list[float], cfg: float, pool: int = 64, seed: int = 0, chunk: int = 16,
+                 sampling: dict | None = None):
         self.teacher, self.data, self.cfg, self.chunk = teacher, data, cfg, chunk
         self.sigmas = sorted({round(float(s), 9) for s in sigmas}, reverse=True)
         if isinstance(data, EncodedDataset):
@@ -90,6 +92,8 @@ class TrajectoryCache:
         self.key = {"teacher_sha256": source_sha256(teacher.path), "sigmas": self.sigmas, "cfg": cfg,
                     "schedule": teacher.schedule.to_dict(), "data": data.to_dict(), "seeds": seeds_key,
                     "teacher_steps": teacher.sampler.get("steps", 50)}
+        if sampling:  # the guide changes every teacher call; the shift is in the schedule too
+            self.key["sampling"] = sampling
         self.key_json = json.dumps(self.key, sort_keys=True)
         digest = hashlib.sha256(self.key_json.encode()).hexdigest()[:12]
         self.folder = Path(folder) / f"trajectories-{digest}"

@@ -51,14 +51,17 @@ def teacher_fingerprint(path: str | Path) -> str:
 
 
 def run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha256: str | None, processes: int,
-                  data_sha256: str | None = None) -> dict:
+                  data_sha256: str | None = None, guide_sha256: str | None = None) -> dict:
     """Everything that changes what a run trains, as plain JSON values (so a saved copy compares equal);
-    ``data_sha256`` identifies a prepare-data dataset (synthetic data follows from the teacher)."""
+    ``data_sha256`` identifies a prepare-data dataset (synthetic data follows from the teacher),
+    ``guide_sha256`` the teacher's autoguidance model (``teacher_sampling``)."""
     signature = {"teacher_sha256": teacher_sha256, "processes": processes,
                  "run": {k: v for k, v in asdict(run).items() if k not in MECHANICS},
                  "stages": [asdict(s) for s in stages]}
     if data_sha256 is not None:
         signature["data_sha256"] = data_sha256
+    if guide_sha256 is not None:
+        signature["guide_sha256"] = guide_sha256
     return json.loads(json.dumps(signature, sort_keys=True))
 
 
@@ -83,6 +86,10 @@ def signature_differences(saved: dict, now: dict) -> list[str]:
         short = [(v or "unknown")[:12] for v in (saved.get("teacher_sha256"), now.get("teacher_sha256"))]
         diffs.append(f"--teacher: weights with SHA-256 {short[0]}… in the saved run, {short[1]}… now "
                      f"(another teacher file, or the file was changed)")
+    if saved.get("guide_sha256") != now.get("guide_sha256"):
+        short = [(v or "none")[:12] for v in (saved.get("guide_sha256"), now.get("guide_sha256"))]
+        diffs.append(f"--guide-model: {short[0]} in the saved run, {short[1]} now (another guide, none, or the "
+                     f"file was changed)")
     if saved.get("data_sha256") != now.get("data_sha256"):
         diffs.append(_change("--data", saved.get("data_sha256") or "synthetic", now.get("data_sha256") or "synthetic")
                      + " (another dataset, or it was changed)")

@@ -32,6 +32,7 @@ from ..data.synthetic import SyntheticConfig
 from ..identity.loss import identity_loss
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.schedule import FlowSchedule
+from ..sampling.autoguidance import AutoGuided
 from ..sampling.samplers import student_rollout
 from .adversarial import (
     DiscriminatorHead,
@@ -94,7 +95,7 @@ class StageInputs:
     """What a stage gets from the run: models to start from and the frozen helpers of its losses."""
 
     teacher: LoadedModel
-    real: torch.nn.Module  # the real score: the teacher, or the previous stage's student
+    real: torch.nn.Module | AutoGuided  # the real score: the teacher (maybe autoguided), or the previous student
     real_cfg: float
     student_init: torch.nn.Module
     critic_init: torch.nn.Module
@@ -192,6 +193,15 @@ def trainable_copy(model: torch.nn.Module, device) -> tuple[torch.nn.Module, lis
     return copy_, params
 
 
+def frozen_real_score(real, device, dtype: torch.dtype | None, sharding: Sharding | None):
+    """The frozen real score (``sharding.frozen_teacher``); an autoguided teacher's guide is frozen, cast and
+    sharded as the teacher is, since it is called as often."""
+    if isinstance(real, AutoGuided):
+        return AutoGuided(frozen_teacher(real.model, device, dtype, sharding),
+                          frozen_teacher(real.guide, device, dtype, sharding), real.weight)
+    return frozen_teacher(real, device, dtype, sharding)
+
+
 def _make_discriminator(critic, stage: StageConfig):
     if "adversarial" not in stage.losses:
         return None, None
@@ -247,10 +257,12 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
         head.to(acc.device)
     routed_student, routed_critic = Routed(student_w, student), Routed(critic_w, critic)
     # The frozen real score: in the half dtype under mixed precision, sharded under FSDP (``frozen_teacher``).
-    real = frozen_teacher(inputs.real, acc.device, half_dtype(acc), sharding)
+    real = frozen_real_score(inputs.real, acc.device, half_dtype(acc), sharding)
     # What this rank holds of each copy (shards only, under FSDP), for the stage's statistics.
-    resident = {"teacher": model_bytes(real), "student": model_bytes(student), "critic": model_bytes(critic),
-                "ema": resident_bytes(ema.shadow_params) if ema is not None else 0}
+    guided = isinstance(real, AutoGuided)
+    resident = {"teacher": model_bytes(real.model if guided else real), "student": model_bytes(student),
+                "critic": model_bytes(critic), "ema": resident_bytes(ema.shadow_params) if ema is not None else 0,
+                **({"guide": model_bytes(real.guide)} if guided else {})}
     stream = training_stream(inputs.data, run.batch_size, seed=(run.seed + 1) * 1009 + rank)
     flows = FlowCache()
     if signature is None:

@@ -22,6 +22,7 @@ from ..data.batches import condition_batch
 from ..data.dataset import EncodedDataset, heldout_of
 from ..data.synthetic import SyntheticConfig
 from ..models.checkpoint import LoadedModel
+from ..sampling.autoguidance import AutoGuided
 from ..sampling.composite import blend, soft_mask
 from ..sampling.samplers import require_finite, sample_from_metadata
 from .metrics import all_metrics
@@ -37,12 +38,14 @@ class Generated:
     model_calls: int
 
 
-def model_calls(metadata: dict) -> int:
-    """Transformer evaluations per clip under the checkpoint's sampler (CFG doubles them)."""
+def model_calls(metadata: dict, model=None) -> int:
+    """Transformer evaluations per clip under the checkpoint's sampler (CFG doubles them, and so does
+    autoguiding ``model``: each of its calls is the teacher's and the guide's)."""
     s = metadata["sampler"]
+    guided = 2 if isinstance(model, AutoGuided) else 1
     if s["kind"] == "euler_cfg":
-        return s["steps"] * (2 if s.get("cfg", 1.0) != 1.0 else 1)
-    return s["steps"]
+        return s["steps"] * (2 if s.get("cfg", 1.0) != 1.0 else 1) * guided
+    return s["steps"] * guided
 
 
 #: The composite the evaluation and the distillation gates score: the generated clip inside the mask grown
@@ -74,7 +77,7 @@ def generate(loaded: LoadedModel, batch: dict, seed: int) -> Generated:
         raw = require_finite(model.decode(x0), loaded.path, "pixels")
         comp = evaluation_composite(raw, batch["template"], batch["mask"])
     return Generated(raw=raw, composited=comp, seconds=time.perf_counter() - start,
-                     model_calls=model_calls(loaded.metadata))
+                     model_calls=model_calls(loaded.metadata, model))
 
 
 def warm_up(loaded: LoadedModel, batch: dict) -> None:

@@ -42,6 +42,12 @@ class AutoGuided:
         v_guide = self.guide.velocity(x, sigma, cond, **kwargs)
         return v_guide + self.weight * (self.model.velocity(x, sigma, cond, **kwargs) - v_guide)
 
+    def eval(self) -> AutoGuided:
+        """Both networks in eval mode; returns the wrapper, so ``model = guided.eval()`` keeps the guide."""
+        self.model.eval()
+        self.guide.eval()
+        return self
+
     def __getattr__(self, name):
         if name in ("model", "guide", "weight"):  # not set yet (a copy being built): no recursion
             raise AttributeError(name)
