@@ -33,6 +33,7 @@ class TeacherSampling:
     shift: float | None = None
     guide: LoadedModel | None = None
     weight: float | None = None
+    guide_sha256: str | None = None  # hashed once: a 14B guide's file takes minutes to hash
 
     def apply(self, teacher: LoadedModel) -> LoadedModel:
         """The teacher as this run samples it; the weights are shared and ``teacher`` is left unchanged."""
@@ -46,8 +47,7 @@ class TeacherSampling:
             return None
         record = {"shift": self.shift}
         if self.guide is not None:
-            record.update(guide=self.guide.path.name, guide_sha256=teacher_fingerprint(self.guide.path),
-                          guide_weight=self.weight)
+            record.update(guide=self.guide.path.name, guide_sha256=self.guide_sha256, guide_weight=self.weight)
         return record
 
 
@@ -60,4 +60,5 @@ def teacher_sampling(teacher: LoadedModel, shift: float | None, guide_path: Path
         return TeacherSampling(shift=shift)
     guide = load_model(guide_path)
     check_guide(teacher.metadata, guide.metadata, Path(guide_path).name)
-    return TeacherSampling(shift=shift, guide=guide, weight=GUIDE_WEIGHT if weight is None else weight)
+    return TeacherSampling(shift=shift, guide=guide, weight=GUIDE_WEIGHT if weight is None else weight,
+                           guide_sha256=teacher_fingerprint(guide_path))
