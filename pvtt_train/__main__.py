@@ -189,8 +189,10 @@ def cmd_distill(args) -> None:
             teacher = load_model(Path(args.teacher))
             data = open_data(args.data) or training_data_config(teacher)
             # The students are reported against the teacher as the run sampled it.
-            sampled = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight).apply(teacher)
-            report, _, _ = side_by_side(sampled, result, data, args.report_clips)
+            sampling = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight)
+            report, _, _ = side_by_side(sampling.apply(teacher), result, data, args.report_clips, plain=teacher)
+            if sampling.record():
+                report["teacher_sampling"] = sampling.record()
             write_report(report, run_dir)
             print((run_dir / "report.md").read_text())
 

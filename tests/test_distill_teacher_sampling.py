@@ -145,3 +145,30 @@ def test_a_guide_of_another_recipe_is_refused_before_the_run_trains(tmp_path):
         run_progressive(teacher, _stages(), _run(tmp_path, guide_weight=2.0), tmp_path / "run", tmp_path / "models",
                         progress=False, guide_path=other)
     assert not (tmp_path / "run" / "progress.json").exists()  # refused before the run recorded itself
+
+
+def test_the_cli_reports_the_students_against_the_autoguided_teacher(guided_run, tmp_path, monkeypatch):
+    import json
+
+    from pvtt_train.__main__ import main
+
+    folder, teacher, guide, run, _ = guided_run
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "distill", "--teacher", str(teacher), "--guide-model", str(guide),
+                     "--guide-weight", str(WEIGHT), "--teacher-shift", str(SHIFT), "--path", "2",
+                     "--generator-steps", "1", "--critic-ratio", "2", "--batch-size", "1", "--regression-pool", "2",
+                     "--eval-clips", "4", "--report-clips", "2", "--identity-encoder", run.identity_encoder,
+                     "--video-encoder", run.video_encoder, "--force", "--run-dir", "run", "--models-dir",
+                     "models"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["model_calls_per_clip"]["teacher"] == 2 * 4  # 4 Euler steps, each the teacher's and the guide's
+    assert report["model_calls_per_clip"]["student"] == 2
+    recorded = read_metadata(tmp_path / "models" / "pvtt_student_2step.safetensors")["provenance"]["teacher_sampling"]
+    assert (recorded["shift"], recorded["guide_weight"]) == (SHIFT, WEIGHT)
+    assert "sample the teacher at flow shift 5, autoguided by guide.safetensors at weight 3" in \
+        (tmp_path / "run" / "report.md").read_text()
+    assert report["model_calls_per_clip"]["teacher_undistilled"] == 2  # plain weights, the students' sampler

@@ -27,15 +27,18 @@ def teacher_as_few_step(teacher: LoadedModel, timesteps) -> LoadedModel:
     return dataclasses.replace(teacher, metadata=meta)
 
 
-def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset, clips: int = 16):
+def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset, clips: int = 16,
+                 plain: LoadedModel | None = None):
     """Evaluate teacher and all stages together on held-out clips (synthetic, or the dataset's held-out
     split, where product metrics are NaN without ground truth); returns (report, outputs, batch) of
-    ``evaluate`` with a ``stages`` list (metrics, latency, speedup, retention, gate, training minutes)."""
+    ``evaluate`` with a ``stages`` list (metrics, latency, speedup, retention, gate, training minutes).
+    ``plain``: the teacher's own weights and schedule when ``teacher`` is sampled otherwise
+    (``teacher_sampling``); the undistilled row runs them with the students' sampler, as the gates do."""
     stages = progressive["stages"]
     loaded = {s["name"]: load_checkpoint(Path(s["export"])) for s in stages}
     final = stages[-1]["name"]
     extra = {name: m for name, m in loaded.items() if name != final}
-    extra["teacher_undistilled"] = teacher_as_few_step(teacher, stages[-1]["timesteps"])
+    extra["teacher_undistilled"] = teacher_as_few_step(plain or teacher, stages[-1]["timesteps"])
     report, outputs, batch = evaluate(teacher, loaded[final], data, count=clips, extra=extra)
     rows = []
     for s in stages:
@@ -84,6 +87,13 @@ def markdown(report: dict) -> str:
                      f"{u['product_ssim']:.3f} | {u['background_psnr_raw']:.2f} | {u['warp_error']:.4f} | "
                  f"{(report.get('gate_undistilled_scores') or {}).get('frechet_distance', float('nan')):.3f} | "
                      f"{report['seconds']['teacher_undistilled']:.2f} | - | - | - | - |")
+    sampled = report.get("teacher_sampling")
+    if sampled:
+        how = ([f"at flow shift {sampled['shift']:g}"] if sampled.get("shift") is not None else []) + \
+            ([f"autoguided by {sampled['guide']} at weight {sampled['guide_weight']:g} (each call is the teacher's "
+              f"and the guide's)"] if sampled.get("guide") else [])
+        lines += ["", "The teacher row, the gates and the regression targets sample the teacher " + ", ".join(how)
+                  + "; the undistilled row is its plain weights with the students' sampler."]
     return "\n".join(lines) + "\n"
 
 
