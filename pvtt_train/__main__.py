@@ -21,8 +21,10 @@ from pathlib import Path
 
 from . import stop_signals
 from .cli_args import (
+    AUTOGUIDANCE_WEIGHT,
     CFG,
     DEFAULT_GENERATOR_STEPS,
+    FLOW_SHIFT,
     LEARNING_RATE,
     REAL_SCORE_CFG,
     SEED,
@@ -325,16 +327,14 @@ def _add_progressive_args(p: argparse.ArgumentParser) -> None:
 def _add_teacher_sampling_args(p: argparse.ArgumentParser) -> None:
     """How ``distill`` samples its teacher (``distill/teacher_sampling.py``)."""
     g = p.add_argument_group("teacher sampling (what the students learn to draw)")
-    g.add_argument("--teacher-shift", default=None,
-                   type=number(0, 100, low_open=True, meaning=" (e.g. 5, Wan 2.1's at 720p)"),
+    g.add_argument("--teacher-shift", default=None, type=FLOW_SHIFT,
                    help="sample the teacher at this flow shift for the regression targets, the gates and the report "
                         "(s' = shift s / (1 + (shift - 1) s)); default: its schedule's. The students keep --shift")
     g.add_argument("--guide-model", default=None,
                    help="autoguide the teacher by this weaker copy of itself (its own command with a lower "
                         "--max-steps): the real score, the regression targets and the gates' reference all become "
                         "v_guide + w (v_teacher - v_guide), 2 calls where there was 1")
-    g.add_argument("--guide-weight", default=None,
-                   type=number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)"),
+    g.add_argument("--guide-weight", default=None, type=AUTOGUIDANCE_WEIGHT,
                    help="autoguidance's weight w (default 2 with --guide-model)")
 
 

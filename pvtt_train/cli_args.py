@@ -72,6 +72,10 @@ CFG = number(1, meaning=" (1 = no guidance)")
 #: DMD's real score may also lean towards the unconditional branch (below 1): on the specular EDM teacher
 #: that brings the GAN student closer to the data than the teacher's own CFG does (README, issue 14).
 REAL_SCORE_CFG = number(0, meaning=" (1 = no guidance, below 1 = towards the unconditional branch)")
+#: Autoguidance's weight (``--guide-weight``): at 1 the guide would change nothing.
+AUTOGUIDANCE_WEIGHT = number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)")
+#: The flow shift a teacher is sampled at (``sampler-eval --shift``, ``distill --teacher-shift``).
+FLOW_SHIFT = number(0, 100, low_open=True, meaning=" (e.g. 5, Wan 2.1's at 720p)")
 
 
 def _blocked_by_file(path: Path) -> Path | None:

@@ -396,13 +396,17 @@ class Planner:
         shard = n if fsdp else 1
         gpu, host = {}, {}
 
-        teacher = p * (2 if half and s.teacher_half else 4)
-        where = {"sharded": (teacher / shard, 0), "replicated": (teacher, 0), "cpu": (0, teacher)}[s.teacher]
-        gpu["teacher"], host["teacher"] = where
+        frozen_bytes = 2 if half and s.teacher_half else 4
+
+        def frozen(parameters: int) -> tuple[float, float]:
+            """(GPU, host) bytes of a frozen copy placed as the teacher is: the teacher, and an autoguided
+            teacher's guide."""
+            size = parameters * frozen_bytes
+            return {"sharded": (size / shard, 0), "replicated": (size, 0), "cpu": (0, size)}[s.teacher]
+
+        gpu["teacher"], host["teacher"] = frozen(p)
         if s.guide_parameters:
-            guide = s.guide_parameters * (2 if half and s.teacher_half else 4)
-            gpu["guide"], host["guide"] = {"sharded": (guide / shard, 0), "replicated": (guide, 0),
-                                           "cpu": (0, guide)}[s.teacher]
+            gpu["guide"], host["guide"] = frozen(s.guide_parameters)
         state = {"student": 4 * p, "critic": 4 * p, "optimizer_states": 2 * 2 * 4 * p, "gradients": 2 * 4 * p}
         if not fsdp and n > 1:
             state["gradients"] *= 2  # DDP's reducer buckets: a second copy of every gradient

@@ -52,7 +52,7 @@ def cmd_sampler_eval(args) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sampler-eval`` to the ``python -m pvtt_train`` sub-commands."""
-    from .cli_args import SEED, number, out_folder, step_path, whole
+    from .cli_args import AUTOGUIDANCE_WEIGHT, FLOW_SHIFT, SEED, out_folder, step_path, whole
 
     def oracle_draws(text: str) -> int:
         value = whole(0)(text)
@@ -87,11 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also sample every undistilled row under autoguidance (Karras et al. 2024) by this weaker "
                         "copy of the teacher: its own command with a lower --max-steps. The autoguided rows come "
                         "first and the teacher's own sampler so guided is the reference (2 calls a step, like CFG)")
-    p.add_argument("--guide-weight", default=None,
-                   type=number(1, 10, low_open=True, meaning=" (at 1 the guide changes nothing; e.g. 2)"),
+    p.add_argument("--guide-weight", default=None, type=AUTOGUIDANCE_WEIGHT,
                    help="autoguidance's weight w: each call is v_guide + w (v_teacher - v_guide); above 1 "
                         "(default: 2, within the paper's 1.5-3; the README's figures)")
-    p.add_argument("--shift", default=None, type=number(0, 100, low_open=True, meaning=" (e.g. 5, Wan 2.1's at 720p)"),
+    p.add_argument("--shift", default=None, type=FLOW_SHIFT,
                    help="sample every undistilled row of the teacher at this flow shift instead of its own schedule's "
                         "(s' = shift s / (1 + (shift - 1) s): above 1, more of the steps at high noise, as Wan 2.1 "
                         "samples at 3 or 5); students keep their own. Default: the teacher's")

@@ -172,3 +172,21 @@ def test_the_cli_reports_the_students_against_the_autoguided_teacher(guided_run,
     assert "sample the teacher at flow shift 5, autoguided by guide.safetensors at weight 3" in \
         (tmp_path / "run" / "report.md").read_text()
     assert report["model_calls_per_clip"]["teacher_undistilled"] == 2  # plain weights, the students' sampler
+
+
+def test_a_wan_guide_must_share_the_teachers_vae(tmp_path):
+    import shutil
+
+    from _wan_fixtures import make_wan_vace_folder
+
+    from pvtt_train.distill.teacher_sampling import teacher_sampling
+    from pvtt_train.models.loading import load_model
+
+    teacher = load_model(make_wan_vace_folder(tmp_path / "teacher", seed=0))
+    foreign = make_wan_vace_folder(tmp_path / "foreign", seed=1)  # its own transformer and its own VAE
+    with pytest.raises(CheckpointError, match="--guide-model foreign: its VAE .* is not the teacher's"):
+        teacher_sampling(teacher, 3.0, foreign, 2.0)
+    shutil.rmtree(foreign / "vae")
+    shutil.copytree(tmp_path / "teacher" / "vae", foreign / "vae")  # an earlier transformer, the teacher's VAE
+    sampling = teacher_sampling(teacher, 3.0, foreign, 2.0)
+    assert sampling.guide is not None and sampling.record()["guide"] == "foreign"

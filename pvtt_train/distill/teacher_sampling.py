@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.prepare import encoder_identity
+from ..errors import CheckpointError
 from ..models.checkpoint import LoadedModel
 from ..models.loading import load_model
 from ..sampling.autoguidance import GUIDE_WEIGHT, autoguided, check_guide
@@ -60,5 +62,10 @@ def teacher_sampling(teacher: LoadedModel, shift: float | None, guide_path: Path
         return TeacherSampling(shift=shift)
     guide = load_model(guide_path)
     check_guide(teacher.metadata, guide.metadata, Path(guide_path).name)
+    if encoder_identity(guide.model) != encoder_identity(teacher.model):
+        raise CheckpointError(
+            f"--guide-model {Path(guide_path).name}: its VAE (or conditioning layout) is not the teacher's, so its "
+            f"velocities live in another latent space; a guide is the teacher's own recipe, with the teacher's VAE, "
+            f"trained for less time")
     return TeacherSampling(shift=shift, guide=guide, weight=GUIDE_WEIGHT if weight is None else weight,
                            guide_sha256=teacher_fingerprint(guide_path))

@@ -56,12 +56,15 @@ class AutoGuided:
 
 def _field(metadata: dict, keys: tuple[str, ...]):
     """The value at ``keys``; recorded training data as the fields of its config, so that fields one file
-    predates read as their defaults."""
+    predates read as their defaults; a Wan folder's conditioning without its text encoder's folder, which says
+    where the encoder is read from, not what it is (the guided teacher encodes prompts with its own)."""
     value = metadata
     for key in keys:
         value = (value or {}).get(key)
     if keys == ("provenance", "data") and value:
         return dataclasses.asdict(synthetic_config(value))
+    if keys == ("conditioning",) and isinstance((value or {}).get("text_encoder"), dict):
+        return {**value, "text_encoder": {k: v for k, v in value["text_encoder"].items() if k != "folder"}}
     return value
 
 
