@@ -191,7 +191,8 @@ def cmd_distill(args) -> None:
             teacher = load_model(Path(args.teacher))
             data = open_data(args.data) or training_data_config(teacher)
             # The students are reported against the teacher as the run sampled it.
-            sampling = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight)
+            sampling = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight,
+                                        (result["teacher_sampling"] or {}).get("guide_sha256"))
             report, _, _ = side_by_side(sampling.apply(teacher), result, data, args.report_clips, plain=teacher)
             if sampling.record():
                 report["teacher_sampling"] = sampling.record()

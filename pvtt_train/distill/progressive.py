@@ -344,7 +344,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
         if run.real_score == "previous":
             real, real_cfg = student_model, 1.0
     acc.end_training()
-    return {"teacher": teacher_scores, "undistilled": undistilled, "stages": results,
+    return {"teacher": teacher_scores, "undistilled": undistilled, "stages": results, "teacher_sampling": recorded,
             "gate_clips": evaluator.clips if evaluator else run.eval_clips,
             "distance_encoder": evaluator.encoder_name if evaluator else None}
 

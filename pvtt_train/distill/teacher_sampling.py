@@ -54,8 +54,9 @@ class TeacherSampling:
 
 
 def teacher_sampling(teacher: LoadedModel, shift: float | None, guide_path: Path | None,
-                     weight: float | None) -> TeacherSampling:
-    """The run's teacher sampling, its guide loaded and checked against the teacher it guides."""
+                     weight: float | None, guide_sha256: str | None = None) -> TeacherSampling:
+    """The run's teacher sampling, its guide loaded and checked against the teacher it guides; ``guide_sha256``:
+    the guide's fingerprint when the run already took it (not hashed again)."""
     if guide_path is None:
         if weight is not None:
             raise ValueError(f"a guide weight ({weight}) without a guide model")
@@ -68,4 +69,4 @@ def teacher_sampling(teacher: LoadedModel, shift: float | None, guide_path: Path
             f"velocities live in another latent space; a guide is the teacher's own recipe, with the teacher's VAE, "
             f"trained for less time")
     return TeacherSampling(shift=shift, guide=guide, weight=GUIDE_WEIGHT if weight is None else weight,
-                           guide_sha256=teacher_fingerprint(guide_path))
+                           guide_sha256=guide_sha256 or teacher_fingerprint(guide_path))
