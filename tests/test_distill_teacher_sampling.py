@@ -169,8 +169,9 @@ def test_the_cli_reports_the_students_against_the_autoguided_teacher(guided_run,
     assert report["model_calls_per_clip"]["student"] == 2
     recorded = read_metadata(tmp_path / "models" / "pvtt_student_2step.safetensors")["provenance"]["teacher_sampling"]
     assert (recorded["shift"], recorded["guide_weight"]) == (SHIFT, WEIGHT)
-    assert "sample the teacher at flow shift 5, autoguided by guide.safetensors at weight 3" in \
-        (tmp_path / "run" / "report.md").read_text()
+    table = (tmp_path / "run" / "report.md").read_text()
+    assert "sample the teacher at flow shift 5, autoguided by guide.safetensors at weight 3" in table
+    assert "| teacher (Euler 4) | 4 | 8 |" in table  # its own sampler, not an assumed "50-step, CFG"
     assert report["model_calls_per_clip"]["teacher_undistilled"] == 2  # plain weights, the students' sampler
 
 

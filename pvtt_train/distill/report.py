@@ -27,6 +27,14 @@ def teacher_as_few_step(teacher: LoadedModel, timesteps) -> LoadedModel:
     return dataclasses.replace(teacher, metadata=meta)
 
 
+def sampler_label(sampler: dict) -> str:
+    """How the teacher row was sampled, from its checkpoint's sampler (not assumed: a teacher may run
+    without CFG, or at other than 50 steps)."""
+    kind = {"euler_cfg": "Euler", "few_step": "few-step"}.get(sampler["kind"], sampler["kind"])
+    cfg = sampler.get("cfg", 1.0)
+    return f"{kind} {sampler['steps']}" + (f", CFG {cfg:g}" if sampler["kind"] == "euler_cfg" and cfg != 1.0 else "")
+
+
 def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset, clips: int = 16,
                  plain: LoadedModel | None = None):
     """Evaluate teacher and all stages together on held-out clips (synthetic, or the dataset's held-out
@@ -55,6 +63,7 @@ def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig 
             "export": s["export"],
         })
     report["stages"] = rows
+    report["teacher_sampler"] = teacher.metadata["sampler"]
     report["gate_teacher_scores"] = progressive.get("teacher")
     report["gate_undistilled_scores"] = progressive.get("undistilled")
     report["distance_encoder"] = progressive.get("distance_encoder")
@@ -68,7 +77,9 @@ def markdown(report: dict) -> str:
             "s / batch | speedup | retention min | gate | train min |")
     lines = [head, "|" + "---|" * 13]
     t, tg = report["teacher"], report.get("gate_teacher_scores") or {}
-    lines.append(f"| teacher (50-step, CFG) | 50 | {report['model_calls_per_clip']['teacher']} | "
+    sampler = report["teacher_sampler"]
+    lines.append(f"| teacher ({sampler_label(sampler)}) | {sampler['steps']} | "
+                 f"{report['model_calls_per_clip']['teacher']} | "
                  f"{t['product_psnr']:.2f} | {t['product_ssim']:.3f} | {t['background_psnr_raw']:.2f} | "
                  f"{t['warp_error']:.4f} | {tg.get('frechet_distance', float('nan')):.3f} | "
                  f"{report['seconds']['teacher']:.2f} | 1.0x | 1.000 | - | - |")
@@ -99,7 +110,7 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Steps against each quality metric, the gate distance and latency: the students as a line,
-    the 50-step teacher as a star, the undistilled teacher at the last stage's steps as a cross."""
+    the teacher at its own steps as a star, the undistilled teacher at the last stage's steps as a cross."""
     from ..training_extra import require
 
     require("the report's quality_speed.png", "matplotlib")
@@ -110,6 +121,7 @@ def plot(report: dict, path: Path) -> None:
 
     stages = report["stages"]
     steps = [s["steps"] for s in stages]
+    sampler = report["teacher_sampler"]
     panels = [(key, [s["metrics"][key] for s in stages], report["teacher"][key],
                (report.get("teacher_undistilled") or {}).get(key)) for key in PLOT_METRICS]
     gate = report.get("gate_teacher_scores") or {}
@@ -121,14 +133,15 @@ def plot(report: dict, path: Path) -> None:
     for ax, (title, values, teacher, undistilled) in zip(axes, panels):
         ax.plot(steps, values, "o-", label="DMD students")
         if teacher is not None:
-            ax.plot([50], [teacher], "*", markersize=12, color="black", label="teacher, 50 steps + CFG")
+            ax.plot([sampler["steps"]], [teacher], "*", markersize=12, color="black",
+                    label=f"teacher, {sampler_label(sampler)}")
         if undistilled is not None:
             ax.plot([steps[-1]], [undistilled], "x", markersize=9, color="red", label="teacher, undistilled")
         ax.set_title(title, fontsize=10)
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(steps + [50])
-        ax.set_xticklabels([str(s) for s in steps + [50]])
+        ax.set_xticks(steps + [sampler["steps"]])
+        ax.set_xticklabels([str(s) for s in steps + [sampler["steps"]]])
         ax.set_xlabel("sampling steps")
     axes[-1].set_yscale("log")
     axes[0].legend(fontsize=7)
