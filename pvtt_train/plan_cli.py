@@ -20,7 +20,7 @@ def memory_size(text: str) -> int:
 
 def cmd_plan(args) -> None:
     from .errors import InputError
-    from .memory_plan import Planner, Setup, format_plan, model_spec, trainer_as_built
+    from .memory_plan import Planner, Setup, count_parameters, format_plan, model_spec, trainer_as_built
 
     if args.strategy == "fsdp" and args.gpus == 1:
         raise InputError("--strategy fsdp with --gpus 1 shards nothing; give the number of GPUs, e.g. --gpus 8")
@@ -31,7 +31,8 @@ def cmd_plan(args) -> None:
                   batch_size=args.batch_size, frames=args.frames, height=args.height, width=args.width,
                   teacher=args.teacher or built["teacher"], teacher_half=built["teacher_half"],
                   ema=args.ema or built["ema"], offload=args.offload,
-                  regression=not args.no_regression, pixel_losses=not args.no_pixel_losses)
+                  regression=not args.no_regression, pixel_losses=not args.no_pixel_losses,
+                  guide_parameters=count_parameters(model_spec(args.guide_model)).trainable if args.guide_model else 0)
     plan = planner.plan(setup)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
 
@@ -108,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default: as distill builds it (sharded under FSDP, in host RAM with --offload)")
     p.add_argument("--offload", action="store_true",
                    help="FSDP parameter offload: sharded weights, gradients and AdamW states in host RAM")
+    p.add_argument("--guide-model", default=None,
+                   help="plan an autoguided teacher (distill --guide-model): its guide, in the forms --model takes, "
+                        "is frozen and placed as the teacher is")
     p.add_argument("--no-regression", action="store_true", help="plan without the regression loss's student call")
     p.add_argument("--no-pixel-losses", action="store_true",
                    help="plan without the losses that decode the clip with gradients (temporal, identity, perceptual)")

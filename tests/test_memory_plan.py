@@ -1,8 +1,9 @@
 """`plan`: parameter counts of the published Wan2.1-VACE sizes, model-state bytes against an independent count,
-refusals, the shipped FSDP configs, size parsing, and accelerate's mixed precision surviving the CLI default."""
+refusals, an autoguided teacher's guide, the shipped FSDP configs, size parsing, and accelerate's mixed precision surviving the CLI default."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -158,6 +159,19 @@ def test_an_autoguided_teachers_guide_is_planned_as_a_second_frozen_teacher(plan
     assert "guide" not in plain.gpu
     assert guided.gpu["guide"] == pytest.approx(plain.gpu["teacher"])  # same size, cast and placement
     assert guided.total > plain.total + plain.gpu["teacher"]  # the guide, and the allowance on it
+
+
+def test_plan_cli_plans_the_guide_beside_the_teacher(capsys):
+    from pvtt_train.__main__ import main
+
+    flags = ["--gpus", "8", "--strategy", "fsdp", "--gradient-checkpointing", "--json"]
+    main(["plan", "--model", "wan2.1-vace-14b", *flags])
+    plain = json.loads(capsys.readouterr().out)
+    main(["plan", "--model", "wan2.1-vace-14b", "--guide-model", "wan2.1-vace-1.3b", *flags])
+    guided = json.loads(capsys.readouterr().out)
+    assert "guide" not in plain["gpu"]
+    assert 0 < guided["gpu"]["guide"] < guided["gpu"]["teacher"] / 5  # a 1.3B guide beside a 14B teacher
+    assert guided["total"] > plain["total"] + guided["gpu"]["guide"]
 
 
 def test_distill_precheck_refuses_14b_here_and_passes_the_shipped_model(monkeypatch):
