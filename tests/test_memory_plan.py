@@ -1,5 +1,6 @@
 """`plan`: parameter counts of the published Wan2.1-VACE sizes, model-state bytes against an independent count,
-refusals, an autoguided teacher's guide, the shipped FSDP configs, size parsing, and accelerate's mixed precision surviving the CLI default."""
+refusals, an autoguided teacher's guide, the shipped FSDP configs, size parsing, and accelerate's mixed precision
+surviving the CLI default."""
 
 from __future__ import annotations
 

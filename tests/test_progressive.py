@@ -82,6 +82,22 @@ def test_gate_compares_against_the_teacher_or_the_previous_stage():
     assert "34.0000 (limit 35.0000)" in str(GateFailed("s", fail))
 
 
+@pytest.mark.parametrize("teacher_background, student_background, limit, passed", [
+    (40.0, 34.9, 35.0, False),  # a teacher that clears the floor keeps it
+    (33.5, 33.2, 33.0, True),  # one that misses it: the student is held to the teacher's own less 0.5 dB
+    (33.5, 32.9, 33.0, False),
+])
+def test_the_background_floor_follows_a_teacher_that_misses_it(teacher_background, student_background, limit,
+                                                                passed):
+    teacher = {"frechet_distance": 1.0, "background_psnr_raw": teacher_background}
+    gate = check_gate(GateConfig("previous", 1.10, 35.0), {"frechet_distance": 1.0,
+                                                          "background_psnr_raw": student_background},
+                      teacher, {"frechet_distance": 1.0})
+    background = gate["checks"][1]
+    assert background["limit"] == pytest.approx(limit) and background["passed"] is passed
+    assert gate["passed"] is passed
+
+
 # --- losses ---------------------------------------------------------------------------------------
 
 def test_ode_grid_passes_through_every_cached_sigma():
