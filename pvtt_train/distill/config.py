@@ -6,7 +6,7 @@ and the gate:
 
 - ``first``: DMD + regression + temporal; gate: distance <= 1.15 x the teacher's.
 - ``middle``: adds background + identity; gate: distance <= 1.10 x the previous stage's and raw
-  background PSNR > 35 dB (or > the teacher's own less 0.5 dB, when the teacher misses 35: ``gates.check_gate``).
+  background PSNR > 35 dB (or > the teacher's own less 0.5 dB where that is lower: ``gates.check_gate``).
 - ``last``: every loss (adversarial and perceptual stay optional); gate: distance <= 1.10 x the
   teacher's.
 
