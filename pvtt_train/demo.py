@@ -22,7 +22,7 @@ from .data.batches import HELDOUT_SEED_BASE, training_data_config
 from .data.export import export_examples
 from .distill.config import RunConfig, StageConfig
 from .distill.progressive import run_progressive
-from .distill.report import side_by_side, write_report
+from .distill.report import sampler_label, side_by_side, write_report
 from .eval.evaluate import format_table, save_grid
 from .eval.heldout_eval import run_heldout_eval
 from .eval.heldout_report import markdown as heldout_markdown
@@ -46,13 +46,14 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     print(f"[1/5] exporting {export_count} held-out examples to {out / 'data'}")
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))
 
-    path = " -> ".join(["50"] + [str(s.steps) for s in stages])
+    own = teacher.metadata["sampler"]
+    path = " -> ".join([str(own["steps"])] + [str(s.steps) for s in stages])
     print(f"[2/5] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
     progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress,
                                   overwrite=overwrite)
     install_teacher(teacher.path, models_dir)
 
-    print(f"[3/5] teacher (50 steps, CFG) and every stage side by side on {clips} held-out clips")
+    print(f"[3/5] teacher ({sampler_label(own)}) and every stage side by side on {clips} held-out clips")
     report, outputs, batch = side_by_side(teacher, progressive, data, clips)
     report["teacher_checkpoint"] = str(teacher.path)
     report["student_checkpoint"] = progressive["stages"][-1]["export"]

@@ -37,7 +37,8 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert report["stages"][-1]["speedup"] > 2 * report["stages"][0]["speedup"]  # 4 calls against 16
     for name in ("grid.png", "quality_speed.png", "run/student_8step_strip.png"):
         assert (out / name).stat().st_size > 1000, name
-    assert "| student_4step | 4 |" in (out / "report.md").read_text()
+    table = (out / "report.md").read_text()
+    assert "| student_4step | 4 |" in table and "| teacher (Euler 50, CFG 1.25) | 50 | 100 |" in table
     assert len(list((out / "data").glob("*/example.json"))) == 4
     assert (models / SHIPPED_TEACHER.name).exists()
     heldout = json.loads((out / "heldout" / "report.json").read_text())
@@ -47,3 +48,4 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert (out / "heldout" / "heldout_grid.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "quality_retention.min" in printed and "speedup" in printed
+    assert "50 -> 16 -> 8 -> 4" in printed and "[3/5] teacher (Euler 50, CFG 1.25) and every stage" in printed
