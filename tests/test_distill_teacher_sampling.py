@@ -138,6 +138,22 @@ def test_a_resume_that_samples_the_teacher_otherwise_is_refused_naming_the_optio
                         progress=False, guide_path=guide_path)
 
 
+def test_the_undistilled_baseline_runs_the_students_sampler_at_their_shift(tmp_path):
+    from pvtt_train.distill.report import teacher_as_few_step
+    from pvtt_train.sampling.flow_shift import sampled_at_shift
+
+    teacher = micro_teacher(tmp_path / "teacher.safetensors", steps=4, cfg=1.0)
+    stages = [replace(s, shift=SHIFT) for s in _stages()]  # distill --shift 5: the students sample shifted
+    run = _run(tmp_path)
+    result = run_progressive(teacher, stages, run, tmp_path / "run", tmp_path / "models", progress=False)
+    loaded = load_checkpoint(teacher)
+    evaluator = GateEvaluator(training_data_config(loaded), run.eval_clips, run.video_encoder)
+    shifted = evaluator.score(teacher_as_few_step(sampled_at_shift(loaded, SHIFT), stages[-1].timesteps), "shifted")
+    unshifted = evaluator.score(teacher_as_few_step(loaded, stages[-1].timesteps), "unshifted")
+    assert result["undistilled"]["frechet_distance"] == pytest.approx(shifted["frechet_distance"], rel=1e-6)
+    assert result["undistilled"]["frechet_distance"] != pytest.approx(unshifted["frechet_distance"], rel=1e-3)
+
+
 def test_a_guide_of_another_recipe_is_refused_before_the_run_trains(tmp_path):
     teacher = micro_teacher(tmp_path / "teacher.safetensors", steps=4)
     other = micro_teacher(tmp_path / "other.safetensors", steps=4, data=SyntheticConfig(frames=5))

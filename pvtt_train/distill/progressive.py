@@ -284,8 +284,8 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
     teacher_scores = evaluator.score_teacher(sampled, recorded) if main else None
     _say(main, f"teacher on {evaluator.clips if main else run.eval_clips} gate clips: " + _fmt(teacher_scores or {}))
     # The baseline distillation has to beat: the teacher itself with the last stage's few-step sampler.
-    undistilled = evaluator.score(teacher_as_few_step(teacher, stages[-1].timesteps), "teacher_undistilled") \
-        if main else None
+    undistilled = evaluator.score(teacher_as_few_step(teacher, stages[-1].timesteps, stages[-1].shift),
+                                  "teacher_undistilled") if main else None
     _say(main, f"undistilled teacher at {stages[-1].steps} steps: " + _fmt(undistilled or {}))
 
     student_init, critic_init = teacher.model, teacher.model

@@ -16,12 +16,17 @@ from ..data.dataset import EncodedDataset
 from ..data.synthetic import SyntheticConfig
 from ..eval.evaluate import evaluate, quality_retention
 from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
+from ..sampling.flow_shift import sampled_at_shift
 
 PLOT_METRICS = ("product_psnr", "product_ssim", "background_psnr_raw", "warp_error")
 
 
-def teacher_as_few_step(teacher: LoadedModel, timesteps) -> LoadedModel:
-    """The undistilled teacher sampled with the student's few-step sampler: the baseline DMD must beat."""
+def teacher_as_few_step(teacher: LoadedModel, timesteps, shift: float | None = None) -> LoadedModel:
+    """The undistilled teacher sampled with the student's few-step sampler: the baseline DMD must beat. ``shift``:
+    the students' flow shift (``distill --shift``) where it is not the teacher's, so that the baseline runs the
+    students' sampler whole, not at the teacher's schedule."""
+    if shift is not None and shift != teacher.metadata["schedule"].get("shift", 1.0):
+        teacher = sampled_at_shift(teacher, shift)
     meta = dict(teacher.metadata)
     meta["sampler"] = {"kind": "few_step", "steps": len(timesteps), "timesteps": list(timesteps)}
     return dataclasses.replace(teacher, metadata=meta)
@@ -46,7 +51,8 @@ def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig 
     loaded = {s["name"]: load_checkpoint(Path(s["export"])) for s in stages}
     final = stages[-1]["name"]
     extra = {name: m for name, m in loaded.items() if name != final}
-    extra["teacher_undistilled"] = teacher_as_few_step(plain or teacher, stages[-1]["timesteps"])
+    extra["teacher_undistilled"] = teacher_as_few_step(plain or teacher, stages[-1]["timesteps"],
+                                                       loaded[final].metadata["schedule"].get("shift"))
     report, outputs, batch = evaluate(teacher, loaded[final], data, count=clips, extra=extra)
     rows = []
     for s in stages:
