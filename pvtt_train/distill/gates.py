@@ -28,7 +28,6 @@ from ..eval.metrics import background_psnr, product_psnr, product_ssim, warp_err
 from ..eval.video_encoder import load_video_encoder
 from ..models.checkpoint import LoadedModel, write_atomic
 from ..models.loading import source_sha256
-from ..sampling.flow_shift import sampled_at_shift
 from .config import GateConfig
 from .report import teacher_as_few_step
 
@@ -150,7 +149,7 @@ class GateEvaluator:
 def as_few_step(base: LoadedModel, model: torch.nn.Module, timesteps, shift: float) -> LoadedModel:
     """A student still in memory, wrapped with the metadata its sampler needs: ``base``'s, at the student's
     shift and with the few-step sampler at ``timesteps``."""
-    return dataclasses.replace(teacher_as_few_step(sampled_at_shift(base, shift), timesteps), model=model)
+    return dataclasses.replace(teacher_as_few_step(base, timesteps, shift), model=model)
 
 
 #: How far under the teacher's own raw background PSNR a stage may fall where that is under the fixed
