@@ -24,6 +24,7 @@ from .cli_args import (
     AUTOGUIDANCE_WEIGHT,
     CFG,
     DEFAULT_GENERATOR_STEPS,
+    DEMO_GENERATOR_STEPS,
     FLOW_SHIFT,
     LEARNING_RATE,
     REAL_SCORE_CFG,
@@ -269,11 +270,11 @@ def cmd_demo(args) -> None:
 
 # --- the parser ---------------------------------------------------------------------------------------------
 
-def _add_progressive_args(p: argparse.ArgumentParser) -> None:
+def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEFAULT_GENERATOR_STEPS) -> None:
     g = p.add_argument_group("stages")
     g.add_argument("--path", default="default", type=step_path,
                    help="'default' (50->16->8->4), 'gentle' (50->25->12->6->4) or step counts, e.g. 8,4")
-    g.add_argument("--generator-steps", default=DEFAULT_GENERATOR_STEPS, type=step_budgets,
+    g.add_argument("--generator-steps", default=generator_steps, type=step_budgets,
                    help="student updates per stage: one number, or one per stage (default %(default)s)")
     g.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=0.0,
                    help="wall-clock budget per stage; 0 = none")
@@ -462,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
                    help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
                         "for out/heldout/ (the README's held-out table uses 4)")
-    _add_progressive_args(p)
+    _add_progressive_args(p, generator_steps=DEMO_GENERATOR_STEPS)
     p.set_defaults(func=cmd_demo)
 
     from .bench_cli import register as register_bench

@@ -49,3 +49,16 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     printed = capsys.readouterr().out
     assert "quality_retention.min" in printed and "speedup" in printed
     assert "50 -> 16 -> 8 -> 4" in printed and "[3/5] teacher (Euler 50, CFG 1.25) and every stage" in printed
+
+
+def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
+    """The README's demo command must end within 20 minutes on 2 cores; distill's budget (the shipped students')
+    does not on slow hosts, so the demo's default is shorter at every stage and --generator-steps still sets it."""
+    from pvtt_train.__main__ import build_parser
+
+    parser = build_parser()
+    demo = parser.parse_args(["demo", "--out", str(tmp_path)]).generator_steps
+    distill = parser.parse_args(["distill"]).generator_steps
+    assert len(demo) == len(distill) == 3 and all(d < s for d, s in zip(demo, distill))
+    assert parser.parse_args(["demo", "--out", str(tmp_path), "--generator-steps", "30,80,130"]).generator_steps == \
+        distill
