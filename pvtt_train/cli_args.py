@@ -174,7 +174,7 @@ def step_path(text: str) -> str | tuple[int, ...]:
 DEFAULT_GENERATOR_STEPS = "30,80,130"
 
 #: ``demo``'s budget: fewer updates than ``distill``'s, so that the README's demo command ends within issue 14's 20
-#: minutes on 2 cores on the slowest hosts seen (30,80,130 took 21 min 54 s on one). ``demo --generator-steps
+#: minutes on 2 cores on slow hosts too (30,80,130 took 21 min 54 s on one). ``demo --generator-steps
 #: 30,80,130`` reproduces the shipped students bit for bit.
 DEMO_GENERATOR_STEPS = "20,50,80"
 
