@@ -62,3 +62,18 @@ def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
     assert len(demo) == len(distill) == 3 and all(d < s for d, s in zip(demo, distill))
     assert parser.parse_args(["demo", "--out", str(tmp_path), "--generator-steps", "30,80,130"]).generator_steps == \
         distill
+
+
+def test_a_demo_run_folder_from_distills_budget_is_not_resumed_at_the_demos(tmp_path):
+    """A demo run started at 30,80,130 (the demo's budget before it had its own) must not be continued at 20,50,80:
+    --resume refuses and names the budget to resume with."""
+    from pvtt_train.__main__ import _progressive_from_args, build_parser
+    from pvtt_train.distill.signature import check_signature, run_signature
+    from pvtt_train.errors import CheckpointError
+
+    parser = build_parser()
+    saved = _progressive_from_args(parser.parse_args(["demo", "--out", str(tmp_path), "--generator-steps",
+                                                      "30,80,130"]))
+    now = _progressive_from_args(parser.parse_args(["demo", "--out", str(tmp_path)]))
+    with pytest.raises(CheckpointError, match="--generator-steps: 30,80,130 in the saved run, 20,50,80 now"):
+        check_signature(run_signature(*saved, "teacher", 1), run_signature(*now, "teacher", 1), "progress.json")
