@@ -46,7 +46,7 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     print(f"[1/5] exporting {export_count} held-out examples to {out / 'data'}")
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))
 
-    own = teacher.metadata["sampler"]
+    own = teacher.sampler
     path = " -> ".join([str(own["steps"])] + [str(s.steps) for s in stages])
     print(f"[2/5] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
     progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress,

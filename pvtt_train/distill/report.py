@@ -23,9 +23,9 @@ PLOT_METRICS = ("product_psnr", "product_ssim", "background_psnr_raw", "warp_err
 
 def teacher_as_few_step(teacher: LoadedModel, timesteps, shift: float | None = None) -> LoadedModel:
     """The undistilled teacher sampled with the student's few-step sampler: the baseline DMD must beat. ``shift``:
-    the students' flow shift (``distill --shift``) where it is not the teacher's, so that the baseline runs the
+    the students' flow shift (``distill --shift``; None: the teacher's own), so that the baseline runs the
     students' sampler whole, not at the teacher's schedule."""
-    if shift is not None and shift != teacher.metadata["schedule"].get("shift", 1.0):
+    if shift is not None:
         teacher = sampled_at_shift(teacher, shift)
     meta = dict(teacher.metadata)
     meta["sampler"] = {"kind": "few_step", "steps": len(timesteps), "timesteps": list(timesteps)}
