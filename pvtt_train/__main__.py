@@ -25,6 +25,7 @@ from .cli_args import (
     CFG,
     DEFAULT_GENERATOR_STEPS,
     DEMO_GENERATOR_STEPS,
+    DEMO_TEACHER_SHIFT,
     FLOW_SHIFT,
     LEARNING_RATE,
     REAL_SCORE_CFG,
@@ -143,8 +144,7 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
     ``any_form``: the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the
     demo's is PVTT's)."""
     teacher_meta = check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
-    if hasattr(args, "guide_model"):  # distill's
-        check_guide_model(args.teacher, teacher_meta, args.guide_model, args.guide_weight, folder_ok=any_form)
+    check_guide_model(args.teacher, teacher_meta, args.guide_model, args.guide_weight, folder_ok=any_form)
     check_encoders(args.identity_encoder, args.video_encoder)
     from .run_folder import check_run_folder
 
@@ -155,16 +155,22 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
                           if hasattr(args, name)})
 
 
-def cmd_distill(args) -> None:
+def _with_teacher_sampling(args, run):
+    """``run`` with the teacher's sampling shift and autoguidance weight of ``--teacher-shift``, ``--guide-model``
+    and ``--guide-weight`` (``distill/teacher_sampling.py``); returns (run, the guide's path or None)."""
     from dataclasses import replace
 
     from .sampling.autoguidance import GUIDE_WEIGHT
 
+    guide = Path(args.guide_model) if args.guide_model is not None else None
+    return replace(run, teacher_shift=args.teacher_shift,
+                   guide_weight=(args.guide_weight or GUIDE_WEIGHT) if guide is not None else args.guide_weight), guide
+
+
+def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
-    guide = Path(args.guide_model) if args.guide_model is not None else None
-    run = replace(run, teacher_shift=args.teacher_shift,
-                  guide_weight=(args.guide_weight or GUIDE_WEIGHT) if guide is not None else args.guide_weight)
+    run, guide = _with_teacher_sampling(args, run)
     _check_progressive_inputs(args, any_form=True)
     if args.report_clips:
         require_training_extra("distill --report-clips (its quality_speed.png plot)", "matplotlib")
@@ -176,8 +182,7 @@ def cmd_distill(args) -> None:
     from .data.batches import training_data_config
     from .data.dataset import open_data
     from .distill.progressive import make_accelerator, run_progressive
-    from .distill.report import side_by_side, write_report
-    from .distill.teacher_sampling import teacher_sampling
+    from .distill.report import sampled_side_by_side, write_report
     from .models.loading import load_model
 
     open_data(args.data)  # a wrong --data fails before the run folder is made
@@ -191,12 +196,7 @@ def cmd_distill(args) -> None:
         if args.report_clips:
             teacher = load_model(Path(args.teacher))
             data = open_data(args.data) or training_data_config(teacher)
-            # The students are reported against the teacher as the run sampled it.
-            sampling = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight,
-                                        (result["teacher_sampling"] or {}).get("guide_sha256"))
-            report, _, _ = side_by_side(sampling.apply(teacher), result, data, args.report_clips, plain=teacher)
-            if sampling.record():
-                report["teacher_sampling"] = sampling.record()
+            report, _, _ = sampled_side_by_side(teacher, result, data, args.report_clips, run, guide)
             write_report(report, run_dir)
             print((run_dir / "report.md").read_text())
 
@@ -252,16 +252,33 @@ def cmd_teacher_eval(args) -> None:
     print(json.dumps(results, indent=2))
 
 
+def _demo_teacher(args) -> None:
+    """Fill in the demo's teacher: without ``--teacher``, the shipped paste-residual teacher sampled at flow shift 5
+    and autoguided by its shipped guide, the sampler whose students meet the most of issue 14's bars (README), each
+    part unless its flag is given; a ``--teacher`` of the user's is sampled as its flags say (plainly by default),
+    as ``distill`` samples it."""
+    from .paths import SHIPPED_RESIDUAL_GUIDE, SHIPPED_RESIDUAL_TEACHER
+
+    if args.teacher is None:
+        args.teacher = str(SHIPPED_RESIDUAL_TEACHER)
+        if args.teacher_shift is None:
+            args.teacher_shift = DEMO_TEACHER_SHIFT
+        if args.guide_model is None:
+            args.guide_model = str(SHIPPED_RESIDUAL_GUIDE)
+
+
 def cmd_demo(args) -> None:
     _threads(args)
+    _demo_teacher(args)
     stages, run = _progressive_from_args(args)
+    run, guide = _with_teacher_sampling(args, run)
     _check_progressive_inputs(args)
     require_training_extra("the demo (its report plot)", "matplotlib")
 
     from .demo import run_demo
 
-    report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), clips=args.clips,
-                      resume=args.resume, overwrite=args.overwrite, heldout_clips=args.heldout_clips)
+    report = run_demo(Path(args.out), Path(args.models_dir), stages, run, Path(args.teacher), guide_path=guide,
+                      clips=args.clips, resume=args.resume, overwrite=args.overwrite, heldout_clips=args.heldout_clips)
     final = report["stages"][-1]
     ok = all(s["gate"]["passed"] for s in report["stages"]) and final["quality_retention"]["min"] >= 0.9
     print("PASS" if ok else "BELOW TARGET", "(every gate passed and the last student's quality_retention.min "
@@ -327,7 +344,7 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
 
 
 def _add_teacher_sampling_args(p: argparse.ArgumentParser) -> None:
-    """How ``distill`` samples its teacher (``distill/teacher_sampling.py``)."""
+    """How ``distill`` and ``demo`` sample the teacher (``distill/teacher_sampling.py``)."""
     g = p.add_argument_group("teacher sampling (what the students learn to draw)")
     g.add_argument("--teacher-shift", default=None, type=FLOW_SHIFT,
                    help="sample the teacher at this flow shift for the regression targets, the gates and the report "
@@ -458,12 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=out_folder)
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
-    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
+    p.add_argument("--teacher", default=None,
+                   help="default: the shipped paste-residual teacher, sampled at flow shift 5 and autoguided by its "
+                        "shipped guide (unless --teacher-shift / --guide-model say otherwise); a teacher you name is "
+                        "sampled as those flags say, plainly by default (models_shipped/pvtt_teacher.safetensors "
+                        "--generator-steps 30,80,130 reproduces the shipped velocity students)")
     p.add_argument("--clips", type=whole(1), default=16)
     p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
                    help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
                         "for out/heldout/ (the README's held-out table uses 4)")
     _add_progressive_args(p, generator_steps=DEMO_GENERATOR_STEPS)
+    _add_teacher_sampling_args(p)
     p.set_defaults(func=cmd_demo)
 
     from .bench_cli import register as register_bench

@@ -178,6 +178,11 @@ DEFAULT_GENERATOR_STEPS = "30,80,130"
 #: 30,80,130`` reproduces the shipped students bit for bit.
 DEMO_GENERATOR_STEPS = "20,50,80"
 
+#: The flow shift ``demo`` samples its default teacher at (Wan 2.1's own at 720p): there, autoguided, the shipped
+#: paste-residual teacher's 50-step sampler is its best, so DMD has a better sampler to distil (README, *Shifted like
+#: Wan's own sampler?*).
+DEMO_TEACHER_SHIFT = 5.0
+
 
 def step_budgets(text: str) -> tuple[int, ...]:
     """``--generator-steps``: one budget for every stage, or one per stage, each >= 1."""

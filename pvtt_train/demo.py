@@ -1,5 +1,9 @@
 """The end-to-end demo: data -> shipped teacher -> progressive DMD 16 -> 8 -> 4 -> report -> models folder.
 
+The teacher is distilled as ``run`` samples it (``run.teacher_shift``, autoguided by ``guide_path``:
+``distill/teacher_sampling.py``); by default (``cmd_demo``) that is the shipped paste-residual teacher at flow
+shift 5 under its shipped guide, the sampler whose students meet the most of issue 14's bars.
+
 Writes into ``out``: ``data/`` (exported held-out examples, MP4 + PNG), ``run/`` (the resumable
 progressive run: states, caches, logs, per-stage strips), ``report.json`` / ``report.md`` /
 ``quality_speed.png`` (every stage side by side with the teacher) and ``grid.png``
@@ -22,7 +26,7 @@ from .data.batches import HELDOUT_SEED_BASE, training_data_config
 from .data.export import export_examples
 from .distill.config import RunConfig, StageConfig
 from .distill.progressive import run_progressive
-from .distill.report import sampler_label, side_by_side, write_report
+from .distill.report import sampled_side_by_side, sampler_label, write_report
 from .eval.evaluate import format_table, save_grid
 from .eval.heldout_eval import run_heldout_eval
 from .eval.heldout_report import markdown as heldout_markdown
@@ -33,8 +37,9 @@ from .run_folder import check_run_folder
 
 
 def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunConfig,
-             teacher_path: Path = SHIPPED_TEACHER, clips: int = 16, export_count: int = 4, resume: bool = False,
-             progress: bool = True, overwrite: bool = False, heldout_clips: int = 4) -> dict:
+             teacher_path: Path = SHIPPED_TEACHER, guide_path: Path | None = None, clips: int = 16,
+             export_count: int = 4, resume: bool = False, progress: bool = True, overwrite: bool = False,
+             heldout_clips: int = 4) -> dict:
     started = time.monotonic()
     run_dir = out / "run"
     check_run_folder(run_dir, resume, overwrite)  # before any work; run_progressive checks again under its lock
@@ -47,14 +52,17 @@ def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunCon
     export_examples(out / "data", data, range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + export_count))
 
     own = teacher.sampler
+    label = sampler_label(own) + "".join(
+        ([f", flow shift {run.teacher_shift:g}"] if run.teacher_shift is not None else [])
+        + ([f", autoguided by {guide_path.name} at weight {run.guide_weight:g}"] if guide_path is not None else []))
     path = " -> ".join([str(own["steps"])] + [str(s.steps) for s in stages])
-    print(f"[2/5] progressive DMD distillation {path} of {teacher.path.name} (gated; run folder {run_dir})")
+    print(f"[2/5] progressive DMD distillation {path} of {teacher.path.name} ({label}; gated; run folder {run_dir})")
     progressive = run_progressive(teacher.path, stages, run, run_dir, models_dir, resume=resume, progress=progress,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, guide_path=guide_path)
     install_teacher(teacher.path, models_dir)
 
-    print(f"[3/5] teacher ({sampler_label(own)}) and every stage side by side on {clips} held-out clips")
-    report, outputs, batch = side_by_side(teacher, progressive, data, clips)
+    print(f"[3/5] teacher ({label}) and every stage side by side on {clips} held-out clips")
+    report, outputs, batch = sampled_side_by_side(teacher, progressive, data, clips, run, guide_path)
     report["teacher_checkpoint"] = str(teacher.path)
     report["student_checkpoint"] = progressive["stages"][-1]["export"]
     report["demo_seconds"] = round(time.monotonic() - started, 1)

@@ -1,4 +1,4 @@
-"""The demo end to end on a reduced budget, with the shipped teacher and encoders."""
+"""The demo end to end on a reduced budget, with the shipped teacher, guide and encoders."""
 
 import json
 
@@ -6,11 +6,14 @@ import pytest
 
 from pvtt_train.__main__ import main
 from pvtt_train.models.checkpoint import read_metadata
-from pvtt_train.paths import SHIPPED_TEACHER
+from pvtt_train.paths import SHIPPED_RESIDUAL_GUIDE, SHIPPED_RESIDUAL_TEACHER, SHIPPED_TEACHER
 
-pytestmark = pytest.mark.skipif(not SHIPPED_TEACHER.exists(), reason=f"shipped teacher missing: {SHIPPED_TEACHER}")
+pytestmark = pytest.mark.skipif(not all(p.exists() for p in (SHIPPED_TEACHER, SHIPPED_RESIDUAL_TEACHER,
+                                                             SHIPPED_RESIDUAL_GUIDE)),
+                                reason=f"shipped teachers missing in {SHIPPED_TEACHER.parent}")
 
 METRICS = {"product_psnr", "product_ssim", "background_psnr_raw", "background_psnr_composited", "warp_error"}
+GUIDED = f"Euler 50, flow shift 5, autoguided by {SHIPPED_RESIDUAL_GUIDE.name} at weight 2"
 
 
 def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys):
@@ -32,15 +35,18 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
         assert retention["min"] == min(v for k, v in retention.items() if k != "min")
         assert read_metadata(models / f"pvtt_student_{stage['steps']}step.safetensors")["sampler"]["steps"] == \
             stage["steps"]
-    # 100 model calls (50 steps x CFG) against 4: even with overheads the 4-step student is far faster.
+    # 100 model calls (50 steps x teacher and guide) against 4: even with overheads the 4-step student is far faster.
     assert report["stages"][-1]["speedup"] > 5
     assert report["stages"][-1]["speedup"] > 2 * report["stages"][0]["speedup"]  # 4 calls against 16
     for name in ("grid.png", "quality_speed.png", "run/student_8step_strip.png"):
         assert (out / name).stat().st_size > 1000, name
     table = (out / "report.md").read_text()
-    assert "| student_4step | 4 |" in table and "| teacher (Euler 50, CFG 1.25) | 50 | 100 |" in table
+    assert "| student_4step | 4 |" in table and "| teacher (Euler 50) | 50 | 100 |" in table
+    assert f"sample the teacher at flow shift 5, autoguided by {SHIPPED_RESIDUAL_GUIDE.name} at weight 2" in table
+    assert report["teacher_sampling"]["shift"] == 5 and report["teacher_sampling"]["guide_weight"] == 2
+    assert report["teacher_checkpoint"] == str(SHIPPED_RESIDUAL_TEACHER)
     assert len(list((out / "data").glob("*/example.json"))) == 4
-    assert (models / SHIPPED_TEACHER.name).exists()
+    assert (models / SHIPPED_RESIDUAL_TEACHER.name).exists()
     heldout = json.loads((out / "heldout" / "report.json").read_text())
     assert heldout["video"] == {"frames": 33, "height": 256, "width": 256} and heldout["clips"] == 1
     assert {"teacher", "pvtt_student_4step", "paste", "flat_fill", "template"} <= set(heldout["methods"])
@@ -48,7 +54,7 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert (out / "heldout" / "heldout_grid.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "quality_retention.min" in printed and "speedup" in printed
-    assert "50 -> 16 -> 8 -> 4" in printed and "[3/5] teacher (Euler 50, CFG 1.25) and every stage" in printed
+    assert "50 -> 16 -> 8 -> 4" in printed and f"[3/5] teacher ({GUIDED}) and every stage" in printed
 
 
 def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
@@ -64,16 +70,46 @@ def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
         distill
 
 
-def test_a_demo_run_folder_from_distills_budget_is_not_resumed_at_the_demos(tmp_path):
-    """A demo run started at 30,80,130 (the demo's budget before it had its own) must not be continued at 20,50,80:
-    --resume refuses and names the budget to resume with."""
-    from pvtt_train.__main__ import _progressive_from_args, build_parser
-    from pvtt_train.distill.signature import check_signature, run_signature
+def _demo_args(tmp_path, *argv):
+    from pvtt_train.__main__ import _demo_teacher, build_parser
+
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path), *argv])
+    _demo_teacher(args)
+    return args
+
+
+def test_the_demo_distils_the_residual_teacher_shifted_and_autoguided_unless_told_otherwise(tmp_path):
+    """With no --teacher the demo samples the shipped paste-residual teacher at flow shift 5 under its shipped guide;
+    each flag still sets its own part, and a teacher the user names is sampled plainly, as distill samples it."""
+    args = _demo_args(tmp_path)
+    assert (args.teacher, args.teacher_shift, args.guide_model) == (str(SHIPPED_RESIDUAL_TEACHER), 5.0,
+                                                                    str(SHIPPED_RESIDUAL_GUIDE))
+    args = _demo_args(tmp_path, "--teacher-shift", "3")
+    assert (args.teacher_shift, args.guide_model) == (3.0, str(SHIPPED_RESIDUAL_GUIDE))
+    args = _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER))
+    assert (args.teacher, args.teacher_shift, args.guide_model) == (str(SHIPPED_TEACHER), None, None)
+
+
+def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_residual_one(tmp_path):
+    """A demo run started before the demo distilled the residual teacher (the velocity teacher at 30,80,130) must not
+    be continued with it: --resume refuses, naming each option to resume with; with them it is the same run."""
+    from pvtt_train.__main__ import _progressive_from_args, _with_teacher_sampling
+    from pvtt_train.distill.signature import check_signature, run_signature, teacher_fingerprint
     from pvtt_train.errors import CheckpointError
 
-    parser = build_parser()
-    saved = _progressive_from_args(parser.parse_args(["demo", "--out", str(tmp_path), "--generator-steps",
-                                                      "30,80,130"]))
-    now = _progressive_from_args(parser.parse_args(["demo", "--out", str(tmp_path)]))
-    with pytest.raises(CheckpointError, match="--generator-steps: 30,80,130 in the saved run, 20,50,80 now"):
-        check_signature(run_signature(*saved, "teacher", 1), run_signature(*now, "teacher", 1), "progress.json")
+    def signature(*argv):
+        args = _demo_args(tmp_path, *argv)
+        run, guide = _with_teacher_sampling(args, _progressive_from_args(args)[1])
+        return run_signature(_progressive_from_args(args)[0], run, teacher_fingerprint(args.teacher), 1,
+                             guide_sha256=teacher_fingerprint(guide) if guide else None)
+
+    old = ("--teacher", str(SHIPPED_TEACHER), "--generator-steps", "30,80,130")
+    saved = signature(*old)
+    with pytest.raises(CheckpointError) as refused:
+        check_signature(saved, signature(), "progress.json")
+    message = str(refused.value)
+    for part in ("--teacher: weights with SHA-256", "--guide-model: none in the saved run",
+                 "--teacher-shift: default in the saved run, 5.0 now",
+                 "--generator-steps: 30,80,130 in the saved run, 20,50,80 now", "resume with the same options"):
+        assert part in message, part
+    check_signature(saved, signature(*old), "progress.json")

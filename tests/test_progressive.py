@@ -39,7 +39,7 @@ def test_default_path_is_16_8_4_with_its_loss_sets_rates_and_gates():
     assert [s.lr_student for s in stages] == pytest.approx([4e-5, 2e-5, 4e-6])
     assert stages[0].gate == GateConfig("teacher", 1.15)
     assert stages[1].gate == GateConfig("previous", 1.10, 35.0)
-    assert stages[2].gate == GateConfig("teacher", 1.10)
+    assert stages[2].gate == GateConfig("teacher", 1.15)  # issue 14's bar for the 4-step student
     assert stages[1].timesteps == (1000, 875, 750, 625, 500, 375, 250, 125)
 
 

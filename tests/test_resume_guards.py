@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from pvtt_train.__main__ import build_parser, main
 from pvtt_train.distill import trainer
-from pvtt_train.distill.config import RunConfig, StageConfig, build_stages
+from pvtt_train.distill.config import GateConfig, RunConfig, StageConfig, build_stages
 from pvtt_train.distill.signature import (
     MECHANICS,
     NOT_FLAGS,
@@ -256,6 +256,22 @@ def test_signature_differences_name_each_changed_option_and_ignore_mechanics():
     ]
     assert signature_differences(base, run_signature(build_stages((8, 4), 6), run, "a" * 64, 1)) == [
         "--path: 4,2 in the saved run, 8,4 now"]
+
+
+def test_a_stage_gate_is_a_mechanic_also_against_a_signature_saved_with_it():
+    """A gate decides whether a run goes on, not what it trains: a run folder whose saved signature still holds the
+    stages' gates (PVTT before they left it) resumes under other gates, and a changed option is still named."""
+    stages, run = build_stages((4, 2), 6), RunConfig(batch_size=1)
+    now = run_signature(stages, run, "a" * 64, 1)
+    assert all("gate" not in s for s in now["stages"])
+    saved = json.loads(json.dumps(now))
+    for stage in saved["stages"]:
+        stage["gate"] = {"reference": "teacher", "ratio": 1.10, "min_background_psnr": None}
+    assert signature_differences(saved, now) == []
+    assert signature_differences(saved, run_signature([replace(s, generator_steps=8) for s in stages], run,
+                                                      "a" * 64, 1)) == [
+        "--generator-steps: 6,6 in the saved run, 8,8 now"]
+    assert run_signature([replace(s, gate=GateConfig("teacher", 2.0)) for s in stages], run, "a" * 64, 1) == now
 
 
 def test_teacher_fingerprint_of_a_folder_follows_its_weights_and_configs_only(tmp_path):

@@ -17,6 +17,8 @@ from ..data.synthetic import SyntheticConfig
 from ..eval.evaluate import evaluate, quality_retention
 from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
 from ..sampling.flow_shift import sampled_at_shift
+from .config import RunConfig
+from .teacher_sampling import teacher_sampling
 
 PLOT_METRICS = ("product_psnr", "product_ssim", "background_psnr_raw", "warp_error")
 
@@ -75,6 +77,19 @@ def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig 
     report["distance_encoder"] = progressive.get("distance_encoder")
     report["data"] = data.provenance() if isinstance(data, EncodedDataset) else {"kind": "synthetic",
                                                                                  **data.to_dict()}
+    return report, outputs, batch
+
+
+def sampled_side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset,
+                         clips: int, run: RunConfig, guide: Path | None):
+    """``side_by_side`` against the teacher as the run sampled it (``run.teacher_shift``, autoguided by ``guide``:
+    ``teacher_sampling``), its undistilled row on the plain weights; the report records that sampling. ``teacher``:
+    the plain teacher."""
+    sampling = teacher_sampling(teacher, run.teacher_shift, guide, run.guide_weight,
+                                (progressive.get("teacher_sampling") or {}).get("guide_sha256"))
+    report, outputs, batch = side_by_side(sampling.apply(teacher), progressive, data, clips, plain=teacher)
+    if sampling.record():
+        report["teacher_sampling"] = sampling.record()
     return report, outputs, batch
 
 

@@ -6,7 +6,8 @@ silently mix two trainings into one student, so a resume compares the saved sign
 current one and refuses a difference with the differing fields named as the CLI names them.
 
 What is left out are pure mechanics that change no weight: ``--force`` (what happens after a failed
-gate), how often states are saved and how many are kept, how often the log is written.
+gate), each stage's gate (the test a finished stage is held to, not how it trains), how often states are
+saved and how many are kept, how often the log is written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .config import RunConfig, StageConfig
 
 #: RunConfig fields that change no trained weight, so a resume may change them.
 MECHANICS = frozenset({"force", "save_every", "keep_states", "log_every"})
+#: StageConfig fields that change no trained weight; signatures saved before a field joined this set still hold it.
+STAGE_MECHANICS = frozenset({"gate"})
 #: RunConfig fields that have no CLI flag (the others are ``--<name with dashes>``).
 NOT_FLAGS = frozenset({"max_nonfinite"})
 #: The CLI options behind each StageConfig field (the stages are built from them).
@@ -57,7 +60,7 @@ def run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha256: str
     ``guide_sha256`` the teacher's autoguidance model (``teacher_sampling``)."""
     signature = {"teacher_sha256": teacher_sha256, "processes": processes,
                  "run": {k: v for k, v in asdict(run).items() if k not in MECHANICS},
-                 "stages": [asdict(s) for s in stages]}
+                 "stages": [{k: v for k, v in asdict(s).items() if k not in STAGE_MECHANICS} for s in stages]}
     if data_sha256 is not None:
         signature["data_sha256"] = data_sha256
     if guide_sha256 is not None:
@@ -105,7 +108,7 @@ def signature_differences(saved: dict, now: dict) -> list[str]:
         steps = [[len(s.get("timesteps") or ()) for s in stages] for stages in (saved_stages, now_stages)]
         diffs.append(_change("--path", *steps))
         return diffs
-    for key in sorted({k for s in saved_stages + now_stages for k in s}):
+    for key in sorted({k for s in saved_stages + now_stages for k in s} - STAGE_MECHANICS):
         values = [[s.get(key) for s in stages] for stages in (saved_stages, now_stages)]
         if values[0] != values[1]:
             label = STAGE_FLAGS.get(key, f"stage setting {key}")
