@@ -35,6 +35,7 @@ from .cli_args import (
     check_guide_model,
     check_model_file,
     check_output_folders,
+    check_student_targets,
     clip_frames,
     clip_side,
     loss_weight,
@@ -139,8 +140,8 @@ def _progressive_from_args(args):
     return stages, run
 
 
-def _check_progressive_inputs(args, any_form: bool = False) -> None:
-    """Everything a distillation reads, checked before it creates a folder; then the folders it writes.
+def _check_progressive_inputs(args, stages, any_form: bool = False) -> None:
+    """Everything a distillation reads, checked before it creates a folder; then the folders and files it writes.
     ``any_form``: the teacher may also be a diffusers or ComfyUI-native Wan-VACE model (``distill``; the
     demo's is PVTT's)."""
     teacher_meta = check_model_file(args.teacher, "--teacher", "teacher", folder_ok=any_form)
@@ -153,6 +154,7 @@ def _check_progressive_inputs(args, any_form: bool = False) -> None:
     check_output_folders({flag: getattr(args, name) for flag, name in (("--out", "out"), ("--run-dir", "run_dir"),
                                                                         ("--models-dir", "models_dir"))
                           if hasattr(args, name)})
+    check_student_targets(args.models_dir, stages)
 
 
 def _with_teacher_sampling(args, run):
@@ -171,7 +173,7 @@ def cmd_distill(args) -> None:
     _threads(args)
     stages, run = _progressive_from_args(args)
     run, guide = _with_teacher_sampling(args, run)
-    _check_progressive_inputs(args, any_form=True)
+    _check_progressive_inputs(args, stages, any_form=True)
     if args.report_clips:
         require_training_extra("distill --report-clips (its quality_speed.png plot)", "matplotlib")
     if not args.skip_memory_check:
@@ -272,7 +274,7 @@ def cmd_demo(args) -> None:
     _demo_teacher(args)
     stages, run = _progressive_from_args(args)
     run, guide = _with_teacher_sampling(args, run)
-    _check_progressive_inputs(args)
+    _check_progressive_inputs(args, stages)
     require_training_extra("the demo (its report plot)", "matplotlib")
 
     from .demo import run_demo

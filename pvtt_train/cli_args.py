@@ -174,8 +174,9 @@ def step_path(text: str) -> str | tuple[int, ...]:
 DEFAULT_GENERATOR_STEPS = "30,80,130"
 
 #: ``demo``'s budget: fewer updates than ``distill``'s, so that the README's demo command ends within issue 14's 20
-#: minutes on 2 cores on slow hosts too (30,80,130 took 21 min 54 s on one). ``demo --generator-steps
-#: 30,80,130`` reproduces the shipped students bit for bit.
+#: minutes on 2 cores on slow hosts too (30,80,130 took 21 min 54 s on one). ``demo --teacher
+#: models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130`` reproduces the shipped velocity students bit
+#: for bit.
 DEMO_GENERATOR_STEPS = "20,50,80"
 
 #: The flow shift ``demo`` samples its default teacher at (Wan 2.1's own at 720p): there, autoguided, the shipped
@@ -316,6 +317,29 @@ def check_model_file(path: str | Path, flag: str, want: str = "model", folder_ok
 
 #: Prefix of the empty file ``check_output_folders`` creates and removes at once (a PVTT temp by its name).
 WRITE_PROBE_PREFIX = ".pvtt-tmp-write-check-"
+
+
+def check_student_targets(models_dir: str | Path, stages) -> None:
+    """Refuse, before a distillation creates anything, one whose students would replace a file in ``--models-dir``
+    that PVTT did not write as a student: a file of the user's (a copy of a shipped model, another format, a link)
+    of the same name as a student the run exports (``pvtt_student_<n>step.safetensors``). A student of an earlier
+    run is PVTT's own and is replaced, as a re-run means."""
+    from .distill.progressive import student_file
+    from .errors import InputError
+    from .models.checkpoint import read_metadata
+
+    for stage in stages:
+        path = Path(models_dir) / student_file(stage)
+        if not (path.exists() or path.is_symlink()):
+            continue
+        try:
+            stage_name = None if path.is_symlink() else read_metadata(path).get("stage")
+        except (OSError, ValueError):  # read_metadata's CheckpointError is a ValueError
+            stage_name = None
+        if not (isinstance(stage_name, str) and stage_name.startswith("student")):
+            raise InputError(f"--models-dir {models_dir} already holds {path.name}, which is not a student PVTT "
+                             f"wrote, and this run would replace it with its {stage.steps}-step student; move that "
+                             f"file away, or pass another --models-dir")
 
 
 def check_output_folders(folders: dict[str, str | Path]) -> None:

@@ -32,12 +32,11 @@ from .eval.heldout_eval import run_heldout_eval
 from .eval.heldout_report import markdown as heldout_markdown
 from .eval.heldout_report import write_report as write_heldout
 from .models.checkpoint import copy_atomic, file_sha256, load_checkpoint, remove_stale_temps
-from .paths import SHIPPED_TEACHER
 from .run_folder import check_run_folder
 
 
 def run_demo(out: Path, models_dir: Path, stages: list[StageConfig], run: RunConfig,
-             teacher_path: Path = SHIPPED_TEACHER, guide_path: Path | None = None, clips: int = 16,
+             teacher_path: Path, guide_path: Path | None = None, clips: int = 16,
              export_count: int = 4, resume: bool = False, progress: bool = True, overwrite: bool = False,
              heldout_clips: int = 4) -> dict:
     started = time.monotonic()

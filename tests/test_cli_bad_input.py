@@ -66,6 +66,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         run = root / out / "run" if out == "user_out" else root / out
         run.mkdir(parents=True)
         (run / "thesis.tex").write_text("\\chapter{One}")
+    user_models = root / "user_models"  # a user's copy of a teacher under a student's name: never replaced
+    user_models.mkdir()
+    (user_models / "pvtt_student_4step.safetensors").write_bytes(teacher.read_bytes())
     (root / "empty_videos").mkdir()
     (root / "broken_videos").mkdir()
     for name in ("a.mp4", "b.mp4"):
@@ -237,6 +240,10 @@ CASES = [
     # --- distill
     ("distill-seed-past-its-streams", ["distill", "--teacher", "{teacher}", "--seed", "9223372036854775807"],
      ["--seed", "'9223372036854775807' is too large"], ["from 0 to 4294967295"]),
+    ("distill-models-dir-holds-a-users-file", ["distill", "--teacher", "{teacher}", "--run-dir", "{work}/r",
+                                                "--models-dir", "{user_models}"],
+     ["already holds pvtt_student_4step.safetensors, which is not a student PVTT wrote"],
+     ["move that file away", "another --models-dir"]),
     ("distill-path-increasing", ["distill", "--teacher", "{teacher}", "--path", "4,8"], ["--path", "'4,8'"],
      ["strictly decreasing", "e.g. 16,8,4"]),
     ("distill-path-ends-at-zero", ["distill", "--teacher", "{teacher}", "--path", "8,0"], ["--path", "'8,0'"],
@@ -315,6 +322,10 @@ CASES = [
     ("demo-existing-run-folder", ["demo", "--out", "{user_out}", "--teacher", "{teacher}"],
      ["run folder", "is not empty (thesis.tex)"], ["Add --resume", "or --overwrite"]),
     ("demo-clips-zero", ["demo", "--out", "{work}/demo", "--clips", "0"], ["--clips"], [">= 1"]),
+    ("demo-models-dir-holds-a-users-file", ["demo", "--out", "{work}/demo", "--teacher", "{teacher}", "--models-dir",
+                                             "{user_models}"],
+     ["already holds pvtt_student_4step.safetensors, which is not a student PVTT wrote"],
+     ["move that file away", "another --models-dir"]),
     # --- identity-encoder / identity-eval
     ("identity-encoder-out-folder", ["identity-encoder", "--out", "{folder}"], ["is a folder"],
      ["ending in .safetensors"]),
@@ -447,6 +458,22 @@ def test_bad_input_is_refused_with_the_problem_and_the_fix(argv, problem, fix, f
         assert text in line, f"{text!r} not in {line!r}"
     assert snapshot(work) == [], "a refused command left files behind"
     assert not files["marker"].exists(), "a pickle file was unpickled"
+
+
+def test_a_student_of_an_earlier_run_is_replaced_but_a_link_of_the_users_is_not(files, tmp_path):
+    """Re-running into the same --models-dir replaces PVTT's own students; a link the user put under a student's name
+    is theirs (replacing it would drop the link), so the run is refused and the link kept."""
+    from pvtt_train.cli_args import check_student_targets
+    from pvtt_train.distill.config import build_stages
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "pvtt_student_4step.safetensors").write_bytes(files["student"].read_bytes())
+    check_student_targets(models, build_stages((8, 4), 1))  # a PVTT student of an earlier run: no refusal
+    (models / "pvtt_student_8step.safetensors").symlink_to(files["student"])
+    with pytest.raises(InputError, match="already holds pvtt_student_8step.safetensors, which is not a student"):
+        check_student_targets(models, build_stages((8, 4), 1))
+    assert (models / "pvtt_student_8step.safetensors").is_symlink()
 
 
 def test_the_matrix_covers_every_command():
