@@ -177,8 +177,9 @@ def target_latents(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "target_latent" in batch:
         return batch["target_latent"]
     if "features" in batch:
-        raise InputError("the adversarial loss needs ground truth for every training clip, and this dataset has "
-                         "paired clips without target.mp4; add their targets, or train without --adversarial")
+        raise InputError("the adversarial and truth losses need ground truth for every training clip, and this "
+                         "dataset has paired clips without target.mp4; add their targets, or train without "
+                         "--adversarial and --weight truth")
     return model.encode(batch["target"])
 
 

@@ -10,6 +10,9 @@ and the gate:
 - ``last``: every loss (adversarial and perceptual stay optional); gate: distance <= 1.15 x the
   teacher's, issue 14's bar for the 4-step student.
 
+``truth`` (the x0 MSE against the clip's ground truth, ``truth.py``) joins every stage when ``--weight
+truth=W`` gives it a weight; it is off by default.
+
 Learning rates follow the recipe's (1e-4, 5e-5, 1e-5) for (first, middle, last), multiplied by
 ``lr_scale`` (0.4 for the 0.95 M-parameter default: its 150-step stages need a gentler student
 step than the recipe's LoRA-sized one). Loss weights are ``(weight, warm-up generator steps)``;
@@ -23,8 +26,10 @@ from dataclasses import dataclass, field, replace
 
 PATHS: dict[str, tuple[int, ...]] = {"default": (16, 8, 4), "gentle": (25, 12, 6, 4)}
 
-LOSSES = ("dmd", "regression", "temporal", "background", "identity", "adversarial", "perceptual")
+LOSSES = ("dmd", "regression", "temporal", "background", "identity", "adversarial", "perceptual", "truth")
 OPTIONAL_LOSSES = ("adversarial", "perceptual")
+#: Losses every stage of ``build_stages`` takes once ``--weight`` gives them a weight (default 0: off).
+WEIGHTED_ON_DEMAND = ("truth",)
 
 LOSS_SETS: dict[str, tuple[str, ...]] = {
     "first": ("dmd", "regression", "temporal"),
@@ -41,6 +46,7 @@ DEFAULT_WEIGHTS: dict[str, tuple[float, int]] = {
     "identity": (0.05, 10),
     "adversarial": (0.01, 20),
     "perceptual": (0.1, 0),
+    "truth": (0.0, 0),  # the x0 MSE against the clip's ground truth (``truth.py``); off unless asked
 }
 
 RECIPE_LR: dict[str, float] = {"first": 1e-4, "middle": 5e-5, "last": 1e-5}
@@ -149,7 +155,7 @@ def build_stages(path: str | tuple[int, ...] = "default", generator_steps: int |
     for i, (n, budget) in enumerate(zip(steps, budgets)):
         role = stage_role(i, len(steps))
         losses = LOSS_SETS[role] + (("adversarial",) if adversarial and role == "last" else ()) \
-            + (("perceptual",) if perceptual and role == "last" else ())
+            + (("perceptual",) if perceptual and role == "last" else ()) + WEIGHTED_ON_DEMAND
         stage = StageConfig(name=f"student_{n}step", role=role, timesteps=uniform_timesteps(n),
                             lr_student=RECIPE_LR[role] * lr_scale, generator_steps=budget, losses=losses,
                             gate=default_gate(role))

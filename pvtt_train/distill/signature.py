@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.checkpoint import file_sha256
-from .config import RunConfig, StageConfig
+from .config import WEIGHTED_ON_DEMAND, RunConfig, StageConfig
 
 #: RunConfig fields that change no trained weight, so a resume may change them.
 MECHANICS = frozenset({"force", "save_every", "keep_states", "log_every"})
@@ -32,7 +32,7 @@ STAGE_FLAGS = {
     "name": "--path", "role": "--path", "timesteps": "--path", "generator_steps": "--generator-steps",
     "lr_student": "--lr-student/--lr-scale", "lr_critic": "--lr-critic", "critic_ratio": "--critic-ratio",
     "critic_init": "--critic-init", "shift": "--shift", "teacher_cfg": "--teacher-cfg", "minutes": "--minutes",
-    "weights": "--weight", "losses": "--adversarial/--perceptual",
+    "weights": "--weight", "losses": "--adversarial/--perceptual/--weight",
 }
 #: A diffusers model folder's files that make the model: weights (and their indexes) and configs.
 FOLDER_MODEL_SUFFIXES = (".safetensors", ".json")
@@ -53,6 +53,14 @@ def teacher_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _stage_signature(stage: StageConfig) -> dict:
+    """A stage's fields less its mechanics; a loss added on demand stays out of its weights while off, so that
+    runs saved before the loss existed resume."""
+    fields = {k: v for k, v in asdict(stage).items() if k not in STAGE_MECHANICS}
+    fields["weights"] = {k: v for k, v in fields["weights"].items() if k not in WEIGHTED_ON_DEMAND or v[0] > 0}
+    return fields
+
+
 def run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha256: str | None, processes: int,
                   data_sha256: str | None = None, guide_sha256: str | None = None) -> dict:
     """Everything that changes what a run trains, as plain JSON values (so a saved copy compares equal);
@@ -60,7 +68,7 @@ def run_signature(stages: list[StageConfig], run: RunConfig, teacher_sha256: str
     ``guide_sha256`` the teacher's autoguidance model (``teacher_sampling``)."""
     signature = {"teacher_sha256": teacher_sha256, "processes": processes,
                  "run": {k: v for k, v in asdict(run).items() if k not in MECHANICS},
-                 "stages": [{k: v for k, v in asdict(s).items() if k not in STAGE_MECHANICS} for s in stages]}
+                 "stages": [_stage_signature(s) for s in stages]}
     if data_sha256 is not None:
         signature["data_sha256"] = data_sha256
     if guide_sha256 is not None:

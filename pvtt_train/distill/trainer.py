@@ -62,6 +62,7 @@ from .sharding import (
 from .signature import check_signature, run_signature, saved_signature
 from .state import load_newest_state, rotate_states, save_state
 from .temporal import FlowCache, temporal_loss
+from .truth import truth_loss
 
 
 #: What a resume reads from a training state; a state without all of them is set aside as damaged.
@@ -341,6 +342,10 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
                     target = student.decode(reg["x0_teacher"].to(x0_reg))
                 pixels = [v.permute(0, 4, 1, 2, 3) * 2 - 1 for v in (student.decode(x0_reg), target)]
                 terms["perceptual"] = inputs.perceptual(*pixels)
+        if "truth" in stage.losses:
+            with torch.no_grad():  # the target is data, not a path for gradients into the VAE
+                target = target_latents(student, batch)
+            terms["truth"] = truth_loss(x0, target)
         if "adversarial" in stage.losses:
             terms["adversarial"] = generator_adversarial_loss(head, critic, x0, cond, schedule, gen)
         return terms, info
