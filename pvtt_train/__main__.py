@@ -25,9 +25,12 @@ from .cli_args import (
     CFG,
     DEFAULT_GENERATOR_STEPS,
     DEMO_GENERATOR_STEPS,
+    DEMO_LR_STUDENT,
     DEMO_TEACHER_SHIFT,
+    DEMO_TRUTH_WEIGHT,
     FLOW_SHIFT,
     LEARNING_RATE,
+    LR_SCALE,
     REAL_SCORE_CFG,
     SEED,
     aspect_range,
@@ -254,11 +257,12 @@ def cmd_teacher_eval(args) -> None:
     print(json.dumps(results, indent=2))
 
 
-def _demo_teacher(args) -> None:
-    """Fill in the demo's teacher: without ``--teacher``, the shipped paste-residual teacher sampled at flow shift 5
-    and autoguided by its shipped guide, the sampler whose students meet the most of issue 14's bars (README), each
-    part unless its flag is given; a ``--teacher`` of the user's is sampled as its flags say (plainly by default),
-    as ``distill`` samples it."""
+def _demo_defaults(args) -> None:
+    """Fill in the demo's teacher and recipe: without ``--teacher``, the shipped paste-residual teacher sampled at flow
+    shift 5 and autoguided by its shipped guide, the sampler whose students meet the most of issue 14's bars (README),
+    distilled at ``DEMO_LR_STUDENT`` with the ground-truth loss at ``DEMO_TRUTH_WEIGHT``, each part unless its flag is
+    given; a ``--teacher`` of the user's is sampled and distilled as its flags say (plainly, at ``--lr-scale``'s
+    default and without the truth loss), as ``distill`` does."""
     from .paths import SHIPPED_RESIDUAL_GUIDE, SHIPPED_RESIDUAL_TEACHER
 
     if args.teacher is None:
@@ -267,11 +271,17 @@ def _demo_teacher(args) -> None:
             args.teacher_shift = DEMO_TEACHER_SHIFT
         if args.guide_model is None:
             args.guide_model = str(SHIPPED_RESIDUAL_GUIDE)
+        if args.lr_scale is None and args.lr_student is None:
+            args.lr_student = DEMO_LR_STUDENT
+        if all(name != "truth" for name, _ in args.weight):
+            args.weight.append(("truth", (DEMO_TRUTH_WEIGHT, None)))
+    if args.lr_scale is None:
+        args.lr_scale = LR_SCALE
 
 
 def cmd_demo(args) -> None:
     _threads(args)
-    _demo_teacher(args)
+    _demo_defaults(args)
     stages, run = _progressive_from_args(args)
     run, guide = _with_teacher_sampling(args, run)
     _check_progressive_inputs(args, stages)
@@ -289,7 +299,10 @@ def cmd_demo(args) -> None:
 
 # --- the parser ---------------------------------------------------------------------------------------------
 
-def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEFAULT_GENERATOR_STEPS) -> None:
+def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEFAULT_GENERATOR_STEPS,
+                          lr_scale: float | None = LR_SCALE) -> None:
+    """The stage, loss, gate and mechanics options of ``distill`` and ``demo``; ``lr_scale`` None leaves
+    ``--lr-scale``'s default to the command (the demo's depends on its teacher: ``_demo_defaults``)."""
     g = p.add_argument_group("stages")
     g.add_argument("--path", default="default", type=step_path,
                    help="'default' (50->16->8->4), 'gentle' (50->25->12->6->4) or step counts, e.g. 8,4")
@@ -297,8 +310,10 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
                    help="student updates per stage: one number, or one per stage (default %(default)s)")
     g.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=0.0,
                    help="wall-clock budget per stage; 0 = none")
-    g.add_argument("--lr-scale", type=number(0, low_open=True), default=0.4,
-                   help="multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last)")
+    g.add_argument("--lr-scale", type=number(0, low_open=True), default=lr_scale,
+                   help=f"multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last); "
+                        f"default {LR_SCALE}" + ("" if lr_scale is not None else
+                                                 f" (the demo's default teacher: --lr-student {DEMO_LR_STUDENT:g})"))
     g.add_argument("--lr-student", type=LEARNING_RATE, default=None, help="one student learning rate for every stage")
     g.add_argument("--lr-critic", type=LEARNING_RATE, default=1e-4)
     g.add_argument("--critic-ratio", type=whole(1), default=5, help="critic optimizer steps per student optimizer step")
@@ -478,15 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=None,
-                   help="default: the shipped paste-residual teacher, sampled at flow shift 5 and autoguided by its "
-                        "shipped guide (unless --teacher-shift / --guide-model say otherwise); a teacher you name is "
-                        "sampled as those flags say, plainly by default (models_shipped/pvtt_teacher.safetensors "
-                        "--generator-steps 30,80,130 reproduces the shipped velocity students)")
+                   help=f"default: the shipped paste-residual teacher, sampled at flow shift 5 and autoguided by its "
+                        f"shipped guide, distilled at --lr-student {DEMO_LR_STUDENT:g} with --weight "
+                        f"truth={DEMO_TRUTH_WEIGHT:g} (each unless its flag says otherwise); a teacher you name is "
+                        f"sampled and distilled as the flags say, plainly by default "
+                        f"(models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130 reproduces the shipped "
+                        f"velocity students)")
     p.add_argument("--clips", type=whole(1), default=16)
     p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
                    help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
                         "for out/heldout/ (the README's held-out table uses 4)")
-    _add_progressive_args(p, generator_steps=DEMO_GENERATOR_STEPS)
+    _add_progressive_args(p, generator_steps=DEMO_GENERATOR_STEPS, lr_scale=None)
     _add_teacher_sampling_args(p)
     p.set_defaults(func=cmd_demo)
 

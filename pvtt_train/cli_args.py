@@ -184,6 +184,16 @@ DEMO_GENERATOR_STEPS = "20,50,80"
 #: Wan's own sampler?*).
 DEMO_TEACHER_SHIFT = 5.0
 
+#: The learning rate of every stage and the ground-truth loss's weight (``distill/truth.py``) with which ``demo``
+#: distils its default teacher: at its budget the student then learns past the teacher's errors, not only towards
+#: them (README, *What the demo measured*); a ``--lr-scale``, ``--lr-student`` or ``--weight truth=W`` given wins.
+DEMO_LR_STUDENT = 1e-4
+DEMO_TRUTH_WEIGHT = 20.0
+
+#: ``--lr-scale``'s default: the recipe's rates suit LoRA-sized updates; the 0.95 M-parameter default model's short
+#: stages need a gentler student step (``distill/config.py``).
+LR_SCALE = 0.4
+
 
 def step_budgets(text: str) -> tuple[int, ...]:
     """``--generator-steps``: one budget for every stage, or one per stage, each >= 1."""

@@ -71,10 +71,10 @@ def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
 
 
 def _demo_args(tmp_path, *argv):
-    from pvtt_train.__main__ import _demo_teacher, build_parser
+    from pvtt_train.__main__ import _demo_defaults, build_parser
 
     args = build_parser().parse_args(["demo", "--out", str(tmp_path), *argv])
-    _demo_teacher(args)
+    _demo_defaults(args)
     return args
 
 
@@ -88,6 +88,19 @@ def test_the_demo_distils_the_residual_teacher_shifted_and_autoguided_unless_tol
     assert (args.teacher_shift, args.guide_model) == (3.0, str(SHIPPED_RESIDUAL_GUIDE))
     args = _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER))
     assert (args.teacher, args.teacher_shift, args.guide_model) == (str(SHIPPED_TEACHER), None, None)
+
+
+def test_the_demo_distils_its_default_teacher_with_the_truth_loss_at_its_own_rate_unless_told_otherwise(tmp_path):
+    """The default teacher's recipe (--lr-student 1e-4, --weight truth=20) gives way to each flag that sets it; a
+    teacher the user names is distilled at --lr-scale's default without the truth loss, as distill does."""
+    args = _demo_args(tmp_path)
+    assert (args.lr_student, args.lr_scale, args.weight) == (1e-4, 0.4, [("truth", (20.0, None))])
+    args = _demo_args(tmp_path, "--lr-scale", "0.2", "--weight", "truth=5:3")
+    assert (args.lr_student, args.lr_scale, args.weight) == (None, 0.2, [("truth", (5.0, 3))])
+    args = _demo_args(tmp_path, "--weight", "temporal=0.2")
+    assert args.weight == [("temporal", (0.2, None)), ("truth", (20.0, None))]
+    args = _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER))
+    assert (args.lr_student, args.lr_scale, args.weight) == (None, 0.4, [])
 
 
 def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_residual_one(tmp_path):
@@ -110,6 +123,7 @@ def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_resid
     message = str(refused.value)
     for part in ("--teacher: weights with SHA-256", "--guide-model: none in the saved run",
                  "--teacher-shift: default in the saved run, 5.0 now",
-                 "--generator-steps: 30,80,130 in the saved run, 20,50,80 now", "resume with the same options"):
+                 "--generator-steps: 30,80,130 in the saved run, 20,50,80 now", "--lr-student/--lr-scale:",
+                 "--weight:", "resume with the same options"):
         assert part in message, part
     check_signature(saved, signature(*old), "progress.json")
