@@ -64,3 +64,20 @@ def test_a_dataset_from_another_vae_is_refused(setup, tmp_path, capsys):
               "--models-dir", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r")])
     assert exc.value.code == 2
     assert "was encoded with another model" in capsys.readouterr().err
+
+
+def test_losses_that_need_ground_truth_are_refused_before_the_run_when_a_training_clip_has_none(setup, tmp_path,
+                                                                                                capsys):
+    root, teacher, _ = setup
+    clips = make_clips(tmp_path / "clips", ("a_paired", "b_paired_truth"))
+    dataset = tmp_path / "dataset"
+    assert main(["prepare-data", "--clips", str(clips), "--out", str(dataset), "--model", str(teacher),
+                 "--heldout", "0"]) == 0
+    for flags, named in ((["--weight", "truth=1"], "--weight truth need"), (["--adversarial"], "--adversarial need")):
+        with pytest.raises(SystemExit) as exc:
+            main(["distill", "--teacher", str(teacher), "--data", str(dataset), "--path", "1", "--generator-steps",
+                  "1", "--models-dir", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"), *flags])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert named in err and "1 have none (a_paired)" in err and "add their target.mp4" in err
+        assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()

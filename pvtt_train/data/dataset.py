@@ -72,6 +72,16 @@ class EncodedDataset:
                 "heldout_examples": len(self.heldout), "clips": len(self.manifest["key"]["clips"]),
                 "skipped_clips": [e["clip"] for e in self.manifest["errors"]]}
 
+    def check_ground_truth(self, losses: str) -> None:
+        """Refuse, before a run starts, training clips without ground truth for ``losses`` that need it (the
+        adversarial and truth losses): otherwise the first such clip the stream draws stops the run midway."""
+        missing = sorted({self.examples[i]["clip"] for i in self.train if not self.examples[i].get("ground_truth")})
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise InputError(f"--data {self.folder}: {losses} need ground truth for every training clip, and "
+                             f"{len(missing)} have none ({shown}); add their target.mp4 and run prepare-data again, "
+                             f"or train without {losses}")
+
     def check_model(self, model_sha: str, what: str) -> None:
         """Refuse a model other than the one whose VAE and text encoder encoded the dataset."""
         if model_sha != self.manifest["key"]["encoder_sha256"]:
