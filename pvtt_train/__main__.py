@@ -30,7 +30,6 @@ from .cli_args import (
     DEMO_TRUTH_WEIGHT,
     FLOW_SHIFT,
     LEARNING_RATE,
-    LR_SCALE,
     REAL_SCORE_CFG,
     SEED,
     aspect_range,
@@ -52,6 +51,7 @@ from .cli_args import (
 )
 from .data.shapes import DEFAULT_ASPECT, SHAPES
 from .data.warp_paste import PASTES
+from .distill.config import LR_SCALE  # light (no torch): --lr-scale's default is the stages' own
 from .errors import DISK_ERRORS
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra

@@ -190,10 +190,6 @@ DEMO_TEACHER_SHIFT = 5.0
 DEMO_LR_STUDENT = 1e-4
 DEMO_TRUTH_WEIGHT = 20.0
 
-#: ``--lr-scale``'s default: the recipe's rates suit LoRA-sized updates; the 0.95 M-parameter default model's short
-#: stages need a gentler student step (``distill/config.py``).
-LR_SCALE = 0.4
-
 
 def step_budgets(text: str) -> tuple[int, ...]:
     """``--generator-steps``: one budget for every stage, or one per stage, each >= 1."""
