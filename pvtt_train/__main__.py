@@ -190,11 +190,6 @@ def cmd_distill(args) -> None:
     from .distill.report import sampled_side_by_side, write_report
     from .models.loading import load_model
 
-    dataset = open_data(args.data)  # a wrong --data fails before the run folder is made
-    needs_truth = sorted({loss for s in stages for loss in s.losses} & {"adversarial", "truth"})
-    if dataset is not None and needs_truth:
-        dataset.check_ground_truth(" and ".join(f"--{n}" if n == "adversarial" else f"--weight {n}"
-                                                 for n in needs_truth))
     run_dir = Path(args.run_dir)
     acc = make_accelerator(run, run_dir)
     result = run_progressive(Path(args.teacher), stages, run, run_dir, Path(args.models_dir), resume=args.resume,

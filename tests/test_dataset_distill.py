@@ -81,3 +81,12 @@ def test_losses_that_need_ground_truth_are_refused_before_the_run_when_a_trainin
         err = capsys.readouterr().err
         assert named in err and "1 have none (a_paired)" in err and "add their target.mp4" in err
         assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+    # The library entry point refuses it too, before it makes the run or models folder.
+    from pvtt_train.distill.config import DEFAULT_WEIGHTS, RunConfig, build_stages
+    from pvtt_train.distill.progressive import run_progressive
+    from pvtt_train.errors import InputError
+
+    stages = build_stages((1,), generator_steps=1, weights={**DEFAULT_WEIGHTS, "truth": (1.0, 0)})
+    with pytest.raises(InputError, match=r"--weight truth need ground truth .* 1 have none \(a_paired\)"):
+        run_progressive(teacher, stages, RunConfig(), tmp_path / "r", tmp_path / "m", data=dataset)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()

@@ -169,6 +169,15 @@ def build_stages(path: str | tuple[int, ...] = "default", generator_steps: int |
     return stages
 
 
+def losses_used(stages: list[StageConfig]) -> set[str]:
+    """The losses some stage trains with (``build_stages`` drops a loss weighted 0 from its stage)."""
+    return {loss for s in stages for loss in s.losses}
+
+
+#: Losses that compare with the clip's ground truth, and the flag that turns each on.
+GROUND_TRUTH_LOSSES = {"adversarial": "--adversarial", "truth": "--weight truth"}
+
+
 def check_config(stages: list[StageConfig], run: RunConfig) -> None:
     """Reject inconsistent settings up front, with the fix in the message."""
     if run.real_score not in REAL_SCORE:

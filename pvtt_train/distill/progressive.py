@@ -27,7 +27,6 @@ from ..data.dataset import open_data
 from ..data.prepare import encoder_identity
 from ..errors import CheckpointError, InputError
 from ..eval.evaluate import save_grid
-from ..models.loading import load_model, source_sha256
 from ..models.checkpoint import (
     LoadedModel,
     file_sha256,
@@ -36,9 +35,10 @@ from ..models.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
+from ..models.loading import load_model, source_sha256
 from ..run_folder import open_run_folder
 from ..run_lock import RunLock, describe_owner
-from .config import RunConfig, StageConfig, check_config
+from .config import GROUND_TRUTH_LOSSES, RunConfig, StageConfig, check_config, losses_used
 from .gates import GateEvaluator, GateFailed, as_few_step, check_gate
 from .regression import TrajectoryCache
 from .report import teacher_as_few_step
@@ -155,10 +155,6 @@ def _is_stage_entry(entry) -> bool:
         and isinstance(entry.get("gate"), dict) and isinstance(entry["gate"].get("passed"), bool)
 
 
-def _losses_used(stages: list[StageConfig]) -> set[str]:
-    return {loss for s in stages for loss in s.losses}
-
-
 def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfig, run_dir: Path,
                     models_dir: Path, resume: bool = False, progress: bool = True, accelerator=None,
                     data: str | Path = "synthetic", overwrite: bool = False, guide_path: Path | None = None) -> dict:
@@ -167,11 +163,15 @@ def run_progressive(teacher_path: Path, stages: list[StageConfig], run: RunConfi
     ``data`` is 'synthetic' (the teacher's own generator settings, from its provenance) or a
     ``prepare-data`` folder, which must have been encoded by this teacher's VAE. The teacher is sampled at
     ``run.teacher_shift`` and autoguided by ``guide_path`` at ``run.guide_weight`` (``teacher_sampling``).
-    The run folder is locked for the whole run, so a second run on it is refused instead of sweeping this one's temps;
-    an existing run in it is resumed (``resume``), emptied (``overwrite``, only a folder PVTT created)
-    or refused (``run_folder``)."""
+    A dataset with a training clip that lacks the ground truth the adversarial or truth loss compares with
+    is refused before anything is written. The run folder is locked for the whole run, so a second run on
+    it is refused instead of sweeping this one's temps; an existing run in it is resumed (``resume``),
+    emptied (``overwrite``, only a folder PVTT created) or refused (``run_folder``)."""
     check_config(stages, run)
     dataset = open_data(data)  # a bad --data folder fails before anything is written
+    needs_truth = sorted(losses_used(stages) & GROUND_TRUTH_LOSSES.keys())
+    if dataset is not None and needs_truth:
+        dataset.check_ground_truth(" and ".join(GROUND_TRUTH_LOSSES[loss] for loss in needs_truth))
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     acc = accelerator or make_accelerator(run, run_dir)
     lock = _lock_run_folder(acc, run_dir, stages, resume, overwrite)
@@ -249,7 +249,7 @@ def _run_stages(teacher_path: Path, stages: list[StageConfig], run: RunConfig, r
     log = ProgressLog(progress_path, signature, resume, record_now=main and not (resume and saved_states))
     acc.init_trackers("pvtt_distill", config={"stages": len(stages), "batch_size": run.batch_size,
                                               "real_score": run.real_score, "processes": acc.num_processes})
-    used = _losses_used(stages)
+    used = losses_used(stages)
     teacher_cfg = stages[0].teacher_cfg if stages[0].teacher_cfg is not None else teacher.sampler.get("cfg", 1.0)
 
     trajectories = None
