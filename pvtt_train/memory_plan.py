@@ -6,8 +6,9 @@
   (frozen; half precision under mixed precision), student and critic (trainable, fp32 master
   weights), EMA (fp32), AdamW states (2 x fp32 per trainable parameter, student and critic),
   gradients (fp32; DDP's reducer keeps a second, bucketed copy unless ``gradient_as_bucket_view``),
-  the frozen VAE. Under FSDP (FULL_SHARD) every sharded copy is divided by the number of GPUs;
-  with parameter offload it lives in host RAM instead.
+  the frozen VAE, and with the adversarial loss its discriminator head (fp32 weights, gradients and
+  AdamW states, whole on every GPU). Under FSDP (FULL_SHARD) every sharded copy is divided by the
+  number of GPUs; with parameter offload it lives in host RAM instead.
 - **working buffers**: under FSDP the unsharded half-precision parameters of the wrapped block that
   runs, the prefetched next one and the root module's own parameters, plus one block's unsharded
   fp32 gradients; under DDP with autocast, the half-precision weight casts autocast caches for
@@ -21,9 +22,11 @@
   autocast would keep under DDP are counted at half size). With gradient checkpointing each block
   keeps only its input (``tokens x dim``) and one block's activations are alive again while it is
   recomputed. A generator step holds, per sample, the student's graph at the exit step, the graph
-  of the regression loss's second student call, and (temporal, identity or perceptual loss) the
-  VAE decoder's graph of the whole clip; the critic's step comes after their backward and is
-  smaller.
+  of the regression loss's second student call, (temporal, identity or perceptual loss) the VAE
+  decoder's graph of the whole clip and (adversarial loss) the critic's graph up to the
+  discriminator head's block. The critic's step comes after their backward: its own graph and,
+  with the adversarial loss, the discriminator's batch of real, fake and perturbed real clips
+  through the same cut critic. The plan holds the larger of the two.
 - an **allowance** for the CUDA context, NCCL buffers and allocator fragmentation: 2 GiB + 5 %.
 
 Tokens are ``latent frames x (H / (s * p_h)) x (W / (s * p_w))`` with the VAE's spatial factor
@@ -115,7 +118,6 @@ def model_spec(source: str) -> ModelSpec:
 
     if native_wan.is_native_file(path) is not None:  # a ComfyUI-native file: configs from its headers
         from .models.loading import native_model_description
-
         from .models.wan_configs import PROMPT_TOKENS
 
         config, video = native_model_description(path)
@@ -151,6 +153,7 @@ class Counts:
     root: int  # parameters outside the blocks (stay in the root FSDP unit)
     blocks: int  # transformer blocks the activations run through (VACE blocks included)
     dim: int
+    discriminator_head: int  # the adversarial loss's head on the critic's tokens (``DiscriminatorHead``)
 
 
 def _meta_model(config: dict):
@@ -186,9 +189,13 @@ def count_parameters(spec: ModelSpec) -> Counts:
             encoder = UMT5EncoderModel(UMT5Config(**{k: v for k, v in spec.text_encoder.items() if k in keys}))
         text = sum(p.numel() for p in encoder.parameters())
     dim = denoiser.config.num_attention_heads * denoiser.config.attention_head_dim
+    from .distill.adversarial import DiscriminatorHead
+
+    with torch.device("meta"):
+        head = sum(p.numel() for p in DiscriminatorHead(dim, head_block(len(denoiser.blocks))).parameters())
     return Counts(trainable=trainable, vae=sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
                   text_encoder=text, largest_block=max(sizes), root=trainable - sum(sizes), blocks=len(blocks),
-                  dim=dim)
+                  dim=dim, discriminator_head=head)
 
 
 # --- activations, measured on the meta device ------------------------------------------------------------------
@@ -245,6 +252,42 @@ def _probe_config(config: dict, layers: int) -> dict:
 
 def measure_activations(spec: ModelSpec, half: bool, checkpointing: bool) -> ActivationModel:
     """Fit ``const + per_token x tokens`` to saved bytes of a 2- and a 4-layer probe at 120 and 240 tokens."""
+    return _fit_probes(spec, half, checkpointing, lambda denoiser, layers, call: call(), count_blocks)
+
+
+def measure_discriminator_activations(spec: ModelSpec, half: bool, checkpointing: bool) -> ActivationModel:
+    """Saved bytes of one discriminator call (``distill.adversarial``): the critic run with gradients up to the
+    head's block, cut there as training cuts it (``tokens_after``), and the head on that block's tokens.
+
+    All VACE blocks run before the first main block, so the cut run keeps them all (``blocks_to_head``)."""
+    import torch
+
+    from .distill.adversarial import DiscriminatorHead, tokens_after
+
+    def discriminate(denoiser, layers: int, call):
+        block = head_block(layers)
+        with torch.device("meta"):
+            head = DiscriminatorHead(denoiser.config.num_attention_heads * denoiser.config.attention_head_dim, block)
+        return head(tokens_after(denoiser.blocks[block], call))
+
+    return _fit_probes(spec, half, checkpointing, discriminate, blocks_to_head)
+
+
+def head_block(layers: int) -> int:
+    """The critic block the discriminator head reads (``DiscriminatorHead.for_critic``: the middle one)."""
+    return layers // 2
+
+
+def blocks_to_head(config: dict) -> int:
+    """Transformer blocks a discriminator call runs: every VACE block, then the main ones up to the head's."""
+    key = "transformer" if config["arch"] == "wan_vace" else "backbone_config"
+    return head_block(int(config[key]["num_layers"])) + 1 + len(config[key].get("vace_layers", []))
+
+
+def _fit_probes(spec: ModelSpec, half: bool, checkpointing: bool, run, blocks) -> ActivationModel:
+    """Saved bytes of ``run(denoiser, layers, call)`` (``call()`` runs the probe denoiser once) for probes of 2 and
+    4 layers at two token counts, fitted per token and per block and extrapolated to ``blocks(config)`` blocks of
+    the real model."""
     import torch
 
     dtype = torch.bfloat16 if half else torch.float32
@@ -266,17 +309,17 @@ def measure_activations(spec: ModelSpec, half: bool, checkpointing: bool) -> Act
             if hasattr(cfg, "vace_in_channels"):
                 kwargs["control_hidden_states"] = torch.zeros(1, cfg.vace_in_channels, frames, h, w, device="meta",
                                                               dtype=dtype)
-            measured[layers, tokens] = _saved_bytes(lambda: denoiser(**kwargs), list(model.parameters()),
-                                                    (tokens, context))
+            measured[layers, tokens] = _saved_bytes(lambda: run(denoiser, layers, lambda: denoiser(**kwargs)),
+                                                    list(model.parameters()), (tokens, context))
     (t1, t2) = sorted({t for _, t in measured})
-    blocks_of = {layers: count_blocks(_probe_config(spec.config, layers)) for layers in (2, 4)}
+    blocks_of = {layers: blocks(_probe_config(spec.config, layers)) for layers in (2, 4)}
     slope = {layers: (measured[layers, t2] - measured[layers, t1]) / (t2 - t1) for layers in (2, 4)}
     const = {layers: measured[layers, t1] - slope[layers] * t1 for layers in (2, 4)}
     extra = blocks_of[4] - blocks_of[2]
     per_block, const_per_block = (slope[4] - slope[2]) / extra, (const[4] - const[2]) / extra
-    blocks = count_blocks(spec.config)
-    return ActivationModel(const=int(max(0.0, const[2] + const_per_block * (blocks - blocks_of[2]))),
-                           per_token=slope[2] + per_block * (blocks - blocks_of[2]), per_token_block=per_block)
+    real = blocks(spec.config)
+    return ActivationModel(const=int(max(0.0, const[2] + const_per_block * (real - blocks_of[2]))),
+                           per_token=slope[2] + per_block * (real - blocks_of[2]), per_token_block=per_block)
 
 
 def count_blocks(config: dict) -> int:
@@ -325,6 +368,9 @@ class Setup:
     regression: bool = True  # the regression loss (a second student call with gradients)
     pixel_losses: bool = True  # temporal / identity / perceptual: the clip decoded with gradients
     guide_parameters: int = 0  # an autoguided teacher's guide (``distill --guide-model``), frozen as the teacher is
+    #: Clips per sample that the adversarial loss's discriminator step sends through the critic: real, fake and,
+    #: with R1 (``--r1-weight`` > 0, the default), the perturbed real ones; 0 without the adversarial loss.
+    discriminator_inputs: int = 0
 
     def checked(self) -> "Setup":
         """Sharding only exists under FSDP: 'sharded' means 'replicated' under DDP."""
@@ -371,12 +417,19 @@ class Planner:
         self.spec = spec
         self.counts = count_parameters(spec)
         self._activations: dict = {}
+        self._discriminator: dict = {}
         self._decoder: dict = {}
 
     def activations(self, half: bool, checkpointing: bool) -> ActivationModel:
         if (half, checkpointing) not in self._activations:
             self._activations[half, checkpointing] = measure_activations(self.spec, half, checkpointing)
         return self._activations[half, checkpointing]
+
+    def discriminator(self, half: bool, checkpointing: bool) -> ActivationModel:
+        if (half, checkpointing) not in self._discriminator:
+            self._discriminator[half, checkpointing] = measure_discriminator_activations(self.spec, half,
+                                                                                         checkpointing)
+        return self._discriminator[half, checkpointing]
 
     def decoder(self, half: bool) -> float:
         if half not in self._decoder:
@@ -421,13 +474,20 @@ class Planner:
             gpu["working_buffers"] = (2 * c.largest_block + c.root) * half_bytes + c.largest_block * 4
         else:
             gpu["working_buffers"] = 2 * p * half_bytes if half else 0  # autocast's weight casts, student + critic
-        act = self.activations(half, s.gradient_checkpointing)
-        graphs = 1 + s.regression
-        per_sample = graphs * act.bytes(tokens)
+        if s.discriminator_inputs:  # the head: fp32 weights, gradients and two AdamW states, on every GPU
+            gpu["discriminator"] = 16 * c.discriminator_head
+        act = self.activations(half, s.gradient_checkpointing).bytes(tokens)
+        generator_turn = (1 + s.regression) * act
+        if s.pixel_losses:
+            generator_turn += self.decoder(half) * video["frames"] * video["height"] * video["width"]
+        critic_turn = act
+        if s.discriminator_inputs:
+            discriminator = self.discriminator(half, s.gradient_checkpointing).bytes(tokens)
+            generator_turn += discriminator  # the generator's adversarial term, beside its other graphs
+            critic_turn += s.discriminator_inputs * discriminator  # one batch beside the critic's own graph
+        per_sample = max(generator_turn, critic_turn)
         if s.gradient_checkpointing:  # one block's full activations, alive again while it is recomputed
             per_sample += self.activations(half, False).per_token_block * tokens
-        if s.pixel_losses:
-            per_sample += self.decoder(half) * video["frames"] * video["height"] * video["width"]
         gpu["activations"] = s.batch_size * per_sample
         subtotal = sum(gpu.values())
         gpu["allowance"] = ALLOWANCE_FIXED + ALLOWANCE_SHARE * subtotal
@@ -457,6 +517,8 @@ class Planner:
             steps.append(("FSDP parameter offload (fsdp_offload_params: true)", {"strategy": "fsdp", "offload": True}))
         if setup.pixel_losses:
             steps.append(("no pixel-space losses (temporal, identity, perceptual)", {"pixel_losses": False}))
+        if setup.discriminator_inputs:
+            steps.append(("no adversarial loss", {"discriminator_inputs": 0}))
         steps.append((f"{setup.gpus * 8} GPUs", {"gpus": setup.gpus * 8}))
         found = []
         for name, change in steps:
@@ -503,8 +565,8 @@ def plan_from_accelerate_yaml(planner: Planner, yaml_path: str | Path, **setting
 
 # --- output ---------------------------------------------------------------------------------------------------
 
-ROWS = ("teacher", "guide", "student", "critic", "ema", "optimizer_states", "gradients", "vae", "working_buffers",
-        "activations", "allowance")
+ROWS = ("teacher", "guide", "student", "critic", "discriminator", "ema", "optimizer_states", "gradients", "vae",
+        "working_buffers", "activations", "allowance")
 
 
 def count(n: int) -> str:
@@ -524,7 +586,9 @@ def format_plan(plan: Plan) -> str:
              f"{count(plan.parameters['trainable'])} trainable parameters (student and critic each), "
              f"VAE {count(plan.parameters['vae'])}; batch {s['batch_size']} per GPU of "
              f"{v['frames']} x {v['height']} x {v['width']} = {plan.tokens} tokens; teacher {s['teacher']}, "
-             f"EMA {s['ema']}{', parameters offloaded to CPU' if s['offload'] else ''}.",
+             f"EMA {s['ema']}{', parameters offloaded to CPU' if s['offload'] else ''}"
+             + (f"; adversarial loss, its discriminator batch {s['discriminator_inputs']} clips per sample"
+                if s['discriminator_inputs'] else "") + ".",
              "", "| component | GiB per GPU |", "|---|---:|"]
     lines += [f"| {name} | {gib(plan.gpu[name]):.2f} |" for name in ROWS if name in plan.gpu]
     lines += [f"| **total** | **{gib(plan.total):.2f}** |", ""]

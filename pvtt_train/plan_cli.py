@@ -32,9 +32,19 @@ def cmd_plan(args) -> None:
                   teacher=args.teacher or built["teacher"], teacher_half=built["teacher_half"],
                   ema=args.ema or built["ema"], offload=args.offload,
                   regression=not args.no_regression, pixel_losses=not args.no_pixel_losses,
-                  guide_parameters=count_parameters(model_spec(args.guide_model)).trainable if args.guide_model else 0)
+                  guide_parameters=count_parameters(model_spec(args.guide_model)).trainable if args.guide_model else 0,
+                  discriminator_inputs=DISCRIMINATOR_INPUTS if args.adversarial else 0)
     plan = planner.plan(setup)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
+
+
+#: The discriminator's batch per sample under distill --adversarial: real, fake and (R1 is on) perturbed real clips.
+DISCRIMINATOR_INPUTS = 3
+
+
+def discriminator_inputs(stages) -> int:
+    """Clips per sample the adversarial loss's discriminator step sends through the critic (0 without it)."""
+    return max((2 + (s.r1_weight > 0) for s in stages if "adversarial" in s.losses), default=0)
 
 
 def distributed_setup(gpu_memory: int | None = None) -> dict:
@@ -62,20 +72,21 @@ def check_distill_memory(teacher: str, stages, run, guide: str | None = None) ->
     autoguided teacher's ``guide`` frozen beside it."""
     import torch
 
+    from .distill.config import losses_used
     from .errors import InputError
     from .memory_plan import Planner, Setup, count_parameters, model_spec, refusal, trainer_as_built
 
     mixed = run.mixed_precision
     if mixed is None:  # accelerate's own setting (its config file or ACCELERATE_MIXED_PRECISION) decides
         mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    losses = {loss for s in stages for loss in s.losses}
+    losses = losses_used(stages)
     env = distributed_setup()
     built = trainer_as_built(env["strategy"], mixed, env["offload"])
     setup = Setup(**env, mixed_precision=mixed, gradient_checkpointing=run.gradient_checkpointing,
                   batch_size=run.batch_size, regression="regression" in losses,
                   pixel_losses=bool(losses & {"temporal", "identity", "perceptual"}),
                   ema="off" if run.ema_decay <= 0 else built["ema"], teacher=built["teacher"],
-                  teacher_half=built["teacher_half"],
+                  teacher_half=built["teacher_half"], discriminator_inputs=discriminator_inputs(stages),
                   guide_parameters=count_parameters(model_spec(guide)).trainable if guide is not None else 0)
     plan = Planner(model_spec(str(teacher))).plan(setup)
     if not plan.fits:
@@ -115,5 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-regression", action="store_true", help="plan without the regression loss's student call")
     p.add_argument("--no-pixel-losses", action="store_true",
                    help="plan without the losses that decode the clip with gradients (temporal, identity, perceptual)")
+    p.add_argument("--adversarial", action="store_true",
+                   help="plan distill --adversarial: its discriminator head, and the critic run up to the head's block "
+                        "on real, fake and perturbed real clips")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of markdown")
     p.set_defaults(func=cmd_plan)

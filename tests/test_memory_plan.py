@@ -232,3 +232,77 @@ def test_plan_defaults_to_the_trainer_as_built_per_strategy(capsys):
     assert setup("--strategy", "fsdp", "--offload")[1]["ema"] == "cpu"
     assert setup("--strategy", "ddp")[1] == {"teacher": "replicated", "teacher_half": True, "ema": "replicated"}
     assert setup("--strategy", "ddp", "--mixed-precision", "no")[1]["teacher_half"] is False
+
+
+def test_discriminator_extrapolation_matches_a_direct_meta_count():
+    """The discriminator's fit (critic cut after the head's block, and the head) predicts a deeper probe's count."""
+    import torch
+
+    from pvtt_train.distill.adversarial import DiscriminatorHead, tokens_after
+    from pvtt_train.memory_plan import ModelSpec, _probe_denoiser, _saved_bytes, measure_discriminator_activations
+
+    config = {"arch": "wan_vace", "context_tokens": 8,
+              "transformer": {**TRANSFORMERS["wan2.1-vace-1.3b"], "num_layers": 6, "vace_layers": [0, 2, 4]},
+              "vae": {"z_dim": 16, "temperal_downsample": [False, True, True]}}
+    spec = ModelSpec("probe", config, {"frames": 81, "height": 480, "width": 832})
+    model = measure_discriminator_activations(spec, half=True, checkpointing=False)
+    denoiser, built = _probe_denoiser(config, 6, torch.bfloat16)
+    with torch.device("meta"):
+        head = DiscriminatorHead.for_critic(built)  # reads block 3 of 6, after all three VACE blocks
+    kwargs = {"hidden_states": torch.zeros(1, 16, 6, 8, 12, device="meta", dtype=torch.bfloat16),
+              "control_hidden_states": torch.zeros(1, 96, 6, 8, 12, device="meta", dtype=torch.bfloat16),
+              "encoder_hidden_states": torch.zeros(1, 8, denoiser.config.text_dim, device="meta",
+                                                   dtype=torch.bfloat16),
+              "timestep": torch.zeros(1, device="meta"), "return_dict": False}
+    direct = _saved_bytes(lambda: head(tokens_after(denoiser.blocks[head.block], lambda: denoiser(**kwargs))),
+                          list(built.parameters()), (144, 8))
+    assert model.bytes(144) == pytest.approx(direct, rel=0.10)
+    whole = _saved_bytes(lambda: denoiser(**kwargs), list(built.parameters()), (144, 8))
+    assert 0.5 * whole < direct < 0.9 * whole  # 7 of 9 blocks run, the output head does not
+
+
+def test_the_adversarial_loss_adds_its_head_and_the_critics_larger_step(planners):
+    planner = planners["wan2.1-vace-1.3b"]
+    base = Setup(gpus=8, strategy="fsdp", gradient_checkpointing=True, pixel_losses=False, regression=False)
+    plain = planner.plan(base, alternatives=False)
+    adversarial = planner.plan(replace(base, discriminator_inputs=3), alternatives=False)
+    assert "discriminator" not in plain.gpu
+    assert adversarial.gpu["discriminator"] == 16 * planner.counts.discriminator_head  # fp32 weight, grad, AdamW
+    one_call = planner.activations(True, True).bytes(plain.tokens)
+    cut = planner.discriminator(True, True).bytes(plain.tokens)
+    assert 0.5 * one_call < cut < one_call  # the critic up to its middle main block, after every VACE block
+    # Without the regression loss the critic's step is the larger: its graph and three cut ones at once.
+    assert adversarial.gpu["activations"] - plain.gpu["activations"] == pytest.approx(3 * cut, rel=0.01)
+    between = (plain.total + adversarial.total) // 2
+    refused = planner.plan(replace(base, discriminator_inputs=3, gpu_memory=between))
+    assert not refused.fits and "no adversarial loss" in [name for name, _ in refused.alternatives]
+
+
+def test_distill_precheck_plans_the_adversarial_loss(monkeypatch):
+    from pvtt_train import plan_cli
+    from pvtt_train.distill.config import RunConfig, build_stages
+    from pvtt_train.errors import InputError
+
+    run = RunConfig(batch_size=1, mixed_precision="bf16", gradient_checkpointing=True)
+    plain, adversarial = build_stages((8, 4), 2), build_stages((8, 4), 2, adversarial=True)
+    assert plan_cli.discriminator_inputs(plain) == 0 and plan_cli.discriminator_inputs(adversarial) == 3
+    planner = Planner(model_spec("wan2.1-vace-1.3b"))
+    setup = Setup(gpus=1, strategy="ddp", gradient_checkpointing=True, batch_size=1)
+    between = (planner.plan(setup, alternatives=False).total
+               + planner.plan(replace(setup, discriminator_inputs=3), alternatives=False).total) // 2
+    monkeypatch.setattr(plan_cli, "distributed_setup",
+                        lambda: {"gpus": 1, "strategy": "ddp", "offload": False, "gpu_memory": between})
+    plan_cli.check_distill_memory("wan2.1-vace-1.3b", plain, run)
+    with pytest.raises(InputError, match="no adversarial loss"):
+        plan_cli.check_distill_memory("wan2.1-vace-1.3b", adversarial, run)
+
+
+def test_plan_cli_plans_the_adversarial_loss(capsys):
+    from pvtt_train.__main__ import main
+
+    flags = ["--model", "wan2.1-vace-1.3b", "--gpus", "8", "--strategy", "fsdp", "--gradient-checkpointing"]
+    main(["plan", *flags])
+    assert "| discriminator |" not in capsys.readouterr().out
+    main(["plan", *flags, "--adversarial"])
+    out = capsys.readouterr().out
+    assert "| discriminator |" in out and "discriminator batch 3 clips per sample" in out

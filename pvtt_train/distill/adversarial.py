@@ -57,23 +57,29 @@ class _Captured(Exception):
 
 def critic_features(critic: nn.Module, x_t: torch.Tensor, sigma: torch.Tensor, cond: Condition,
                     block: int) -> torch.Tensor:
-    """Tokens [B, L, D] after ``critic``'s transformer block ``block`` at input ``x_t``, noise level ``sigma``.
+    """Tokens [B, L, D] after ``critic``'s transformer block ``block`` at input ``x_t``, noise level ``sigma``."""
+    return tokens_after(_transformer(critic).blocks[block], lambda: critic.velocity(x_t, sigma, cond))
+
+
+def tokens_after(block: nn.Module, forward) -> torch.Tensor:
+    """The output of ``block`` while ``forward()`` runs the model that holds it.
 
     The forward pass is cut right after that block (the hook raises), so the later blocks cost
     nothing and cannot receive gradients. The hook is gone before any backward pass, so gradient
-    checkpointing's recomputation of the block is unaffected.
+    checkpointing's recomputation of the block is unaffected. ``memory_plan`` measures the
+    discriminator's activations through this same cut.
     """
     def hook(_module, _inputs, output):
         raise _Captured(output)
 
-    handle = _transformer(critic).blocks[block].register_forward_hook(hook)
+    handle = block.register_forward_hook(hook)
     try:
-        critic.velocity(x_t, sigma, cond)
+        forward()
     except _Captured as captured:
         return captured.tokens
     finally:
         handle.remove()
-    raise RuntimeError(f"block {block} of the critic did not run")
+    raise RuntimeError("the hooked block did not run")
 
 
 def discriminate(head: DiscriminatorHead, critic: nn.Module, x_t: torch.Tensor, sigma: torch.Tensor,
