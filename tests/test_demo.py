@@ -45,6 +45,12 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert f"sample the teacher at flow shift 5, autoguided by {SHIPPED_RESIDUAL_GUIDE.name} at weight 2" in table
     assert report["teacher_sampling"]["shift"] == 5 and report["teacher_sampling"]["guide_weight"] == 2
     assert report["teacher_checkpoint"] == str(SHIPPED_RESIDUAL_TEACHER)
+    # Each stage's recipe, read from its export: the demo's rate and its ground-truth loss in every stage.
+    for stage in report["stages"]:
+        assert stage["recipe"]["lr_student"] == pytest.approx(1e-4)
+        assert stage["recipe"]["losses"]["dmd"] == [1.0, 0] and stage["recipe"]["losses"]["truth"] == [20.0, 0]
+    assert "| student_4step | 1 | 0.0001 | 0.0001 | 1 | dmd 1, regression 0.25, temporal 0.1 (10), " in table
+    assert "truth 20 |" in table
     assert len(list((out / "data").glob("*/example.json"))) == 4
     assert (models / SHIPPED_RESIDUAL_TEACHER.name).exists()
     heldout = json.loads((out / "heldout" / "report.json").read_text())

@@ -42,6 +42,35 @@ def sampler_label(sampler: dict) -> str:
     return f"{kind} {sampler['steps']}" + (f", CFG {cfg:g}" if sampler["kind"] == "euler_cfg" and cfg != 1.0 else "")
 
 
+def stage_recipe(student: LoadedModel) -> dict | None:
+    """How a student was trained, from its own provenance (the stage's config as distill ran it): learning
+    rates, critic steps per generator step, and each loss with its weight and warm-up. None for a student
+    exported without it."""
+    stage = (student.metadata.get("provenance", {}).get("config") or {}).get("stage")
+    if not stage:
+        return None
+    return {"lr_student": stage["lr_student"], "lr_critic": stage["lr_critic"], "critic_ratio": stage["critic_ratio"],
+            "losses": {loss: stage["weights"][loss] for loss in stage["losses"]}}
+
+
+def recipe_markdown(report: dict) -> list[str]:
+    """The stages' recipes as a table, so the report says how its students were trained."""
+    rows = [(s["name"], s["generator_steps"], s.get("recipe")) for s in report["stages"]]
+    if not any(recipe for _, _, recipe in rows):
+        return []
+    lines = ["", "| stage | generator steps | student lr | critic lr | critic steps per generator step | "
+                 "losses (weight, warm-up generator steps) |", "|" + "---|" * 6]
+    for name, steps, r in rows:
+        if r is None:
+            lines.append(f"| {name} | {steps} | - | - | - | not recorded in its export |")
+            continue
+        losses = ", ".join(f"{loss} {w:g}" + (f" ({warmup})" if warmup else "") for loss, (w, warmup)
+                           in r["losses"].items())
+        lines.append(f"| {name} | {steps} | {r['lr_student']:.3g} | {r['lr_critic']:.3g} | {r['critic_ratio']} | "
+                     f"{losses} |")
+    return lines
+
+
 def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig | EncodedDataset, clips: int = 16,
                  plain: LoadedModel | None = None):
     """Evaluate teacher and all stages together on held-out clips (synthetic, or the dataset's held-out
@@ -68,7 +97,7 @@ def side_by_side(teacher: LoadedModel, progressive: dict, data: SyntheticConfig 
             "quality_retention": quality_retention(report["teacher"], metrics),
             "gate": s.get("gate"), "gate_scores": s.get("scores"),
             "generator_steps": s["stats"]["generator_steps"], "train_minutes": s.get("train_minutes"),
-            "export": s["export"],
+            "export": s["export"], "recipe": stage_recipe(loaded[s["name"]]),
         })
     report["stages"] = rows
     report["teacher_sampler"] = teacher.metadata["sampler"]
@@ -126,6 +155,7 @@ def markdown(report: dict) -> str:
               f"and the guide's)"] if sampled.get("guide") else [])
         lines += ["", "The teacher row, the gates and the regression targets sample the teacher " + ", ".join(how)
                   + "; the undistilled row is its plain weights with the students' sampler."]
+    lines += recipe_markdown(report)
     return "\n".join(lines) + "\n"
 
 
