@@ -314,7 +314,8 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
                         f"default {LR_SCALE}" + ("" if lr_scale is not None else
                                                  f" (the demo's default teacher: --lr-student {DEMO_LR_STUDENT:g})"))
     g.add_argument("--lr-student", type=LEARNING_RATE, default=None, help="one student learning rate for every stage")
-    g.add_argument("--lr-critic", type=LEARNING_RATE, default=1e-4)
+    g.add_argument("--lr-critic", type=LEARNING_RATE, default=1e-4,
+                   help="learning rate of the critic (the fake score) in every stage (default %(default)g)")
     g.add_argument("--critic-ratio", type=whole(1), default=5, help="critic optimizer steps per student optimizer step")
     g.add_argument("--critic-init", choices=("teacher", "keep"), default="teacher",
                    help="each stage's critic: a fresh copy of the teacher, or the previous stage's critic")
@@ -343,9 +344,14 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
     g = p.add_argument_group("mechanics and scale-out (works under `accelerate launch`)")
     g.add_argument("--batch-size", type=whole(1), default=4, help="per process and micro-batch")
     g.add_argument("--grad-accumulation", type=whole(1), default=1, help="micro-batches per optimizer step")
-    g.add_argument("--seed", type=SEED, default=0)
-    g.add_argument("--grad-clip", type=number(0, low_open=True), default=1.0)
-    g.add_argument("--ema-decay", type=number(0, 1, high_open=True), default=0.99)
+    g.add_argument("--seed", type=SEED, default=0,
+                   help="seed of the training noise and data stream, the regression pool's clips and the gates' "
+                        "sampling noise (the gate clips stay the same)")
+    g.add_argument("--grad-clip", type=number(0, low_open=True), default=1.0,
+                   help="student gradients are clipped to this global norm (default %(default)g)")
+    g.add_argument("--ema-decay", type=number(0, 1, high_open=True), default=0.99,
+                   help="decay of the student's EMA copy, which is what each stage exports; 0 = no EMA, the last "
+                        "weights (default %(default)g)")
     g.add_argument("--save-every", type=whole(1), default=25, help="student steps between training states")
     g.add_argument("--keep-states", type=whole(1), default=2, help="training states kept per stage")
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
@@ -353,7 +359,9 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
                         "ACCELERATE_MIXED_PRECISION; 'no' without either)")
     g.add_argument("--skip-memory-check", action="store_true",
                    help="run even when `plan` says the configuration does not fit the devices")
-    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each transformer block in the backward pass instead of keeping its activations: "
+                        "less memory (see `plan`), more time")
     g.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
     g.add_argument("--overwrite", action="store_true",
                    help="delete the run saved in the run folder and start again (only a folder PVTT created)")
@@ -384,22 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="export synthetic template-transfer examples as MP4 + PNG")
-    p.add_argument("--out", required=True, type=out_folder)
-    p.add_argument("--count", type=whole(1), default=8)
-    p.add_argument("--first-seed", type=SEED, default=0)
+    p.add_argument("--out", required=True, type=out_folder, help="folder for the examples, one sub-folder each")
+    p.add_argument("--count", type=whole(1), default=8, help="examples to write")
+    p.add_argument("--first-seed", type=SEED, default=0,
+                   help="seed of the first example; the others follow (within the held-out range with --heldout)")
     p.add_argument("--heldout", action="store_true", help="use the held-out seed range")
-    p.add_argument("--frames", type=clip_frames, default=9)
+    p.add_argument("--frames", type=clip_frames, default=9, help="frames per clip")
     p.add_argument("--height", type=clip_side, default=16, help="even, >= 10")
     p.add_argument("--width", type=clip_side, default=16, help="even, >= 10")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("teacher", help="train the tiny flow-matching teacher")
-    p.add_argument("--out", default=str(SHIPPED_TEACHER), type=out_file())
-    p.add_argument("--minutes", type=number(0, low_open=True, meaning=" (the training budget)"), default=29.0)
-    p.add_argument("--max-steps", type=whole(0, " (0 = limited by --minutes only)"), default=4600)
-    p.add_argument("--batch-size", type=whole(1), default=8)
-    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3)
-    p.add_argument("--mask-weight", type=number(0), default=4.0)
+    p.add_argument("--out", default=str(SHIPPED_TEACHER), type=out_file(),
+                   help="the teacher .safetensors to write (default: the shipped teacher's path)")
+    p.add_argument("--minutes", type=number(0, low_open=True, meaning=" (the training budget)"), default=29.0,
+                   help="wall-clock training budget (default %(default)g); training stops at this or --max-steps")
+    p.add_argument("--max-steps", type=whole(0, " (0 = limited by --minutes only)"), default=4600,
+                   help="optimizer steps; 0 = limited by --minutes only (default %(default)s)")
+    p.add_argument("--batch-size", type=whole(1), default=8, help="clips per optimizer step")
+    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3, help="AdamW learning rate (default %(default)g)")
+    p.add_argument("--mask-weight", type=number(0), default=4.0,
+                   help="how many times more the loss weighs the product region than the background "
+                        "(default %(default)g)")
     p.add_argument("--interior-weight", type=number(0), default=0.0,
                    help="extra loss weight at the mask's interior pixels (all 8 neighbours in the mask), the "
                         "only ones whose correction the pipeline keeps at a designer's size (default: 0)")
@@ -416,10 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "extra forward passes per step (default: 0, off)")
     p.add_argument("--rollout-spacing", type=number(0, 1, low_open=True), default=0.04,
                    help="sigma covered by each --rollout-steps step (default: 0.04, two of a 50-step sampler's)")
-    p.add_argument("--cfg-dropout", type=number(0, 1, high_open=True), default=0.1)
+    p.add_argument("--cfg-dropout", type=number(0, 1, high_open=True), default=0.1,
+                   help="share of training samples whose product reference is dropped, which trains the "
+                        "unconditional branch classifier-free guidance needs (default %(default)g)")
     p.add_argument("--sample-cfg", type=CFG, default=1.0, help="CFG the checkpoint's sampler uses")
-    p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--save-every", type=whole(0, " (0 = save only at the end)"), default=250,
+                   help="optimizer steps between resumable checkpoints; 0 = save only at the end")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the weights' initialisation and the training data")
     p.add_argument("--prediction", choices=PREDICTIONS, default="velocity",
                    help="what the network predicts: the flow velocity, or the clean clip's correction of the "
                         "aligned paste composite (paste_residual; it starts as the paste itself), or that "
@@ -457,9 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("teacher-eval", help="teacher samples vs ground truth on held-out clips (the teacher bar)")
-    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--out", required=True, type=out_folder)
-    p.add_argument("--clips", type=whole(1), default=16)
+    p.add_argument("--teacher", default=str(SHIPPED_TEACHER), help="the teacher to score (default: the shipped one)")
+    p.add_argument("--out", required=True, type=out_folder, help="folder for the report and sample grids")
+    p.add_argument("--clips", type=whole(1), default=16, help="held-out clips to score")
     p.add_argument("--cfg", type=CFG, nargs="+", default=[1.0, 1.25, 1.5, 2.0], help="CFG weights to try")
     p.add_argument("--calibrate-cfg", action="store_true",
                    help=f"save a copy of the teacher whose sampler uses the best guided weight (> 1) on "
@@ -467,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_teacher_eval)
 
     p = sub.add_parser("distill", help="progressive, gated DMD distillation (50 -> 16 -> 8 -> 4 by default)")
-    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
+    p.add_argument("--teacher", default=str(SHIPPED_TEACHER),
+                   help="the teacher to distil: a PVTT .safetensors, a diffusers Wan2.1-VACE folder or a "
+                        "ComfyUI-native Wan2.1-VACE file (default: the shipped velocity teacher)")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where each stage's student goes (point at ComfyUI/models/pvtt)")
     p.add_argument("--run-dir", default="runs/distill", type=out_folder,
@@ -481,14 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="teacher vs student on held-out clips")
-    p.add_argument("--teacher", default=str(SHIPPED_TEACHER))
-    p.add_argument("--student", required=True)
-    p.add_argument("--out", required=True, type=out_folder)
-    p.add_argument("--clips", type=whole(1), default=16)
+    p.add_argument("--teacher", default=str(SHIPPED_TEACHER), help="the teacher (default: the shipped one)")
+    p.add_argument("--student", required=True, help="the student to compare with it")
+    p.add_argument("--out", required=True, type=out_folder, help="folder for the report and the side-by-side grid")
+    p.add_argument("--clips", type=whole(1), default=16, help="held-out clips to score")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="end to end: data, shipped teacher, progressive distillation, report, export")
-    p.add_argument("--out", required=True, type=out_folder)
+    p.add_argument("--out", required=True, type=out_folder,
+                   help="folder for the demo's data, run folder, report, grids and held-out evaluation")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), type=out_folder,
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=None,
@@ -498,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"sampled and distilled as the flags say, plainly by default "
                         f"(models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130 reproduces the shipped "
                         f"velocity students)")
-    p.add_argument("--clips", type=whole(1), default=16)
+    p.add_argument("--clips", type=whole(1), default=16, help="held-out clips of the final side-by-side report")
     p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
                    help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
                         "for out/heldout/ (the README's held-out table uses 4)")

@@ -106,8 +106,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="memory of each GPU, e.g. 80GiB, 80GB or 81920MiB")
     p.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
                    help="ddp: every GPU holds every copy; fsdp: FULL_SHARD over the GPUs")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--mixed-precision", choices=("bf16", "fp16", "no"), default="bf16")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="plan distill --gradient-checkpointing: each block keeps only its input for the backward")
+    p.add_argument("--mixed-precision", choices=("bf16", "fp16", "no"), default="bf16",
+                   help="the run's mixed precision: bf16/fp16 halve the activations and the frozen teacher "
+                        "(default %(default)s)")
     p.add_argument("--batch-size", type=whole(1), default=1, help="clips per GPU and micro-batch")
     p.add_argument("--frames", type=whole(1), default=None, help="clip frames; default: the model's (81 for Wan)")
     p.add_argument("--height", type=whole(16), default=None, help="clip height; default: the model's")

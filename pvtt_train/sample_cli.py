@@ -159,11 +159,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="Wan-VACE diffusers folder with tokenizer/ and text_encoder/, if the model's has moved")
     p.add_argument("--steps", type=whole(1), default=None, help="sampling steps (default: the checkpoint's)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the sampling noise (same seed, same video)")
     p.add_argument("--fps", type=number(low=0.0, low_open=True), default=None,
                    help="frame rate of the MP4 (default: the template's, or 16 for a frame folder)")
-    p.add_argument("--device", type=device_name, default="cpu")
-    p.add_argument("--threads", type=whole(1), default=2)
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=whole(1), default=2, help="torch CPU threads (default %(default)s)")
     p.add_argument("--out", required=True, type=mp4_file, help="the MP4 to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_sample)

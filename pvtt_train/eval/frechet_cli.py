@@ -160,7 +160,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("video-encoder", help="train the video encoder the Fréchet-distance gates use")
     # The shipped file's name (``video_encoder.SHIPPED_VIDEO_ENCODER``), without importing torch here.
-    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_video_encoder.safetensors"), type=out_file())
+    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_video_encoder.safetensors"), type=out_file(),
+                   help="the encoder .safetensors to write (default: the shipped encoder's path)")
     p.add_argument("--minutes", type=number(0, low_open=True, meaning=" (the training budget)"), default=None,
                    help="wall-clock budget for rendering and training (default 5; the report takes ~20 s more)")
     p.add_argument("--max-steps", type=whole(1), default=None, help="optimizer steps (default 2000)")

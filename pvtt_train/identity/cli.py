@@ -52,20 +52,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clips = whole(2, " (each clip is compared with the others)")
     p = subparsers.add_parser("identity-encoder", help="train the product identity encoder (contrastive, synthetic)")
     # The shipped file's name (``encoder.SHIPPED_IDENTITY_ENCODER``), without importing torch here.
-    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_identity_encoder.safetensors"), type=out_file())
+    p.add_argument("--out", default=str(SHIPPED_MODELS / "pvtt_identity_encoder.safetensors"), type=out_file(),
+                   help="the encoder .safetensors to write (default: the shipped encoder's path)")
     p.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=5.5,
                    help="wall-clock budget for training; 0 = none")
     p.add_argument("--steps", type=whole(1), default=400,
                    help="optimizer steps (the run stops at whichever budget ends)")
     p.add_argument("--batch-size", type=clips, default=48, help="clips per step")
-    p.add_argument("--lr", type=LEARNING_RATE, default=3e-3)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--lr", type=LEARNING_RATE, default=3e-3, help="AdamW learning rate (default %(default)g)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the initialisation and the training clips")
     p.add_argument("--eval-clips", type=clips, default=256, help="held-out clips for the AUC report")
     p.set_defaults(func=cmd_identity_encoder)
 
     p = subparsers.add_parser("identity-eval", help="ROC AUC of an identity encoder on held-out synthetic clips")
     p.add_argument("--encoder", default=None,
                    help="a .safetensors identity encoder or a CLIP/DINOv2 folder (default: the shipped encoder)")
-    p.add_argument("--clips", type=clips, default=256)
+    p.add_argument("--clips", type=clips, default=256, help="held-out clips to score")
     p.add_argument("--first", type=whole(0), default=0, help="offset into the held-out seed range")
     p.set_defaults(func=cmd_identity_eval)

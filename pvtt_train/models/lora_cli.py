@@ -73,8 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("export-lora", help="export a student as a LoRA on its teacher (SVD of the delta)")
     p.add_argument("--teacher", default=str(SHIPPED_TEACHER), help="the base model the LoRA applies to")
-    p.add_argument("--student", required=True)
-    p.add_argument("--rank", type=whole(1), default=16)
+    p.add_argument("--student", required=True, help="the distilled student whose difference from --teacher becomes "
+                                                    "the LoRA (the forms --teacher takes)")
+    p.add_argument("--rank", type=whole(1), default=16,
+                   help="LoRA rank: higher keeps more of the student (the printed retained energy), at a larger "
+                        "file (default %(default)s)")
     p.add_argument("--out", required=True, type=out_file(), help="the .safetensors LoRA to write")
     p.add_argument("--format", choices=LORA_FORMATS, default="pvtt",
                    help="pvtt: PVTT's own keys; comfy: ComfyUI's (LoraLoaderModelOnly, models/loras); diffusers: "
