@@ -22,8 +22,9 @@
   autocast would keep under DDP are counted at half size). With gradient checkpointing each block
   keeps only its input (``tokens x dim``) and one block's activations are alive again while it is
   recomputed. A generator step holds, per sample, the student's graph at the exit step, the graph
-  of the regression loss's second student call, (temporal, identity or perceptual loss) the VAE
-  decoder's graph of the whole clip and (adversarial loss) the critic's graph up to the
+  of the regression loss's second student call, (temporal or identity loss) the VAE decoder's
+  graph of the whole clip, (perceptual loss) a second decoder graph, of the regression call's
+  clip, and the VAE encoder's graph of it, and (adversarial loss) the critic's graph up to the
   discriminator head's block. The critic's step comes after their backward: its own graph and,
   with the adversarial loss, the discriminator's batch of real, fake and perturbed real clips
   through the same cut critic. The plan holds the larger of the two.
@@ -346,6 +347,27 @@ def measure_decoder_activations(spec: ModelSpec, half: bool) -> float:
     return (saved[1] - saved[0]) / (t * h * s * w * s)
 
 
+def measure_encoder_activations(spec: ModelSpec, half: bool) -> float:
+    """Saved bytes per input pixel-frame of the VAE encoder run with gradients (meta-device probe): the perceptual
+    loss's feature extractor for a latent model (``distill.perceptual``; LPIPS's AlexNet, used instead when its
+    weights are on disk, keeps less)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    if spec.config["arch"] != "wan_vace":
+        return 0.0  # pixel-space model: no encoder
+    dtype = torch.bfloat16 if half else torch.float32
+    with torch.device("meta"):
+        vae = AutoencoderKLWan.from_config(spec.config["vae"]).to(dtype)
+    s, t = 2 ** len(vae.config.temperal_downsample), 2 ** sum(vae.config.temperal_downsample)
+    h, w = (side * s for side in _PROBE_LAYOUT[0][1:])
+    saved = []
+    for frames in (1 + t, 1 + 2 * t):  # the causal encoder takes the first frame alone, then t at a time
+        x = torch.zeros(1, 3, frames, h, w, device="meta", dtype=dtype, requires_grad=True)
+        saved.append(_saved_bytes(lambda: vae.encode(x).latent_dist.mode(), list(vae.parameters()), ()))
+    return (saved[1] - saved[0]) / (t * h * w)
+
+
 # --- the plan -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -365,8 +387,9 @@ class Setup:
     teacher_half: bool = True  # the frozen teacher cast to the half dtype under mixed precision
     ema: str = "sharded"  # "sharded" (FSDP only), "replicated", "cpu" or "off"
     offload: bool = False  # FSDP parameter offload: sharded weights, gradients and AdamW states in host RAM
-    regression: bool = True  # the regression loss (a second student call with gradients)
-    pixel_losses: bool = True  # temporal / identity / perceptual: the clip decoded with gradients
+    regression: bool = True  # the regression loss (a second student call with gradients; the perceptual loss's too)
+    pixel_losses: bool = True  # temporal / identity: the student's clip decoded with gradients
+    perceptual: bool = False  # the perceptual loss: the regression call's clip decoded and re-encoded with gradients
     guide_parameters: int = 0  # an autoguided teacher's guide (``distill --guide-model``), frozen as the teacher is
     #: Clips per sample that the adversarial loss's discriminator step sends through the critic: real, fake and,
     #: with R1 (``--r1-weight`` > 0, the default), the perturbed real ones; 0 without the adversarial loss.
@@ -419,6 +442,7 @@ class Planner:
         self._activations: dict = {}
         self._discriminator: dict = {}
         self._decoder: dict = {}
+        self._encoder: dict = {}
 
     def activations(self, half: bool, checkpointing: bool) -> ActivationModel:
         if (half, checkpointing) not in self._activations:
@@ -435,6 +459,11 @@ class Planner:
         if half not in self._decoder:
             self._decoder[half] = measure_decoder_activations(self.spec, half)
         return self._decoder[half]
+
+    def encoder(self, half: bool) -> float:
+        if half not in self._encoder:
+            self._encoder[half] = measure_encoder_activations(self.spec, half)
+        return self._encoder[half]
 
     def plan(self, setup: Setup, alternatives: bool = True) -> Plan:
         s = setup.checked()
@@ -477,9 +506,12 @@ class Planner:
         if s.discriminator_inputs:  # the head: fp32 weights, gradients and two AdamW states, on every GPU
             gpu["discriminator"] = 16 * c.discriminator_head
         act = self.activations(half, s.gradient_checkpointing).bytes(tokens)
-        generator_turn = (1 + s.regression) * act
+        generator_turn = (1 + (s.regression or s.perceptual)) * act
+        pixel_frames = video["frames"] * video["height"] * video["width"]
         if s.pixel_losses:
-            generator_turn += self.decoder(half) * video["frames"] * video["height"] * video["width"]
+            generator_turn += self.decoder(half) * pixel_frames
+        if s.perceptual:  # a second decode, of the regression call's clip, and its features
+            generator_turn += (self.decoder(half) + self.encoder(half)) * pixel_frames
         critic_turn = act
         if s.discriminator_inputs:
             discriminator = self.discriminator(half, s.gradient_checkpointing).bytes(tokens)
@@ -515,8 +547,9 @@ class Planner:
             steps.append(("--ema-decay 0 (no EMA)", {"ema": "off"}))
         if setup.gpus > 1 and not setup.offload:
             steps.append(("FSDP parameter offload (fsdp_offload_params: true)", {"strategy": "fsdp", "offload": True}))
-        if setup.pixel_losses:
-            steps.append(("no pixel-space losses (temporal, identity, perceptual)", {"pixel_losses": False}))
+        if setup.pixel_losses or setup.perceptual:
+            steps.append(("no pixel-space losses (temporal, identity, perceptual)",
+                          {"pixel_losses": False, "perceptual": False}))
         if setup.discriminator_inputs:
             steps.append(("no adversarial loss", {"discriminator_inputs": 0}))
         steps.append((f"{setup.gpus * 8} GPUs", {"gpus": setup.gpus * 8}))

@@ -32,6 +32,7 @@ def cmd_plan(args) -> None:
                   teacher=args.teacher or built["teacher"], teacher_half=built["teacher_half"],
                   ema=args.ema or built["ema"], offload=args.offload,
                   regression=not args.no_regression, pixel_losses=not args.no_pixel_losses,
+                  perceptual=args.perceptual,
                   guide_parameters=count_parameters(model_spec(args.guide_model)).trainable if args.guide_model else 0,
                   discriminator_inputs=DISCRIMINATOR_INPUTS if args.adversarial else 0)
     plan = planner.plan(setup)
@@ -84,7 +85,7 @@ def check_distill_memory(teacher: str, stages, run, guide: str | None = None) ->
     built = trainer_as_built(env["strategy"], mixed, env["offload"])
     setup = Setup(**env, mixed_precision=mixed, gradient_checkpointing=run.gradient_checkpointing,
                   batch_size=run.batch_size, regression="regression" in losses,
-                  pixel_losses=bool(losses & {"temporal", "identity", "perceptual"}),
+                  pixel_losses=bool(losses & {"temporal", "identity"}), perceptual="perceptual" in losses,
                   ema="off" if run.ema_decay <= 0 else built["ema"], teacher=built["teacher"],
                   teacher_half=built["teacher_half"], discriminator_inputs=discriminator_inputs(stages),
                   guide_parameters=count_parameters(model_spec(guide)).trainable if guide is not None else 0)
@@ -128,7 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "is frozen and placed as the teacher is")
     p.add_argument("--no-regression", action="store_true", help="plan without the regression loss's student call")
     p.add_argument("--no-pixel-losses", action="store_true",
-                   help="plan without the losses that decode the clip with gradients (temporal, identity, perceptual)")
+                   help="plan without the losses that decode the student's clip with gradients (temporal, identity)")
+    p.add_argument("--perceptual", action="store_true",
+                   help="plan distill --perceptual: the regression call's clip decoded and re-encoded with gradients")
     p.add_argument("--adversarial", action="store_true",
                    help="plan distill --adversarial: its discriminator head, and the critic run up to the head's block "
                         "on real, fake and perturbed real clips")

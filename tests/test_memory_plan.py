@@ -306,3 +306,54 @@ def test_plan_cli_plans_the_adversarial_loss(capsys):
     main(["plan", *flags, "--adversarial"])
     out = capsys.readouterr().out
     assert "| discriminator |" in out and "discriminator batch 3 clips per sample" in out
+
+
+def test_encoder_estimate_matches_a_direct_meta_count():
+    """The perceptual loss's VAE-encoder graph, fitted per pixel-frame, predicts another clip size's count."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from pvtt_train.memory_plan import _saved_bytes, measure_encoder_activations
+
+    spec = model_spec("wan2.1-vace-1.3b")
+    per_pixel_frame = measure_encoder_activations(spec, half=True)
+    with torch.device("meta"):
+        vae = AutoencoderKLWan.from_config(spec.config["vae"]).to(torch.bfloat16)
+    x = torch.zeros(1, 3, 13, 64, 96, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    direct = _saved_bytes(lambda: vae.encode(x).latent_dist.mode(), list(vae.parameters()), ())
+    assert per_pixel_frame * 13 * 64 * 96 == pytest.approx(direct, rel=0.10)
+
+
+def test_the_perceptual_loss_adds_a_second_decode_and_its_encoder(planners):
+    planner = planners["wan2.1-vace-1.3b"]
+    base = Setup(gpus=8, strategy="fsdp", gradient_checkpointing=True, frames=17, height=240, width=416)
+    pixel_frames = 17 * 240 * 416
+    plain = planner.plan(base, alternatives=False)
+    perceptual = planner.plan(replace(base, perceptual=True), alternatives=False)
+    added = (planner.decoder(True) + planner.encoder(True)) * pixel_frames
+    assert perceptual.gpu["activations"] - plain.gpu["activations"] == pytest.approx(added, rel=0.01)
+    assert added > plain.gpu["activations"]  # more than everything else the step holds at this size
+    # Its regression call runs even where the regression loss is weighted 0.
+    alone = planner.plan(replace(base, regression=False, pixel_losses=False, perceptual=True), alternatives=False)
+    none = planner.plan(replace(base, regression=False, pixel_losses=False), alternatives=False)
+    assert alone.gpu["activations"] - none.gpu["activations"] == pytest.approx(
+        added + planner.activations(True, True).bytes(none.tokens), rel=0.01)
+
+
+def test_distill_precheck_plans_the_optional_losses_its_stages_use(monkeypatch):
+    from pvtt_train import memory_plan, plan_cli
+    from pvtt_train.distill.config import DEFAULT_WEIGHTS, RunConfig, build_stages
+
+    planned = []
+    original = memory_plan.Planner.plan
+    monkeypatch.setattr(memory_plan.Planner, "plan",
+                        lambda self, setup, alternatives=True: planned.append(setup) or original(self, setup, False))
+    monkeypatch.setattr(plan_cli, "distributed_setup",
+                        lambda: {"gpus": 1, "strategy": "ddp", "offload": False, "gpu_memory": 1 << 50})
+    run = RunConfig(batch_size=1)
+    no_pixels = {**DEFAULT_WEIGHTS, "temporal": (0.0, 0), "identity": (0.0, 0)}
+    for stages in (build_stages((8, 4), 2), build_stages((8, 4), 2, perceptual=True, adversarial=True),
+                   build_stages((8, 4), 2, perceptual=True, weights=no_pixels)):
+        plan_cli.check_distill_memory("wan2.1-vace-1.3b", stages, run)
+    assert [(s.pixel_losses, s.perceptual, s.discriminator_inputs) for s in planned] == \
+        [(True, False, 0), (True, True, 3), (False, True, 0)]
