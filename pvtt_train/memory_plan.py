@@ -166,6 +166,20 @@ def _meta_model(config: dict):
         return build_model(config)
 
 
+def check_video(spec: ModelSpec, frames: int, height: int, width: int) -> None:
+    """Raise ValueError, with the sizes that would do, for a clip the model cannot take (Wan:
+    ``wan_vace.check_clip_shape``; the embedded model: whole transformer patches), so no plan is made for a clip
+    that training would refuse or silently crop."""
+    model = _meta_model(spec.config)
+    if hasattr(model, "check_clip"):
+        model.check_clip(frames, height, width)
+        return
+    p_t, p_h, p_w = spec.config["backbone_config"].get("patch_size", [1, 2, 2])
+    if frames % p_t or height % p_h or width % p_w:
+        raise ValueError(f"clip {frames} x {height} x {width} (frames x height x width) must be a multiple of the "
+                         f"transformer patch {p_t} x {p_h} x {p_w}")
+
+
 def _denoiser(model):
     return getattr(model, model.denoiser_attr)
 

@@ -20,11 +20,18 @@ def memory_size(text: str) -> int:
 
 def cmd_plan(args) -> None:
     from .errors import InputError
-    from .memory_plan import Planner, Setup, count_parameters, format_plan, model_spec, trainer_as_built
+    from .memory_plan import Planner, Setup, check_video, count_parameters, format_plan, model_spec, trainer_as_built
 
     if args.strategy == "fsdp" and args.gpus == 1:
         raise InputError("--strategy fsdp with --gpus 1 shards nothing; give the number of GPUs, e.g. --gpus 8")
-    planner = Planner(model_spec(args.model))
+    spec = model_spec(args.model)
+    video = {"frames": args.frames or spec.video["frames"], "height": args.height or spec.video["height"],
+             "width": args.width or spec.video["width"]}
+    try:
+        check_video(spec, **video)
+    except ValueError as exc:
+        raise InputError(f"--frames/--height/--width: {exc}") from None
+    planner = Planner(spec)
     built = trainer_as_built(args.strategy, args.mixed_precision, args.offload)  # what distill builds
     setup = Setup(gpus=args.gpus, gpu_memory=args.gpu_memory, strategy=args.strategy,
                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,

@@ -357,3 +357,20 @@ def test_distill_precheck_plans_the_optional_losses_its_stages_use(monkeypatch):
         plan_cli.check_distill_memory("wan2.1-vace-1.3b", stages, run)
     assert [(s.pixel_losses, s.perceptual, s.discriminator_inputs) for s in planned] == \
         [(True, False, 0), (True, True, 3), (False, True, 0)]
+
+
+@pytest.mark.parametrize("model, flags, named", [
+    ("wan2.1-vace-1.3b", ["--frames", "80"], "Use 77 or 81 frames"),
+    ("wan2.1-vace-1.3b", ["--height", "24"], "must be a multiple of 16x16"),
+    (None, ["--width", "17"], "multiple of the transformer patch 1 x 2 x 2"),
+])
+def test_plan_cli_refuses_a_clip_the_model_cannot_take(capsys, model, flags, named):
+    """Training would refuse the clip (or crop it silently): the plan is not made for it."""
+    from pvtt_train.__main__ import main
+    from pvtt_train.paths import SHIPPED_TEACHER
+
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "--model", model or str(SHIPPED_TEACHER), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--frames/--height/--width" in err and named in err
