@@ -188,6 +188,8 @@ def count_parameters(spec: ModelSpec) -> Counts:
     """Counts from the real modules, instantiated on the meta device (no memory, no weights)."""
     import torch
 
+    from .distill.adversarial import DiscriminatorHead
+
     model = _meta_model(spec.config)
     denoiser = _denoiser(model)
     vae = getattr(model, "vae", None)
@@ -204,8 +206,6 @@ def count_parameters(spec: ModelSpec) -> Counts:
             encoder = UMT5EncoderModel(UMT5Config(**{k: v for k, v in spec.text_encoder.items() if k in keys}))
         text = sum(p.numel() for p in encoder.parameters())
     dim = denoiser.config.num_attention_heads * denoiser.config.attention_head_dim
-    from .distill.adversarial import DiscriminatorHead
-
     with torch.device("meta"):
         head = sum(p.numel() for p in DiscriminatorHead(dim, head_block(len(denoiser.blocks))).parameters())
     return Counts(trainable=trainable, vae=sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
@@ -406,7 +406,7 @@ class Setup:
     perceptual: bool = False  # the perceptual loss: the regression call's clip decoded and re-encoded with gradients
     guide_parameters: int = 0  # an autoguided teacher's guide (``distill --guide-model``), frozen as the teacher is
     #: Clips per sample that the adversarial loss's discriminator step sends through the critic: real, fake and,
-    #: with R1 (``--r1-weight`` > 0, the default), the perturbed real ones; 0 without the adversarial loss.
+    #: with R1 (``StageConfig.r1_weight`` > 0, the default), the perturbed real ones; 0 without the adversarial loss.
     discriminator_inputs: int = 0
 
     def checked(self) -> "Setup":

@@ -18,6 +18,10 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: The discriminator's batch per sample under distill --adversarial: real, fake and (R1 is on) perturbed real clips.
+DISCRIMINATOR_INPUTS = 3
+
+
 def cmd_plan(args) -> None:
     from .errors import InputError
     from .memory_plan import Planner, Setup, check_video, count_parameters, format_plan, model_spec, trainer_as_built
@@ -44,10 +48,6 @@ def cmd_plan(args) -> None:
                   discriminator_inputs=DISCRIMINATOR_INPUTS if args.adversarial else 0)
     plan = planner.plan(setup)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
-
-
-#: The discriminator's batch per sample under distill --adversarial: real, fake and (R1 is on) perturbed real clips.
-DISCRIMINATOR_INPUTS = 3
 
 
 def discriminator_inputs(stages) -> int:
