@@ -85,26 +85,35 @@ def test_gradient_checkpointing_and_pixel_losses_move_the_activations(planners):
     assert pixels.gpu["activations"] > 10 * ckpt.gpu["activations"]  # the whole clip decoded with gradients
 
 
-def test_activation_extrapolation_matches_a_direct_meta_count():
-    """The two-size, two-depth fit predicts what a deeper probe saves at a larger clip."""
-    import torch
-
-    from pvtt_train.memory_plan import ModelSpec, _probe_denoiser, _saved_bytes, measure_activations
-
-    config = {"arch": "wan_vace", "context_tokens": 8,
+#: A 6-layer 1.3B: deeper than the 2- and 4-layer probes the fits are made on.
+DEEP_PROBE = {"arch": "wan_vace", "context_tokens": 8,
               "transformer": {**TRANSFORMERS["wan2.1-vace-1.3b"], "num_layers": 6, "vace_layers": [0, 2, 4]},
               "vae": {"z_dim": 16, "temperal_downsample": [False, True, True]}}
-    spec = ModelSpec("probe", config, {"frames": 81, "height": 480, "width": 832})
-    model = measure_activations(spec, half=True, checkpointing=False)
-    denoiser, built = _probe_denoiser(config, 6, torch.bfloat16)
-    frames, h, w = 6, 8, 12  # 144 tokens, outside the fitted sizes
-    cfg = denoiser.config
-    kwargs = {"hidden_states": torch.zeros(1, 16, frames, h, w, device="meta", dtype=torch.bfloat16),
-              "control_hidden_states": torch.zeros(1, 96, frames, h, w, device="meta", dtype=torch.bfloat16),
-              "encoder_hidden_states": torch.zeros(1, 8, cfg.text_dim, device="meta", dtype=torch.bfloat16),
+
+
+def _deep_probe():
+    """The deep probe's spec, denoiser, model and inputs at 144 tokens (6 x 8 x 12, outside the fitted sizes)."""
+    import torch
+
+    from pvtt_train.memory_plan import ModelSpec, _probe_denoiser
+
+    spec = ModelSpec("probe", DEEP_PROBE, {"frames": 81, "height": 480, "width": 832})
+    denoiser, built = _probe_denoiser(DEEP_PROBE, 6, torch.bfloat16)
+    zeros = {"device": "meta", "dtype": torch.bfloat16}
+    kwargs = {"hidden_states": torch.zeros(1, 16, 6, 8, 12, **zeros),
+              "control_hidden_states": torch.zeros(1, 96, 6, 8, 12, **zeros),
+              "encoder_hidden_states": torch.zeros(1, 8, denoiser.config.text_dim, **zeros),
               "timestep": torch.zeros(1, device="meta"), "return_dict": False}
+    return spec, denoiser, built, kwargs
+
+
+def test_activation_extrapolation_matches_a_direct_meta_count():
+    """The two-size, two-depth fit predicts what a deeper probe saves at a larger clip."""
+    from pvtt_train.memory_plan import _saved_bytes, measure_activations
+
+    spec, denoiser, built, kwargs = _deep_probe()
     direct = _saved_bytes(lambda: denoiser(**kwargs), list(built.parameters()), (144, 8))
-    assert model.bytes(144) == pytest.approx(direct, rel=0.10)
+    assert measure_activations(spec, half=True, checkpointing=False).bytes(144) == pytest.approx(direct, rel=0.10)
 
 
 def _flags(yaml_path: Path) -> list[str]:
@@ -239,23 +248,14 @@ def test_discriminator_extrapolation_matches_a_direct_meta_count():
     import torch
 
     from pvtt_train.distill.adversarial import DiscriminatorHead, tokens_after
-    from pvtt_train.memory_plan import ModelSpec, _probe_denoiser, _saved_bytes, measure_discriminator_activations
+    from pvtt_train.memory_plan import _saved_bytes, measure_discriminator_activations
 
-    config = {"arch": "wan_vace", "context_tokens": 8,
-              "transformer": {**TRANSFORMERS["wan2.1-vace-1.3b"], "num_layers": 6, "vace_layers": [0, 2, 4]},
-              "vae": {"z_dim": 16, "temperal_downsample": [False, True, True]}}
-    spec = ModelSpec("probe", config, {"frames": 81, "height": 480, "width": 832})
-    model = measure_discriminator_activations(spec, half=True, checkpointing=False)
-    denoiser, built = _probe_denoiser(config, 6, torch.bfloat16)
+    spec, denoiser, built, kwargs = _deep_probe()
     with torch.device("meta"):
         head = DiscriminatorHead.for_critic(built)  # reads block 3 of 6, after all three VACE blocks
-    kwargs = {"hidden_states": torch.zeros(1, 16, 6, 8, 12, device="meta", dtype=torch.bfloat16),
-              "control_hidden_states": torch.zeros(1, 96, 6, 8, 12, device="meta", dtype=torch.bfloat16),
-              "encoder_hidden_states": torch.zeros(1, 8, denoiser.config.text_dim, device="meta",
-                                                   dtype=torch.bfloat16),
-              "timestep": torch.zeros(1, device="meta"), "return_dict": False}
     direct = _saved_bytes(lambda: head(tokens_after(denoiser.blocks[head.block], lambda: denoiser(**kwargs))),
                           list(built.parameters()), (144, 8))
+    model = measure_discriminator_activations(spec, half=True, checkpointing=False)
     assert model.bytes(144) == pytest.approx(direct, rel=0.10)
     whole = _saved_bytes(lambda: denoiser(**kwargs), list(built.parameters()), (144, 8))
     assert 0.5 * whole < direct < 0.9 * whole  # 7 of 9 blocks run, the output head does not
