@@ -44,6 +44,7 @@ from .cli_args import (
     number,
     out_file,
     out_folder,
+    region_weights,
     shape_list,
     step_budgets,
     step_path,
@@ -51,7 +52,7 @@ from .cli_args import (
 )
 from .data.shapes import DEFAULT_ASPECT, SHAPES
 from .data.warp_paste import PASTES
-from .distill.config import LR_SCALE  # light (no torch): --lr-scale's default is the stages' own
+from .distill.config import LR_SCALE, UNIFORM_TRUTH  # light (no torch): the stages' own defaults
 from .errors import DISK_ERRORS
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
@@ -124,7 +125,7 @@ def _progressive_from_args(args):
     budgets = args.generator_steps
     overrides = {"critic_ratio": args.critic_ratio, "lr_critic": args.lr_critic, "teacher_cfg": args.teacher_cfg,
                  "critic_init": args.critic_init, "minutes": args.minutes, "shift": args.shift,
-                 "weights": _weights(args.weight)}
+                 "weights": _weights(args.weight), "truth_region": args.truth_region}
     run = RunConfig(batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, seed=args.seed,
                     grad_clip=args.grad_clip, ema_decay=args.ema_decay, save_every=args.save_every,
                     keep_states=args.keep_states, mixed_precision=args.mixed_precision,
@@ -329,6 +330,10 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
     g = p.add_argument_group("losses")
     g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]", type=loss_weight,
                    help="loss weight and warm-up (generator steps), e.g. temporal=0.2:10; repeatable")
+    g.add_argument("--truth-region", type=region_weights, default=UNIFORM_TRUTH, metavar="MASK,INTERIOR",
+                   help="pixel weights of --weight truth's MSE: MASK in the edit region and INTERIOR added at its "
+                        "interior, as the teacher command's --mask-weight and --interior-weight (default 1,0: every "
+                        "pixel alike; 4,36 is the shipped paste-residual teacher's own)")
     g.add_argument("--adversarial", action="store_true", help="add the GAN loss to the last stage")
     g.add_argument("--perceptual", action="store_true",
                    help="add the perceptual loss to the last stage (LPIPS if its weights are on disk)")

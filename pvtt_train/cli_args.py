@@ -232,6 +232,18 @@ def aspect_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def region_weights(text: str) -> tuple[float, float]:
+    """``--truth-region MASK,INTERIOR``: pixel weights in the edit region (> 0) and added at its interior (>= 0)."""
+    try:
+        mask, interior = (float(x) for x in text.split(","))
+    except ValueError:
+        mask = interior = math.nan
+    if not (math.isfinite(mask) and math.isfinite(interior) and mask > 0 and interior >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: write MASK,INTERIOR with a mask weight > 0 and an interior "
+                                         f"weight >= 0, e.g. 4,36 (the shipped paste-residual teacher's own)")
+    return mask, interior
+
+
 def loss_weight(text: str) -> tuple[str, tuple[float, int | None]]:
     """``--weight NAME=W[:WARMUP]`` -> (name, (weight, warm-up or None for the default))."""
     from .distill.config import LOSSES

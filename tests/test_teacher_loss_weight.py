@@ -7,7 +7,8 @@ import torch
 
 from pvtt_train.models.pvtt_model import WanConcatPVTT
 from pvtt_train.models.schedule import FlowSchedule
-from pvtt_train.train.teacher import flow_matching_loss, interior_of, loss_weight
+from pvtt_train.region_weight import interior_of, loss_weight
+from pvtt_train.train.teacher import flow_matching_loss
 from tests._tiny import SMALL_BACKBONE, paste_batch
 
 

@@ -6,8 +6,9 @@ import torch
 
 from pvtt_train.models.pvtt_model import WanConcatPVTT
 from pvtt_train.models.schedule import FlowSchedule
+from pvtt_train.region_weight import loss_weight
 from pvtt_train.train.self_rollout import rollout_input
-from pvtt_train.train.teacher import flow_matching_loss, loss_weight
+from pvtt_train.train.teacher import flow_matching_loss
 from tests._tiny import SMALL_BACKBONE, paste_batch
 
 

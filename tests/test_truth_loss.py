@@ -24,6 +24,39 @@ def test_truth_loss_is_the_x0_mse_against_the_target():
     assert truth_loss(target, target).item() == 0.0
 
 
+def test_a_region_weighted_truth_loss_weighs_the_interior_most_and_keeps_the_mse_scale():
+    region = torch.zeros(1, 1, 1, 5, 5)
+    region[..., 1:4, 1:4] = 1  # a 3x3 region: its interior is the centre pixel
+    x0, target = torch.zeros(1, 3, 1, 5, 5), torch.zeros(1, 3, 1, 5, 5)
+    assert truth_loss(x0, target + 1, region, (4.0, 36.0)).item() == pytest.approx(1.0)  # the same error everywhere
+    centre, corner = x0.clone(), x0.clone()
+    centre[..., 2, 2], corner[..., 0, 0] = 1.0, 1.0
+    # weights: 1 outside (16 pixels), 4 on the region's edge (8), 4 + 36 at the centre: 88 in all
+    assert truth_loss(centre, target, region, (4.0, 36.0)).item() == pytest.approx(40 / 88)
+    assert truth_loss(corner, target, region, (4.0, 36.0)).item() == pytest.approx(1 / 88)
+    assert truth_loss(centre, target, region).item() == truth_loss(corner, target, region).item() == \
+        pytest.approx(1 / 25)  # the default: every pixel alike
+
+
+def test_truth_region_reaches_every_stage_and_an_old_run_resumes_only_at_its_default(capsys):
+    from pvtt_train.__main__ import _progressive_from_args, build_parser, main
+
+    parser = build_parser()
+    flags = ["distill", "--path", "8,4", "--generator-steps", "2", "--weight", "truth=1"]
+    stages, run = _progressive_from_args(parser.parse_args([*flags, "--truth-region", "4,36"]))
+    assert all(s.truth_region == (4.0, 36.0) for s in stages)
+    plain = _progressive_from_args(parser.parse_args(flags))[0]
+    saved = json.loads(json.dumps(run_signature(plain, run, "sha", 1)))
+    assert all("truth_region" not in s for s in saved["stages"])  # as PVTT wrote it before the option existed
+    assert signature_differences(saved, run_signature(plain, run, "sha", 1)) == []
+    assert any(d.startswith("--truth-region:") for d in signature_differences(saved, run_signature(stages, run,
+                                                                                                   "sha", 1)))
+    for bad in ("0,36", "4", "4,-1", "a,b"):
+        with pytest.raises(SystemExit):
+            main(["distill", "--truth-region", bad])
+        assert "write MASK,INTERIOR" in capsys.readouterr().err
+
+
 def test_the_truth_loss_is_off_by_default_and_joins_every_stage_when_weighted():
     assert all("truth" not in s.losses for s in build_stages("default"))
     stages = build_stages("default", weights={**DEFAULT_WEIGHTS, "truth": (2.0, 0)})

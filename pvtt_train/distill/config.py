@@ -30,6 +30,8 @@ LOSSES = ("dmd", "regression", "temporal", "background", "identity", "adversaria
 OPTIONAL_LOSSES = ("adversarial", "perceptual")
 #: Losses every stage of ``build_stages`` takes once ``--weight`` gives them a weight (default 0: off).
 WEIGHTED_ON_DEMAND = ("truth",)
+#: The truth loss's (mask, interior) pixel weights by default: every pixel alike (``truth.truth_loss``).
+UNIFORM_TRUTH = (1.0, 0.0)
 
 LOSS_SETS: dict[str, tuple[str, ...]] = {
     "first": ("dmd", "regression", "temporal"),
@@ -86,6 +88,7 @@ class StageConfig:
     r1_weight: float = 0.1  # approximate R1 of the discriminator (adversarial loss only)
     r1_sigma: float = 0.01
     teacher_cfg: float | None = None  # standard form; None = the teacher checkpoint's own CFG
+    truth_region: tuple[float, float] = UNIFORM_TRUTH  # (mask, interior) pixel weights of the truth loss
     gate: GateConfig = field(default_factory=GateConfig)
 
     @property

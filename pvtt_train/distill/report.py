@@ -17,7 +17,7 @@ from ..data.synthetic import SyntheticConfig
 from ..eval.evaluate import evaluate, quality_retention
 from ..models.checkpoint import LoadedModel, load_checkpoint, write_atomic
 from ..sampling.flow_shift import sampled_at_shift
-from .config import RunConfig
+from .config import UNIFORM_TRUTH, RunConfig
 from .teacher_sampling import teacher_sampling
 
 PLOT_METRICS = ("product_psnr", "product_ssim", "background_psnr_raw", "warp_error")
@@ -50,7 +50,8 @@ def stage_recipe(student: LoadedModel) -> dict | None:
     if not stage:
         return None
     return {"lr_student": stage["lr_student"], "lr_critic": stage["lr_critic"], "critic_ratio": stage["critic_ratio"],
-            "losses": {loss: stage["weights"][loss] for loss in stage["losses"]}}
+            "losses": {loss: stage["weights"][loss] for loss in stage["losses"]},
+            **({"truth_region": stage["truth_region"]} if "truth_region" in stage else {})}
 
 
 def recipe_markdown(report: dict) -> list[str]:
@@ -66,6 +67,8 @@ def recipe_markdown(report: dict) -> list[str]:
             continue
         losses = ", ".join(f"{loss} {w:g}" + (f" ({warmup})" if warmup else "") for loss, (w, warmup)
                            in r["losses"].items())
+        if "truth" in r["losses"] and tuple(r.get("truth_region", UNIFORM_TRUTH)) != UNIFORM_TRUTH:
+            losses += " (mask {:g}, interior {:g})".format(*r["truth_region"])
         lines.append(f"| {name} | {steps} | {r['lr_student']:.3g} | {r['lr_critic']:.3g} | {r['critic_ratio']} | "
                      f"{losses} |")
     return lines

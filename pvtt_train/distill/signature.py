@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..models.checkpoint import file_sha256
-from .config import WEIGHTED_ON_DEMAND, RunConfig, StageConfig
+from .config import UNIFORM_TRUTH, WEIGHTED_ON_DEMAND, RunConfig, StageConfig
 
 #: RunConfig fields that change no trained weight, so a resume may change them.
 MECHANICS = frozenset({"force", "save_every", "keep_states", "log_every"})
@@ -32,8 +32,10 @@ STAGE_FLAGS = {
     "name": "--path", "role": "--path", "timesteps": "--path", "generator_steps": "--generator-steps",
     "lr_student": "--lr-student/--lr-scale", "lr_critic": "--lr-critic", "critic_ratio": "--critic-ratio",
     "critic_init": "--critic-init", "shift": "--shift", "teacher_cfg": "--teacher-cfg", "minutes": "--minutes",
-    "weights": "--weight", "losses": "--adversarial/--perceptual/--weight",
+    "weights": "--weight", "losses": "--adversarial/--perceptual/--weight", "truth_region": "--truth-region",
 }
+#: StageConfig fields added after runs were saved: left out of the signature at their default, so those runs resume.
+ADDED_AT_DEFAULT = {"truth_region": UNIFORM_TRUTH}
 #: A diffusers model folder's files that make the model: weights (and their indexes) and configs.
 FOLDER_MODEL_SUFFIXES = (".safetensors", ".json")
 FIX = "resume with the same options as before, or start a new run folder (another --run-dir)"
@@ -58,6 +60,9 @@ def _stage_signature(stage: StageConfig) -> dict:
     runs saved before the loss existed resume."""
     fields = {k: v for k, v in asdict(stage).items() if k not in STAGE_MECHANICS}
     fields["weights"] = {k: v for k, v in fields["weights"].items() if k not in WEIGHTED_ON_DEMAND or v[0] > 0}
+    for key, default in ADDED_AT_DEFAULT.items():
+        if tuple(fields[key]) == default:
+            del fields[key]
     return fields
 
 

@@ -345,7 +345,7 @@ def train_stage(acc, inputs: StageInputs, stage: StageConfig, run: RunConfig, st
         if "truth" in stage.losses:
             with torch.no_grad():  # the target is data, not a path for gradients into the VAE
                 target = target_latents(student, batch)
-            terms["truth"] = truth_loss(x0, target)
+            terms["truth"] = truth_loss(x0, target, cond.region, stage.truth_region)
         if "adversarial" in stage.losses:
             terms["adversarial"] = generator_adversarial_loss(head, critic, x0, cond, schedule, gen)
         return terms, info

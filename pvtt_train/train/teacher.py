@@ -36,7 +36,7 @@ from ..models.checkpoint import save_checkpoint
 from ..models.paste_residual import RESIDUAL_PREDICTIONS, zero_output
 from ..models.pvtt_model import TINY_BACKBONE, WanConcatPVTT
 from ..models.schedule import FlowSchedule, per_sample
-from ..sampling.composite import grow_mask
+from ..region_weight import loss_weight
 from .dream import dream_shift
 from .self_rollout import rollout_input
 
@@ -75,28 +75,6 @@ def lr_factor(step: int, cfg: TeacherConfig) -> float:
         return warm
     progress = min(1.0, step / cfg.max_steps)
     return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def interior_of(region: torch.Tensor) -> torch.Tensor:
-    """The region's pixels whose 8 neighbours are all in it too (``region`` [B, 1, F, h, w] in 0..1): the
-    region shrunk by one pixel, frame by frame, with the composite's own ``grow_mask``."""
-    return grow_mask(region, -1)
-
-
-def loss_weight(region: torch.Tensor, mask_weight: float, interior_weight: float = 0.0) -> torch.Tensor:
-    """Per-pixel loss weight: 1 on the background, ``mask_weight`` in the region, plus ``interior_weight``
-    at its interior pixels.
-
-    Why the interior gets its own weight: at a designer's size the pipeline keeps only the correction a
-    paste-residual model draws at the region's interior pixels (``paste_correction``); an edge pixel mixes
-    the product with its surroundings. On the teacher's own clips the edge and the ring around it carry
-    about 20 times the interior's share of a region-weighted loss, so the model learns its edges and
-    leaves the interior, which needs a correction of a few hundredths, less precise than the paste it
-    was given."""
-    weight = 1 + (mask_weight - 1) * region
-    if interior_weight:
-        weight = weight + interior_weight * interior_of(region)
-    return weight
 
 
 def flow_matching_loss(model, batch: dict, schedule: FlowSchedule, mask_weight: float, cfg_dropout: float,
