@@ -166,11 +166,10 @@ def _meta_model(config: dict):
         return build_model(config)
 
 
-def check_video(spec: ModelSpec, frames: int, height: int, width: int) -> None:
-    """Raise ValueError, with the sizes that would do, for a clip the model cannot take (Wan:
-    ``wan_vace.check_clip_shape``; the embedded model: whole transformer patches), so no plan is made for a clip
-    that training would refuse or silently crop."""
-    model = _meta_model(spec.config)
+def check_video(spec: ModelSpec, model, frames: int, height: int, width: int) -> None:
+    """Raise ValueError, with the sizes that would do, for a clip ``model`` (``spec``'s, built on the meta device)
+    cannot take (Wan: ``wan_vace.check_clip_shape``; the embedded model: whole transformer patches), so no plan is
+    made for a clip that training would refuse or silently crop."""
     if hasattr(model, "check_clip"):
         model.check_clip(frames, height, width)
         return
@@ -184,13 +183,14 @@ def _denoiser(model):
     return getattr(model, model.denoiser_attr)
 
 
-def count_parameters(spec: ModelSpec) -> Counts:
-    """Counts from the real modules, instantiated on the meta device (no memory, no weights)."""
+def count_parameters(spec: ModelSpec, model=None) -> Counts:
+    """Counts from the real modules, instantiated on the meta device (no memory, no weights); ``model``: those
+    modules when already built."""
     import torch
 
     from .distill.adversarial import DiscriminatorHead
 
-    model = _meta_model(spec.config)
+    model = model if model is not None else _meta_model(spec.config)
     denoiser = _denoiser(model)
     vae = getattr(model, "vae", None)
     vae_ids = {id(p) for p in vae.parameters()} if vae is not None else set()
@@ -452,11 +452,16 @@ class Planner:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self.counts = count_parameters(spec)
+        self._model = _meta_model(spec.config)  # built once: counted here, and checked against clip sizes
+        self.counts = count_parameters(spec, self._model)
         self._activations: dict = {}
         self._discriminator: dict = {}
         self._decoder: dict = {}
         self._encoder: dict = {}
+
+    def check_video(self, frames: int, height: int, width: int) -> None:
+        """``check_video`` on this planner's model."""
+        check_video(self.spec, self._model, frames, height, width)
 
     def activations(self, half: bool, checkpointing: bool) -> ActivationModel:
         if (half, checkpointing) not in self._activations:

@@ -18,24 +18,21 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: The discriminator's batch per sample under distill --adversarial: real, fake and (R1 is on) perturbed real clips.
-DISCRIMINATOR_INPUTS = 3
-
-
 def cmd_plan(args) -> None:
+    from .distill.config import StageConfig
     from .errors import InputError
-    from .memory_plan import Planner, Setup, check_video, count_parameters, format_plan, model_spec, trainer_as_built
+    from .memory_plan import Planner, Setup, count_parameters, format_plan, model_spec, trainer_as_built
 
     if args.strategy == "fsdp" and args.gpus == 1:
         raise InputError("--strategy fsdp with --gpus 1 shards nothing; give the number of GPUs, e.g. --gpus 8")
     spec = model_spec(args.model)
     video = {"frames": args.frames or spec.video["frames"], "height": args.height or spec.video["height"],
              "width": args.width or spec.video["width"]}
+    planner = Planner(spec)
     try:
-        check_video(spec, **video)
+        planner.check_video(**video)
     except ValueError as exc:
         raise InputError(f"--frames/--height/--width: {exc}") from None
-    planner = Planner(spec)
     built = trainer_as_built(args.strategy, args.mixed_precision, args.offload)  # what distill builds
     setup = Setup(gpus=args.gpus, gpu_memory=args.gpu_memory, strategy=args.strategy,
                   mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
@@ -45,13 +42,15 @@ def cmd_plan(args) -> None:
                   regression=not args.no_regression, pixel_losses=not args.no_pixel_losses,
                   perceptual=args.perceptual,
                   guide_parameters=count_parameters(model_spec(args.guide_model)).trainable if args.guide_model else 0,
-                  discriminator_inputs=DISCRIMINATOR_INPUTS if args.adversarial else 0)
+                  discriminator_inputs=discriminator_inputs([StageConfig(losses=("adversarial",))]) if args.adversarial
+                  else 0)
     plan = planner.plan(setup)
     print(json.dumps(plan.to_json(), indent=2) if args.json else format_plan(plan))
 
 
 def discriminator_inputs(stages) -> int:
-    """Clips per sample the adversarial loss's discriminator step sends through the critic (0 without it)."""
+    """Clips per sample the adversarial loss's discriminator step sends through the critic: real, fake and, with
+    R1 on (the default ``r1_weight``), perturbed real ones; 0 without the loss."""
     return max((2 + (s.r1_weight > 0) for s in stages if "adversarial" in s.losses), default=0)
 
 
