@@ -24,9 +24,12 @@ from .cli_args import (
     AUTOGUIDANCE_WEIGHT,
     CFG,
     DEFAULT_GENERATOR_STEPS,
+    DEMO_CRITIC_RATIO,
     DEMO_GENERATOR_STEPS,
     DEMO_LR_STUDENT,
+    DEMO_RESIDUAL_GENERATOR_STEPS,
     DEMO_TEACHER_SHIFT,
+    DEMO_TRUTH_REGION,
     DEMO_TRUTH_WEIGHT,
     FLOW_SHIFT,
     LEARNING_RATE,
@@ -52,7 +55,7 @@ from .cli_args import (
 )
 from .data.shapes import DEFAULT_ASPECT, SHAPES
 from .data.warp_paste import PASTES
-from .distill.config import LR_SCALE, UNIFORM_TRUTH  # light (no torch): the stages' own defaults
+from .distill.config import CRITIC_RATIO, LR_SCALE, UNIFORM_TRUTH  # light (no torch): the stages' own defaults
 from .errors import DISK_ERRORS
 from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
@@ -260,11 +263,14 @@ def cmd_teacher_eval(args) -> None:
 def _demo_defaults(args) -> None:
     """Fill in the demo's teacher and recipe: without ``--teacher``, the shipped paste-residual teacher sampled at flow
     shift 5 and autoguided by its shipped guide, the sampler whose students meet the most of issue 14's bars (README),
-    distilled at ``DEMO_LR_STUDENT`` with the ground-truth loss at ``DEMO_TRUTH_WEIGHT``, each part unless its flag is
-    given; a ``--teacher`` of the user's is sampled and distilled as its flags say (plainly, at ``--lr-scale``'s
-    default and without the truth loss), as ``distill`` does."""
+    distilled by the ``DEMO_*`` recipe of ``cli_args`` (critic ratio 1, most updates in the 4-step stage, one learning
+    rate, the region-weighted ground-truth loss), each part unless its flag is given; a ``--teacher`` of the user's is
+    sampled and distilled as its flags say (plainly: ``--lr-scale``'s and ``--critic-ratio``'s defaults, no truth
+    loss, at ``DEMO_GENERATOR_STEPS``), as ``distill`` does."""
     from .paths import SHIPPED_RESIDUAL_GUIDE, SHIPPED_RESIDUAL_TEACHER
 
+    recipe = {"generator_steps": step_budgets(DEMO_GENERATOR_STEPS), "critic_ratio": CRITIC_RATIO,
+              "truth_region": UNIFORM_TRUTH}
     if args.teacher is None:
         args.teacher = str(SHIPPED_RESIDUAL_TEACHER)
         if args.teacher_shift is None:
@@ -275,8 +281,13 @@ def _demo_defaults(args) -> None:
             args.lr_student = DEMO_LR_STUDENT
         if all(name != "truth" for name, _ in args.weight):
             args.weight.append(("truth", (DEMO_TRUTH_WEIGHT, None)))
+        recipe = {"generator_steps": step_budgets(DEMO_RESIDUAL_GENERATOR_STEPS), "critic_ratio": DEMO_CRITIC_RATIO,
+                  "truth_region": DEMO_TRUTH_REGION}
     if args.lr_scale is None:
         args.lr_scale = LR_SCALE
+    for name, value in recipe.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def cmd_demo(args) -> None:
@@ -299,25 +310,34 @@ def cmd_demo(args) -> None:
 
 # --- the parser ---------------------------------------------------------------------------------------------
 
-def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEFAULT_GENERATOR_STEPS,
-                          lr_scale: float | None = LR_SCALE) -> None:
-    """The stage, loss, gate and mechanics options of ``distill`` and ``demo``; ``lr_scale`` None leaves
-    ``--lr-scale``'s default to the command (the demo's depends on its teacher: ``_demo_defaults``)."""
+def _add_progressive_args(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    """The stage, loss, gate and mechanics options of ``distill`` and ``demo``; for ``demo`` the recipe's options
+    default to None, filled in by ``_demo_defaults`` (they depend on its teacher)."""
+    def default(value, shown: str, demo_default_teacher: str):
+        """(default, help suffix): ``value``, or for the demo None (``_demo_defaults``) and what its default
+        teacher takes."""
+        if not demo:
+            return value, f" (default {shown})"
+        return None, f" (default {shown}; the demo's default teacher: {demo_default_teacher})"
+
     g = p.add_argument_group("stages")
     g.add_argument("--path", default="default", type=step_path,
                    help="'default' (50->16->8->4), 'gentle' (50->25->12->6->4) or step counts, e.g. 8,4")
-    g.add_argument("--generator-steps", default=generator_steps, type=step_budgets,
-                   help="student updates per stage: one number, or one per stage (default %(default)s)")
+    budgets = DEMO_GENERATOR_STEPS if demo else DEFAULT_GENERATOR_STEPS
+    value, note = default(budgets, budgets, DEMO_RESIDUAL_GENERATOR_STEPS)
+    g.add_argument("--generator-steps", default=value, type=step_budgets,
+                   help="student updates per stage: one number, or one per stage" + note)
     g.add_argument("--minutes", type=number(0, meaning=" (0 = no limit)"), default=0.0,
                    help="wall-clock budget per stage; 0 = none")
-    g.add_argument("--lr-scale", type=number(0, low_open=True), default=lr_scale,
-                   help=f"multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last); "
-                        f"default {LR_SCALE}" + ("" if lr_scale is not None else
-                                                 f" (the demo's default teacher: --lr-student {DEMO_LR_STUDENT:g})"))
+    value, note = default(LR_SCALE, f"{LR_SCALE:g}", f"--lr-student {DEMO_LR_STUDENT:g}")
+    g.add_argument("--lr-scale", type=number(0, low_open=True), default=value,
+                   help="multiplies the recipe's student learning rates 1e-4 / 5e-5 / 1e-5 (first/middle/last)" + note)
     g.add_argument("--lr-student", type=LEARNING_RATE, default=None, help="one student learning rate for every stage")
     g.add_argument("--lr-critic", type=LEARNING_RATE, default=1e-4,
                    help="learning rate of the critic (the fake score) in every stage (default %(default)g)")
-    g.add_argument("--critic-ratio", type=whole(1), default=5, help="critic optimizer steps per student optimizer step")
+    value, note = default(CRITIC_RATIO, str(CRITIC_RATIO), str(DEMO_CRITIC_RATIO))
+    g.add_argument("--critic-ratio", type=whole(1), default=value,
+                   help="critic optimizer steps per student optimizer step" + note)
     g.add_argument("--critic-init", choices=("teacher", "keep"), default="teacher",
                    help="each stage's critic: a fresh copy of the teacher, or the previous stage's critic")
     g.add_argument("--shift", type=number(0, low_open=True), default=None,
@@ -330,10 +350,11 @@ def _add_progressive_args(p: argparse.ArgumentParser, generator_steps: str = DEF
     g = p.add_argument_group("losses")
     g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]", type=loss_weight,
                    help="loss weight and warm-up (generator steps), e.g. temporal=0.2:10; repeatable")
-    g.add_argument("--truth-region", type=region_weights, default=UNIFORM_TRUTH, metavar="MASK,INTERIOR",
+    value, note = default(UNIFORM_TRUTH, "1,0: every pixel alike", ",".join(f"{w:g}" for w in DEMO_TRUTH_REGION))
+    g.add_argument("--truth-region", type=region_weights, default=value, metavar="MASK,INTERIOR",
                    help="pixel weights of --weight truth's MSE: MASK in the edit region and INTERIOR added at its "
-                        "interior, as the teacher command's --mask-weight and --interior-weight (default 1,0: every "
-                        "pixel alike; 4,36 is the shipped paste-residual teacher's own)")
+                        "interior, as the teacher command's --mask-weight and --interior-weight; 4,36 is the shipped "
+                        "paste-residual teacher's own" + note)
     g.add_argument("--adversarial", action="store_true", help="add the GAN loss to the last stage")
     g.add_argument("--perceptual", action="store_true",
                    help="add the perceptual loss to the last stage (LPIPS if its weights are on disk)")
@@ -518,16 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the students go; point at ComfyUI/models/pvtt to use them there")
     p.add_argument("--teacher", default=None,
                    help=f"default: the shipped paste-residual teacher, sampled at flow shift 5 and autoguided by its "
-                        f"shipped guide, distilled at --lr-student {DEMO_LR_STUDENT:g} with --weight "
-                        f"truth={DEMO_TRUTH_WEIGHT:g} (each unless its flag says otherwise); a teacher you name is "
-                        f"sampled and distilled as the flags say, plainly by default "
+                        f"shipped guide, distilled with --generator-steps {DEMO_RESIDUAL_GENERATOR_STEPS} "
+                        f"--critic-ratio {DEMO_CRITIC_RATIO} --lr-student {DEMO_LR_STUDENT:g} --weight "
+                        f"truth={DEMO_TRUTH_WEIGHT:g} --truth-region {','.join(f'{w:g}' for w in DEMO_TRUTH_REGION)} "
+                        f"(each unless its flag says otherwise); a teacher you name is sampled and distilled as the "
+                        f"flags say, plainly by default, with --generator-steps {DEMO_GENERATOR_STEPS} "
                         f"(models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130 reproduces the shipped "
                         f"velocity students)")
     p.add_argument("--clips", type=whole(1), default=16, help="held-out clips of the final side-by-side report")
     p.add_argument("--heldout-clips", type=whole(0, " (0 = skip the held-out evaluation)"), default=4,
                    help="clips of the independent held-out generator (256x256, 33 frames) run through the nodes "
                         "for out/heldout/ (the README's held-out table uses 4)")
-    _add_progressive_args(p, generator_steps=DEMO_GENERATOR_STEPS, lr_scale=None)
+    _add_progressive_args(p, demo=True)
     _add_teacher_sampling_args(p)
     p.set_defaults(func=cmd_demo)
 

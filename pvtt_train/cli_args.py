@@ -173,10 +173,10 @@ def step_path(text: str) -> str | tuple[int, ...]:
 #: earlier 60,100,150 (README, issue 14).
 DEFAULT_GENERATOR_STEPS = "30,80,130"
 
-#: ``demo``'s budget: fewer updates than ``distill``'s, so that the README's demo command ends within issue 14's 20
-#: minutes on 2 cores on slow hosts too (30,80,130 took 21 min 54 s on one). ``demo --teacher
-#: models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130`` reproduces the shipped velocity students bit
-#: for bit.
+#: ``demo``'s budget for a teacher the user names: fewer updates than ``distill``'s, so that the README's demo command
+#: ends within issue 14's 20 minutes on 2 cores on slow hosts too (30,80,130 took 21 min 54 s on one). ``demo
+#: --teacher models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130`` reproduces the shipped velocity
+#: students bit for bit.
 DEMO_GENERATOR_STEPS = "20,50,80"
 
 #: The flow shift ``demo`` samples its default teacher at (Wan 2.1's own at 720p): there, autoguided, the shipped
@@ -184,11 +184,16 @@ DEMO_GENERATOR_STEPS = "20,50,80"
 #: Wan's own sampler?*).
 DEMO_TEACHER_SHIFT = 5.0
 
-#: The learning rate of every stage and the ground-truth loss's weight (``distill/truth.py``) with which ``demo``
-#: distils its default teacher: at its budget the student then learns past the teacher's errors, not only towards
-#: them (README, *What the demo measured*); a ``--lr-scale``, ``--lr-student`` or ``--weight truth=W`` given wins.
-DEMO_LR_STUDENT = 1e-4
-DEMO_TRUTH_WEIGHT = 20.0
+#: The recipe with which ``demo`` distils its default teacher (README, *Trained longer by the truth?* and *What the
+#: demo measured*): one critic update per student update, so that the same minutes buy five times the student
+#: updates, most of them spent on the 4-step student; every stage at one learning rate; the ground-truth loss
+#: (``distill/truth.py``) weighted high, its pixels weighed as the teacher's own loss weighs them. Each part gives way
+#: to its flag.
+DEMO_RESIDUAL_GENERATOR_STEPS = "20,40,400"
+DEMO_CRITIC_RATIO = 1
+DEMO_LR_STUDENT = 2e-4
+DEMO_TRUTH_WEIGHT = 100.0
+DEMO_TRUTH_REGION = (4.0, 36.0)
 
 
 def step_budgets(text: str) -> tuple[int, ...]:

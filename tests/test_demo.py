@@ -19,7 +19,7 @@ GUIDED = f"Euler 50, flow shift 5, autoguided by {SHIPPED_RESIDUAL_GUIDE.name} a
 def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys):
     out, models = tmp_path / "demo", tmp_path / "models" / "pvtt"
     main(["demo", "--out", str(out), "--models-dir", str(models), "--clips", "2", "--generator-steps", "1",
-          "--critic-ratio", "1", "--eval-clips", "4", "--regression-pool", "4", "--force", "--heldout-clips", "1"])
+          "--eval-clips", "4", "--regression-pool", "4", "--force", "--heldout-clips", "1"])
     report = json.loads((out / "report.json").read_text())
     assert [s["steps"] for s in report["stages"]] == [16, 8, 4]
     for side in ("teacher", "student", "teacher_undistilled"):
@@ -45,12 +45,13 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert f"sample the teacher at flow shift 5, autoguided by {SHIPPED_RESIDUAL_GUIDE.name} at weight 2" in table
     assert report["teacher_sampling"]["shift"] == 5 and report["teacher_sampling"]["guide_weight"] == 2
     assert report["teacher_checkpoint"] == str(SHIPPED_RESIDUAL_TEACHER)
-    # Each stage's recipe, read from its export: the demo's rate and its ground-truth loss in every stage.
+    # Each stage's recipe, read from its export: the demo's rate, critic ratio and region-weighted ground-truth loss.
     for stage in report["stages"]:
-        assert stage["recipe"]["lr_student"] == pytest.approx(1e-4)
-        assert stage["recipe"]["losses"]["dmd"] == [1.0, 0] and stage["recipe"]["losses"]["truth"] == [20.0, 0]
-    assert "| student_4step | 1 | 0.0001 | 0.0001 | 1 | dmd 1, regression 0.25, temporal 0.1 (10), " in table
-    assert "truth 20 |" in table
+        assert stage["recipe"]["lr_student"] == pytest.approx(2e-4) and stage["recipe"]["critic_ratio"] == 1
+        assert stage["recipe"]["truth_region"] == [4.0, 36.0]
+        assert stage["recipe"]["losses"]["dmd"] == [1.0, 0] and stage["recipe"]["losses"]["truth"] == [100.0, 0]
+    assert "| student_4step | 1 | 0.0002 | 0.0001 | 1 | dmd 1, regression 0.25, temporal 0.1 (10), " in table
+    assert "truth 100 (mask 4, interior 36) |" in table
     assert len(list((out / "data").glob("*/example.json"))) == 4
     assert (models / SHIPPED_RESIDUAL_TEACHER.name).exists()
     heldout = json.loads((out / "heldout" / "report.json").read_text())
@@ -63,17 +64,19 @@ def test_demo_runs_the_progressive_path_and_reports_every_stage(tmp_path, capsys
     assert "50 -> 16 -> 8 -> 4" in printed and f"[3/5] teacher ({GUIDED}) and every stage" in printed
 
 
-def test_the_demo_trains_fewer_updates_per_stage_than_distill(tmp_path):
-    """The README's demo command must end within 20 minutes on 2 cores; distill's budget (the shipped students')
-    does not on slow hosts, so the demo's default is shorter at every stage and --generator-steps still sets it."""
+def test_a_named_teacher_is_demoed_on_fewer_updates_per_stage_than_distill(tmp_path):
+    """The README's demo command must end within 20 minutes on 2 cores; distill's budget (the shipped students') does
+    not on slow hosts, so a teacher the user names is distilled on fewer updates at every stage, at distill's critic
+    ratio, and --generator-steps still sets them."""
     from pvtt_train.__main__ import build_parser
 
-    parser = build_parser()
-    demo = parser.parse_args(["demo", "--out", str(tmp_path)]).generator_steps
-    distill = parser.parse_args(["distill"]).generator_steps
-    assert len(demo) == len(distill) == 3 and all(d < s for d, s in zip(demo, distill))
-    assert parser.parse_args(["demo", "--out", str(tmp_path), "--generator-steps", "30,80,130"]).generator_steps == \
-        distill
+    named = _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER))
+    distill = build_parser().parse_args(["distill"])
+    assert len(named.generator_steps) == len(distill.generator_steps) == 3
+    assert all(d < s for d, s in zip(named.generator_steps, distill.generator_steps))
+    assert named.critic_ratio == distill.critic_ratio == 5
+    assert _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER), "--generator-steps", "30,80,130").generator_steps \
+        == distill.generator_steps
 
 
 def _demo_args(tmp_path, *argv):
@@ -96,17 +99,22 @@ def test_the_demo_distils_the_residual_teacher_shifted_and_autoguided_unless_tol
     assert (args.teacher, args.teacher_shift, args.guide_model) == (str(SHIPPED_TEACHER), None, None)
 
 
-def test_the_demo_distils_its_default_teacher_with_the_truth_loss_at_its_own_rate_unless_told_otherwise(tmp_path):
-    """The default teacher's recipe (--lr-student 1e-4, --weight truth=20) gives way to each flag that sets it; a
-    teacher the user names is distilled at --lr-scale's default without the truth loss, as distill does."""
+def test_the_demo_distils_its_default_teacher_by_its_own_recipe_unless_told_otherwise(tmp_path):
+    """The default teacher's recipe (20,40,400 updates at critic ratio 1, --lr-student 2e-4, --weight truth=100 over
+    the 4,36 region) gives way to each flag that sets it; a teacher the user names is distilled at --lr-scale's and
+    --critic-ratio's defaults without the truth loss, as distill does."""
     args = _demo_args(tmp_path)
-    assert (args.lr_student, args.lr_scale, args.weight) == (1e-4, 0.4, [("truth", (20.0, None))])
-    args = _demo_args(tmp_path, "--lr-scale", "0.2", "--weight", "truth=5:3")
+    assert (args.lr_student, args.lr_scale, args.weight) == (2e-4, 0.4, [("truth", (100.0, None))])
+    assert (args.generator_steps, args.critic_ratio, args.truth_region) == ((20, 40, 400), 1, (4.0, 36.0))
+    args = _demo_args(tmp_path, "--lr-scale", "0.2", "--weight", "truth=5:3", "--critic-ratio", "2",
+                      "--generator-steps", "7", "--truth-region", "1,0")
     assert (args.lr_student, args.lr_scale, args.weight) == (None, 0.2, [("truth", (5.0, 3))])
+    assert (args.generator_steps, args.critic_ratio, args.truth_region) == ((7,), 2, (1.0, 0.0))
     args = _demo_args(tmp_path, "--weight", "temporal=0.2")
-    assert args.weight == [("temporal", (0.2, None)), ("truth", (20.0, None))]
+    assert args.weight == [("temporal", (0.2, None)), ("truth", (100.0, None))]
     args = _demo_args(tmp_path, "--teacher", str(SHIPPED_TEACHER))
     assert (args.lr_student, args.lr_scale, args.weight) == (None, 0.4, [])
+    assert (args.generator_steps, args.critic_ratio, args.truth_region) == ((20, 50, 80), 5, (1.0, 0.0))
 
 
 def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_residual_one(tmp_path):
@@ -129,15 +137,27 @@ def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_resid
     message = str(refused.value)
     for part in ("--teacher: weights with SHA-256", "--guide-model: none in the saved run",
                  "--teacher-shift: default in the saved run, 5.0 now",
-                 "--generator-steps: 30,80,130 in the saved run, 20,50,80 now", "--lr-student/--lr-scale:",
+                 "--generator-steps: 30,80,130 in the saved run, 20,40,400 now", "--lr-student/--lr-scale:",
                  "--weight:", "resume with the same options"):
         assert part in message, part
     check_signature(saved, signature(*old), "progress.json")
 
     # A run folder of the residual demo before it took the truth loss resumes with that recipe's flags.
-    before_truth = ("--lr-scale", "0.4", "--weight", "truth=0")
+    before_truth = ("--lr-scale", "0.4", "--weight", "truth=0", "--generator-steps", "20,50,80", "--critic-ratio", "5")
     saved = signature(*before_truth)
     assert all("truth" not in stage["weights"] for stage in saved["stages"])  # as that PVTT wrote it
     with pytest.raises(CheckpointError, match="--lr-student/--lr-scale: .*--weight: "):
         check_signature(saved, signature(), "progress.json")
     check_signature(saved, signature(*before_truth), "progress.json")
+
+    # So does one of the demo before its long last stage (critic ratio 5, the plain truth loss at 20).
+    before_long = ("--generator-steps", "20,50,80", "--critic-ratio", "5", "--lr-student", "1e-4", "--weight",
+                   "truth=20", "--truth-region", "1,0")
+    saved = signature(*before_long)
+    assert all("truth_region" not in stage for stage in saved["stages"])  # as that PVTT wrote it
+    with pytest.raises(CheckpointError) as refused:
+        check_signature(saved, signature(), "progress.json")
+    for flag in ("--generator-steps: 20,50,80 in the saved run, 20,40,400 now", "--critic-ratio:", "--truth-region:",
+                 "--weight:", "--lr-student/--lr-scale:"):
+        assert flag in str(refused.value), flag
+    check_signature(saved, signature(*before_long), "progress.json")

@@ -55,6 +55,8 @@ RECIPE_LR: dict[str, float] = {"first": 1e-4, "middle": 5e-5, "last": 1e-5}
 #: ``lr_scale``'s default: the recipe's rates suit LoRA-sized updates; the 0.95 M-parameter default model's short
 #: stages need a gentler student step.
 LR_SCALE = 0.4
+#: Critic (fake score) updates per student update by default: DMD2's own ratio.
+CRITIC_RATIO = 5
 CRITIC_INIT = ("teacher", "keep")
 REAL_SCORE = ("teacher", "previous")
 
@@ -78,7 +80,7 @@ class StageConfig:
     lr_critic: float = 1e-4
     lr_discriminator: float = 1e-4
     critic_betas: tuple[float, float] = (0.0, 0.999)
-    critic_ratio: int = 5
+    critic_ratio: int = CRITIC_RATIO
     critic_init: str = "teacher"  # "teacher": fresh copy of the teacher; "keep": the previous stage's critic
     generator_steps: int = 150
     minutes: float = 0.0  # 0 = no wall-clock limit
