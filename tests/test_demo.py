@@ -145,7 +145,8 @@ def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_resid
     # A run folder of the residual demo before it took the truth loss resumes with that recipe's flags.
     before_truth = ("--lr-scale", "0.4", "--weight", "truth=0", "--generator-steps", "20,50,80", "--critic-ratio", "5")
     saved = signature(*before_truth)
-    assert all("truth" not in stage["weights"] for stage in saved["stages"])  # as that PVTT wrote it
+    assert all("truth" not in stage["weights"] and "truth_region" not in stage for stage in saved["stages"])  # as
+    # that PVTT wrote it: the demo's --truth-region weighs nothing with the truth loss off
     with pytest.raises(CheckpointError, match="--lr-student/--lr-scale: .*--weight: "):
         check_signature(saved, signature(), "progress.json")
     check_signature(saved, signature(*before_truth), "progress.json")

@@ -57,6 +57,20 @@ def test_truth_region_reaches_every_stage_and_an_old_run_resumes_only_at_its_def
         assert "write MASK,INTERIOR" in capsys.readouterr().err
 
 
+def test_the_truth_region_stays_out_of_the_signature_while_the_truth_loss_is_off():
+    """The region weighs nothing without the truth loss, so a run saved with it off resumes under any region."""
+    from pvtt_train.__main__ import _progressive_from_args, build_parser
+
+    parser = build_parser()
+    flags = ["distill", "--path", "8,4", "--generator-steps", "2"]
+    plain, run = _progressive_from_args(parser.parse_args(flags))
+    weighed = _progressive_from_args(parser.parse_args([*flags, "--truth-region", "4,36"]))[0]
+    saved = json.loads(json.dumps(run_signature(plain, run, "sha", 1)))
+    assert signature_differences(saved, run_signature(weighed, run, "sha", 1)) == []
+    on = _progressive_from_args(parser.parse_args([*flags, "--truth-region", "4,36", "--weight", "truth=1"]))[0]
+    assert any(d.startswith("--truth-region:") for d in signature_differences(saved, run_signature(on, run, "sha", 1)))
+
+
 def test_the_truth_loss_is_off_by_default_and_joins_every_stage_when_weighted():
     assert all("truth" not in s.losses for s in build_stages("default"))
     stages = build_stages("default", weights={**DEFAULT_WEIGHTS, "truth": (2.0, 0)})

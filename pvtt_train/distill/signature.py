@@ -57,12 +57,15 @@ def teacher_fingerprint(path: str | Path) -> str:
 
 def _stage_signature(stage: StageConfig) -> dict:
     """A stage's fields less its mechanics; a loss added on demand stays out of its weights while off, so that
-    runs saved before the loss existed resume."""
+    runs saved before the loss existed resume, and so does the truth loss's region while that loss is off (it
+    weighs nothing then)."""
     fields = {k: v for k, v in asdict(stage).items() if k not in STAGE_MECHANICS}
     fields["weights"] = {k: v for k, v in fields["weights"].items() if k not in WEIGHTED_ON_DEMAND or v[0] > 0}
     for key, default in ADDED_AT_DEFAULT.items():
         if tuple(fields[key]) == default:
             del fields[key]
+    if "truth" not in fields["weights"]:
+        fields.pop("truth_region", None)
     return fields
 
 
