@@ -185,7 +185,7 @@ DEMO_GENERATOR_STEPS = "20,50,80"
 DEMO_TEACHER_SHIFT = 5.0
 
 #: The recipe with which ``demo`` distils its default teacher (README, *Trained longer by the truth?* and *What the
-#: demo measured*): one critic update per student update, so that the same minutes buy five times the student
+#: demo measured*): one critic update per student update, so that the same minutes buy about 2.6 times the student
 #: updates, most of them spent on the 4-step student; every stage at one learning rate; the ground-truth loss
 #: (``distill/truth.py``) weighted high, its pixels weighed as the teacher's own loss weighs them. Each part gives way
 #: to its flag.
