@@ -100,12 +100,12 @@ def test_the_demo_distils_the_residual_teacher_shifted_and_autoguided_unless_tol
 
 
 def test_the_demo_distils_its_default_teacher_by_its_own_recipe_unless_told_otherwise(tmp_path):
-    """The default teacher's recipe (20,40,400 updates at critic ratio 1, --lr-student 2e-4, --weight truth=100 over
+    """The default teacher's recipe (20,40,320 updates at critic ratio 1, --lr-student 2e-4, --weight truth=100 over
     the 4,36 region) gives way to each flag that sets it; a teacher the user names is distilled at --lr-scale's and
     --critic-ratio's defaults without the truth loss, as distill does."""
     args = _demo_args(tmp_path)
     assert (args.lr_student, args.lr_scale, args.weight) == (2e-4, 0.4, [("truth", (100.0, None))])
-    assert (args.generator_steps, args.critic_ratio, args.truth_region) == ((20, 40, 400), 1, (4.0, 36.0))
+    assert (args.generator_steps, args.critic_ratio, args.truth_region) == ((20, 40, 320), 1, (4.0, 36.0))
     args = _demo_args(tmp_path, "--lr-scale", "0.2", "--weight", "truth=5:3", "--critic-ratio", "2",
                       "--generator-steps", "7", "--truth-region", "1,0")
     assert (args.lr_student, args.lr_scale, args.weight) == (None, 0.2, [("truth", (5.0, 3))])
@@ -137,7 +137,7 @@ def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_resid
     message = str(refused.value)
     for part in ("--teacher: weights with SHA-256", "--guide-model: none in the saved run",
                  "--teacher-shift: default in the saved run, 5.0 now",
-                 "--generator-steps: 30,80,130 in the saved run, 20,40,400 now", "--lr-student/--lr-scale:",
+                 "--generator-steps: 30,80,130 in the saved run, 20,40,320 now", "--lr-student/--lr-scale:",
                  "--weight:", "resume with the same options"):
         assert part in message, part
     check_signature(saved, signature(*old), "progress.json")
@@ -158,7 +158,7 @@ def test_a_demo_run_folder_of_the_velocity_teacher_is_not_resumed_with_the_resid
     assert all("truth_region" not in stage for stage in saved["stages"])  # as that PVTT wrote it
     with pytest.raises(CheckpointError) as refused:
         check_signature(saved, signature(), "progress.json")
-    for flag in ("--generator-steps: 20,50,80 in the saved run, 20,40,400 now", "--critic-ratio:", "--truth-region:",
+    for flag in ("--generator-steps: 20,50,80 in the saved run, 20,40,320 now", "--critic-ratio:", "--truth-region:",
                  "--weight:", "--lr-student/--lr-scale:"):
         assert flag in str(refused.value), flag
     check_signature(saved, signature(*before_long), "progress.json")
