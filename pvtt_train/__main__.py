@@ -61,6 +61,8 @@ from .models.paste_residual import PREDICTIONS
 from .training_extra import require as require_training_extra
 
 PROG = "python -m pvtt_train"
+#: ``DEMO_TRUTH_REGION`` as ``--truth-region`` is written, for the help texts.
+DEMO_TRUTH_REGION_FLAG = ",".join(f"{w:g}" for w in DEMO_TRUTH_REGION)
 DEBUG_ENV = "PVTT_DEBUG"
 #: teacher-eval --calibrate-cfg's output, in --out: the teacher with the calibrated sampler CFG.
 CALIBRATED_TEACHER = "teacher_calibrated.safetensors"
@@ -350,7 +352,7 @@ def _add_progressive_args(p: argparse.ArgumentParser, demo: bool = False) -> Non
     g = p.add_argument_group("losses")
     g.add_argument("--weight", action="append", default=[], metavar="NAME=W[:WARMUP]", type=loss_weight,
                    help="loss weight and warm-up (generator steps), e.g. temporal=0.2:10; repeatable")
-    value, note = default(UNIFORM_TRUTH, "1,0: every pixel alike", ",".join(f"{w:g}" for w in DEMO_TRUTH_REGION))
+    value, note = default(UNIFORM_TRUTH, "1,0: every pixel alike", DEMO_TRUTH_REGION_FLAG)
     g.add_argument("--truth-region", type=region_weights, default=value, metavar="MASK,INTERIOR",
                    help="pixel weights of --weight truth's MSE: MASK in the edit region and INTERIOR added at its "
                         "interior, as the teacher command's --mask-weight and --interior-weight; 4,36 is the shipped "
@@ -541,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: the shipped paste-residual teacher, sampled at flow shift 5 and autoguided by its "
                         f"shipped guide, distilled with --generator-steps {DEMO_RESIDUAL_GENERATOR_STEPS} "
                         f"--critic-ratio {DEMO_CRITIC_RATIO} --lr-student {DEMO_LR_STUDENT:g} --weight "
-                        f"truth={DEMO_TRUTH_WEIGHT:g} --truth-region {','.join(f'{w:g}' for w in DEMO_TRUTH_REGION)} "
+                        f"truth={DEMO_TRUTH_WEIGHT:g} --truth-region {DEMO_TRUTH_REGION_FLAG} "
                         f"(each unless its flag says otherwise); a teacher you name is sampled and distilled as the "
                         f"flags say, plainly by default, with --generator-steps {DEMO_GENERATOR_STEPS} "
                         f"(models_shipped/pvtt_teacher.safetensors --generator-steps 30,80,130 reproduces the shipped "
